@@ -1,0 +1,56 @@
+"""Frozen value types shared across modules (no behaviour, no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the authenticated key and what it may do."""
+
+    key_id: str
+    tenant: str
+    scopes: frozenset[str]
+    limits: tuple[LimitRule, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LimitRule:
+    """One sliding-window limit: `requests` or `tokens` per `window_s` seconds."""
+
+    window_s: int
+    requests: int | None = None
+    tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A span of text a guard matched: [start, end) in the scanned string, and its kind."""
+
+    start: int
+    end: int
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A guard's decision over its input: allow, modify (text changed) or block."""
+
+    action: str  # "allow" | "modify" | "block" | "flag"
+    reason: str = ""
+    score: float = 0.0
+    categories: tuple[str, ...] = ()
+    findings: tuple[Finding, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token usage as the provider reported it (or as estimated when it did not)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
