@@ -37,16 +37,42 @@ _INVISIBLE_CLASS = (
 _INVISIBLE = re.compile(f"[{_INVISIBLE_CLASS}]+")
 
 
-def sanitize_text(s: str) -> str:
-    """Return `s` without hidden characters; the same object when there was nothing to strip."""
-    if _INVISIBLE.search(s) is None:
-        return s
-    return _INVISIBLE.sub("", s)
+# Characters we strip that str.isprintable() still calls printable (letters and marks that
+# render blank). Every other stripped character is Cc/Cf, i.e. "not printable".
+_PRINTABLE_INVISIBLES = (
+    "\u034f", "\u115f", "\u1160", "\u17b4", "\u17b5", "\u180b", "\u180c", "\u180d",
+    "\u3164", "\uffa0",
+)
+
+
+def _surely_clean(s: str) -> bool:
+    """Fast C-level pre-check: True means no character of the strip set can be in `s`.
+
+    A regex scan costs ~30 ns per character; isprintable() and replace() cost ~1 ns. Texts that
+    fail here (non-breaking spaces, hidden characters) take the exact regex path.
+    """
+    t = s
+    if "\n" in t:
+        t = t.replace("\n", "")
+    if "\t" in t:
+        t = t.replace("\t", "")
+    if "\r" in t:
+        t = t.replace("\r", "")
+    if not t.isprintable():
+        return False
+    return s.isascii() or not any(c in s for c in _PRINTABLE_INVISIBLES)
 
 
 def has_hidden_characters(s: str) -> bool:
     """Tell whether `s` holds any character that `sanitize_text` would strip."""
-    return _INVISIBLE.search(s) is not None
+    return not _surely_clean(s) and _INVISIBLE.search(s) is not None
+
+
+def sanitize_text(s: str) -> str:
+    """Return `s` without hidden characters; the same object when there was nothing to strip."""
+    if _surely_clean(s) or _INVISIBLE.search(s) is None:
+        return s
+    return _INVISIBLE.sub("", s)
 
 
 def _sanitize_content(content: Any) -> tuple[Any, bool]:

@@ -1,0 +1,171 @@
+"""create_app(settings): the only wiring point — the proxy, health/metrics and admin apps."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from time import perf_counter
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from sidecar.appstate import (
+    CONTEXT,
+    LIFECYCLE,
+    METRICS,
+    SETTINGS,
+    STORE,
+    UPSTREAM,
+    Lifecycle,
+    RequestContext,
+)
+from sidecar.errors import InternalError, SidecarError
+from sidecar.log import log_fields
+from sidecar.metrics import Metrics
+from sidecar.proxy.relay import error_response, plain_error
+from sidecar.proxy.routes import ROUTE_OF_RESOURCE, add_routes
+from sidecar.proxy.upstream import Upstream
+from sidecar.settings import Settings
+from sidecar.store.redis import connect
+
+log = logging.getLogger("sidecar")
+access_log = logging.getLogger("sidecar.access")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SERVER_NAME = "ai-security-sidecar"
+PROXY_APP = web.AppKey("proxy_app", web.Application)
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(12)
+
+
+def route_name(request: web.Request) -> str:
+    """A bounded route label: the matched resource, or 'unknown' (never the raw path)."""
+    resource = request.match_info.route.resource
+    return ROUTE_OF_RESOURCE.get(resource.canonical, "unknown") if resource else "unknown"
+
+
+_HTTP_CODES = {404: ("not_found", "Unknown URL."),
+               405: ("method_not_allowed", "This method is not allowed on this URL.")}
+
+
+@web.middleware
+async def context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give every request an id and timing; turn every failure into the JSON error format."""
+    metrics = request.app[METRICS]
+    ctx = RequestContext(request_id=new_request_id(), route=route_name(request))
+    request[CONTEXT] = ctx
+    metrics.inflight.inc()
+    response: web.StreamResponse | None = None
+    try:
+        try:
+            response = await handler(request)
+        except SidecarError as exc:
+            ctx.reason = ctx.reason or exc.code
+            response = error_response(exc, ctx.request_id)
+        except web.HTTPException as exc:
+            code, message = _HTTP_CODES.get(exc.status, ("http_error", exc.reason))
+            response = plain_error(exc.status, "invalid_request_error", code, message,
+                                   ctx.request_id)
+            if exc.status == 405 and "Allow" in exc.headers:
+                response.headers["Allow"] = exc.headers["Allow"]
+        except asyncio.CancelledError:
+            ctx.status = 499  # the client went away; nothing left to answer
+            raise
+        except Exception:
+            log_fields(log, logging.ERROR, "unhandled error", request_id=ctx.request_id,
+                       route=ctx.route)
+            log.exception("unhandled error (request %s)", ctx.request_id)
+            ctx.reason = "internal_error"
+            response = error_response(InternalError(), ctx.request_id)
+        ctx.status = response.status
+        return response
+    finally:
+        metrics.inflight.dec()
+        _account(request, ctx, metrics)
+
+
+def _account(request: web.Request, ctx: RequestContext, metrics: Metrics) -> None:
+    total = perf_counter() - ctx.started
+    metrics.requests.labels(ctx.route, str(ctx.status)).inc()
+    metrics.request_duration.labels(ctx.route).observe(total)
+    if ctx.upstream_s:
+        metrics.upstream_duration.labels(ctx.route).observe(ctx.upstream_s)
+    metrics.overhead.labels(ctx.route).observe(max(total - ctx.upstream_s, 0.0))
+    log_fields(access_log, logging.INFO, "request", request_id=ctx.request_id,
+               method=request.method, route=ctx.route, status=ctx.status,
+               duration_ms=round(total * 1000, 3), upstream_ms=round(ctx.upstream_s * 1000, 3),
+               key_id=ctx.key_id or None, reason=ctx.reason or None)
+
+
+async def _hide_server_version(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER_NAME
+
+
+def create_app(settings: Settings, metrics: Metrics | None = None) -> web.Application:
+    """The proxy app; its cleanup context opens and closes the store and the upstream session."""
+    app = web.Application(middlewares=[context_middleware], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[METRICS] = metrics or Metrics()
+    app[LIFECYCLE] = Lifecycle()
+    app.on_response_prepare.append(_hide_server_version)
+    app.cleanup_ctx.append(_services)
+    add_routes(app)
+    return app
+
+
+async def _services(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    store = await connect(settings.store)
+    app[STORE] = store
+    upstream = Upstream(settings.upstream, settings.upstream.url, settings.upstream_key)
+    await upstream.start()
+    app[UPSTREAM] = upstream
+    monitor = asyncio.create_task(_watch_store(app))
+    try:
+        yield
+    finally:
+        monitor.cancel()
+        await upstream.close()
+        await store.close()
+
+
+async def _watch_store(app: web.Application, interval_s: float = 5.0) -> None:
+    """Keep the `sidecar_store_up` gauge current."""
+    while True:
+        up = await app[STORE].healthy()
+        app[METRICS].store_up.set(1 if up else 0)
+        await asyncio.sleep(interval_s)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    proxy = request.app[PROXY_APP]
+    if proxy[LIFECYCLE].draining:
+        return web.json_response({"status": "draining"}, status=503)
+    if STORE not in proxy or not await proxy[STORE].healthy():
+        return web.json_response({"status": "store_unavailable"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    registry = request.app[PROXY_APP][METRICS].registry
+    return web.Response(body=generate_latest(registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def create_health_app(proxy_app: web.Application) -> web.Application:
+    """The metrics/health listener: /metrics, /healthz (liveness), /readyz (store usable)."""
+    app = web.Application()
+    app[PROXY_APP] = proxy_app
+    app.on_response_prepare.append(_hide_server_version)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    return app

@@ -1,0 +1,250 @@
+"""Detection views: normalized copies of a text that the injection detector scans.
+
+The request text itself is never changed here. Each view undoes one way of hiding an
+instruction from a keyword matcher: compatibility forms (NFKC), case (casefold), look-alike
+letters from other scripts, leetspeak, letters split by spaces or dots, and payloads encoded as
+base64, hex, URL-encoding, HTML character references or ROT13. The base view is always built;
+the others only when a cheap pre-check (one precompiled regex) finds something to undo, so
+plain text costs one printable check, one lower(), one split and a few set operations. The
+pre-checks work on word tokens: a view is built when a token, once de-obfuscated, is one of
+the attack words in `GATE_STEMS`.
+
+Every regex here is linear: bounded repetitions over disjoint character classes only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import html
+import re
+import string
+import unicodedata
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from sidecar.guards.sanitize import sanitize_text
+
+MAX_DECODED_SEGMENTS = 16  # decoded payloads per text: bounds the work an input can ask for
+
+# Look-alike letters (lowercase, after casefold) -> Latin. Cyrillic, Greek, IPA, Armenian,
+# Cherokee-free subset: only letters that render like a Latin letter in common fonts.
+_CONFUSABLES: dict[str, str] = {
+    # Cyrillic
+    "а": "a", "в": "b", "е": "e", "ё": "e", "з": "3", "и": "u", "і": "i", "ї": "i", "й": "u",
+    "ј": "j", "к": "k", "м": "m", "н": "h", "о": "o", "п": "n", "р": "p", "с": "c", "т": "t",
+    "у": "y", "х": "x", "ѕ": "s", "ԁ": "d", "ԛ": "q", "ԝ": "w", "һ": "h", "ӏ": "l", "ь": "b",
+    "ы": "bl", "г": "r", "ԍ": "g", "ѵ": "v", "ү": "y", "ɡ": "g",
+    # Greek
+    "α": "a", "β": "b", "γ": "y", "ε": "e", "ζ": "z", "η": "n", "ι": "i", "κ": "k", "ν": "v",
+    "ο": "o", "ρ": "p", "σ": "o", "ς": "c", "τ": "t", "υ": "u", "χ": "x", "ω": "w", "μ": "u",
+    "ϲ": "c", "ϳ": "j", "ɩ": "i",
+    # Latin extensions and IPA that NFKC leaves alone
+    "ı": "i", "ȷ": "j", "ɑ": "a", "ɐ": "a", "ɒ": "a", "ɛ": "e", "ɪ": "i", "ʟ": "l", "ɴ": "n",
+    "ʀ": "r", "ʏ": "y", "ᴀ": "a", "ᴄ": "c", "ᴅ": "d", "ᴇ": "e", "ᴊ": "j", "ᴋ": "k", "ᴍ": "m",
+    "ᴏ": "o", "ᴘ": "p", "ᴛ": "t", "ᴜ": "u", "ᴠ": "v", "ᴡ": "w", "ᴢ": "z", "ꜱ": "s",
+    "ƅ": "b", "ɗ": "d", "ɦ": "h", "ɭ": "l", "ɱ": "m", "ɲ": "n", "ɾ": "r", "ʂ": "s", "ʋ": "v",
+    "ø": "o", "đ": "d", "ħ": "h", "ł": "l", "ŧ": "t", "ß": "ss",
+    # Armenian and others
+    "օ": "o", "ս": "u", "ց": "g", "ո": "n", "հ": "h", "ք": "p", "ɩ̇": "i",
+}
+_CONFUSABLE_TABLE = str.maketrans({k: v for k, v in _CONFUSABLES.items() if len(k) == 1})
+_COMBINING_LATIN = re.compile("[\u0300-\u036f]+")
+
+
+_LEET_TABLE = str.maketrans(
+    {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "@": "a", "$": "s",
+     "€": "e", "|": "l", "9": "g"}
+)
+_ROT13_TABLE = str.maketrans(
+    string.ascii_lowercase, string.ascii_lowercase[13:] + string.ascii_lowercase[:13]
+)
+# Stems (first 6 characters) of words that injections are made of. De-obfuscating a token is
+# only worth a new view when it yields one of these.
+GATE_STEMS = frozenset(
+    "ignore ignori ignora disreg forget instru previo system prompt jailbr overri bypass "
+    "pretend develo reveal decode execut follow rules above prior disobe unrest unfilt filter "
+    "guidel polici policy comman direct admin dan mode secret passwo respon answer output "
+    "print say repeat now new task ignoré oublie vergis anweis regeln olvida instrucc "
+    "istruz dimenti esqueç instru ignorie".split()
+)
+_PUNCT_BYTES = bytes.maketrans(
+    string.punctuation.encode("ascii"), b" " * len(string.punctuation)
+)
+_WORD = re.compile(r"\w+")
+_RARE_SINGLES = frozenset("bcefghjklnopqruvwxyz")
+
+# Runs of single letters split by one separator kind: "i g n o r e", "i.g.n.o.r.e", "i-g-n".
+_SPACED_RUN = re.compile(r"(?<!\w)(?:[^\W_][ .\-_*·•/|,+~]{1,3}){3,120}[^\W_](?!\w)")
+_SPACED_GAP = re.compile(r"[ .\-_*·•/|,+~]{1,3}")
+
+_B64 = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{16,8192}={0,2}")
+_HEX = re.compile(
+    r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}){8,4096}(?![0-9A-Fa-f])|(?:\\x[0-9A-Fa-f]{2}){6,4096}"
+)
+_HEX_JUNK = re.compile(r"[^0-9A-Fa-f]+")
+_URL_ESC = re.compile(r"%[0-9A-Fa-f]{2}")
+_HTML_REF = re.compile(r"&#[xX]?[0-9A-Fa-f]{1,6};|&[a-zA-Z]{2,8};")
+_NON_TEXT = re.compile(r"[^\w\s.,;:!?'\"()\[\]{}<>@#$%&*+=/\\|~^`-]")
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """One normalized copy of the text, its word tokens and their 6-character stems."""
+
+    kind: str
+    text: str
+    tokens: list[str]
+    stems: frozenset[str]
+
+
+def tokenize(view: str) -> list[str]:
+    r"""Split a normalized view into word tokens (the classifier's and the gates' unit).
+
+    ASCII text: punctuation to spaces with bytes.translate, then split (C speed). Other text:
+    a `\w+` regex scan. Training uses this same function, so features always line up.
+    """
+    if view.isascii():
+        return view.encode("ascii").translate(_PUNCT_BYTES).decode("ascii").split()
+    return _WORD.findall(view)
+
+
+def _make_view(kind: str, text: str) -> View:
+    tokens = tokenize(text)
+    return View(kind, text, tokens, frozenset({t[:6] for t in set(tokens)}))
+
+
+def fold(s: str) -> str:
+    """NFKC then casefold; skips NFKC when the text is already in that form (the usual case)."""
+    if s.isascii():
+        return s.lower()
+    if not unicodedata.is_normalized("NFKC", s):
+        s = unicodedata.normalize("NFKC", s)
+    return s.casefold()
+
+
+def _fold_confusables(s: str) -> str:
+    """Map look-alike letters of other scripts to Latin and drop Latin diacritics."""
+    t = s.translate(_CONFUSABLE_TABLE)
+    d = unicodedata.normalize("NFD", t)
+    if _COMBINING_LATIN.search(d) is not None:
+        t = unicodedata.normalize("NFC", _COMBINING_LATIN.sub("", d))
+    return t
+
+
+def _split_words(run: str, inner: str) -> list[str]:
+    out: list[str] = []
+    start = 0
+    for g in _SPACED_GAP.finditer(run):
+        if g.group(0) != inner:
+            out.append(run[start : g.start()])
+            start = g.end()
+    out.append(run[start:])
+    return out
+
+
+def _unspace_run(m: re.Match[str]) -> str:
+    """Join a run of split letters; the most common gap is inside words, any other gap between."""
+    run = m.group(0)
+    gaps = _SPACED_GAP.findall(run)
+    inner = max(set(gaps), key=gaps.count)
+    return " ".join(part.replace(inner, "") for part in _split_words(run, inner))
+
+
+def _plausible_text(decoded: str) -> bool:
+    """Decoded bytes that read like text: few odd symbols, some letters."""
+    if len(decoded) < 6 or not any(c.isalpha() for c in decoded[:64]):
+        return False
+    return len(_NON_TEXT.findall(decoded)) <= len(decoded) // 20
+
+
+def _decode_b64(seg: str) -> str | None:
+    seg = seg.rstrip("=").replace("-", "+").replace("_", "/")
+    seg += "=" * (-len(seg) % 4)
+    try:
+        text = base64.b64decode(seg, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+    return text if _plausible_text(text) else None
+
+
+def _decode_hex(seg: str) -> str | None:
+    digits = _HEX_JUNK.sub("", seg.replace("\\x", ""))
+    try:
+        text = bytes.fromhex(digits).decode("utf-8")
+    except ValueError:
+        return None
+    return text if _plausible_text(text) else None
+
+
+def _decoded_segments(s: str, tokens: list[str]) -> list[tuple[str, str]]:
+    """Decode base64/hex/URL/HTML-escaped segments of the case-preserved text `s`."""
+    out: list[tuple[str, str]] = []
+    long_token = max(map(len, tokens), default=0) >= 16
+    if long_token or "\\x" in s:
+        for rx, kind, dec in ((_B64, "base64", _decode_b64), (_HEX, "hex", _decode_hex)):
+            if kind == "base64" and not long_token:
+                continue
+            for m in rx.finditer(s):
+                if len(out) >= MAX_DECODED_SEGMENTS:
+                    return out
+                seg = m.group(0)
+                if kind == "base64" and seg.isalpha() and (seg.islower() or seg.isupper()):
+                    continue  # a long plain word, not base64
+                d = dec(seg)
+                if d is not None:
+                    out.append((kind, d))
+    if "%" in s and s.count("%") >= 3 and len(_URL_ESC.findall(s)) >= 3:
+        out.append(("url", unquote(s)))
+    if "&" in s and ";" in s and _HTML_REF.search(s) is not None:
+        out.append(("html", html.unescape(s)))
+    return out
+
+
+def build_views(text: str) -> list[View]:
+    """Return the views of `text` to scan; the first is always the base view.
+
+    Kinds: base (sanitized, NFKC, casefolded), confusables, leet, unspaced, rot13, and the
+    decoded kinds base64, hex, url, html (a payload found encoded inside the text).
+    """
+    s = sanitize_text(text)
+    if not s.isascii() and not unicodedata.is_normalized("NFKC", s):
+        s = unicodedata.normalize("NFKC", s)
+    base = _make_view("base", s.lower() if s.isascii() else s.casefold())
+    views = [base]
+    work = base
+    uniq = set(base.tokens)
+    if not base.text.isascii():
+        odd = [t for t in uniq if not t.isascii()]
+        if any(_fold_confusables(t)[:6] in GATE_STEMS for t in odd):
+            work = _make_view("confusables", _fold_confusables(base.text))
+            views.append(work)
+            uniq = set(work.tokens)
+    mixed = [t for t in uniq if not t.isalpha() and not t.isdigit()]
+    if any(t.translate(_LEET_TABLE)[:6] in GATE_STEMS for t in mixed) or "@" in work.text:
+        leet = work.text.translate(_LEET_TABLE)
+        if leet != work.text:
+            views.append(_make_view("leet", leet))
+    if len(_RARE_SINGLES.intersection(uniq)) >= 4 and _SPACED_RUN.search(work.text) is not None:
+        views.append(_make_view("unspaced", _SPACED_RUN.sub(_unspace_run, work.text)))
+    if not work.stems.isdisjoint(_GATE_ROT13):
+        views.append(_make_view("rot13", codecs.encode(work.text, "rot13")))
+    for kind, decoded in _decoded_segments(s, base.tokens):
+        views.append(_make_view(kind, fold(sanitize_text(decoded))))
+    return views
+
+
+_GATE_ROT13 = frozenset(
+    s.translate(_ROT13_TABLE) for s in GATE_STEMS if s.isascii() and len(s) >= 5
+)
+
+
+def tagged_views(text: str) -> list[tuple[str, str]]:
+    """Return (kind, view text) pairs, base first."""
+    return [(v.kind, v.text) for v in build_views(text)]
+
+
+def detection_views(text: str) -> list[str]:
+    """Return the normalized copies of `text` to scan; the first is the base view."""
+    return [v.text for v in build_views(text)]

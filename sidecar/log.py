@@ -1,0 +1,53 @@
+"""JSON logs, one object per line. Callers pass fields, never bodies, prompts, headers or keys."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import orjson
+
+# Fields that may carry caller-controlled or secret text are dropped even if a caller passes them.
+_FORBIDDEN_FIELDS = frozenset(
+    {"authorization", "api_key", "key", "token", "prompt", "body", "content", "messages", "headers"}
+)
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record and its `extra={"fields": {...}}` as one JSON line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            for name, value in fields.items():
+                if name.lower() not in _FORBIDDEN_FIELDS:
+                    out[name] = value
+        if record.exc_info:
+            out["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
+            out["traceback"] = self.formatException(record.exc_info)
+        return orjson.dumps(out, default=str).decode()
+
+
+def setup_logging(level: str) -> None:
+    """Send every logger's records to stderr as JSON lines; silence aiohttp's own access log."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("aiohttp.access").disabled = True
+    logging.Formatter.converter = time.gmtime
+
+
+def log_fields(logger: logging.Logger, level: int, msg: str, **fields: Any) -> None:
+    """Log `msg` with structured fields (checked against the forbidden list by the formatter)."""
+    if logger.isEnabledFor(level):
+        logger.log(level, msg, extra={"fields": fields})

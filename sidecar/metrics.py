@@ -1,0 +1,54 @@
+"""Every Prometheus metric, defined once, on an injectable registry (a fresh one per test).
+
+Labels are bounded: routes come from a fixed list, reasons and kinds from code, never from
+callers. No per-key label; a tenant label only where configured (not yet).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+                    10, 30, 60, 120)
+_FAST_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+
+class Metrics:
+    """The sidecar's metrics. One instance per process, registered on `registry`."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("sidecar_requests_total", "Requests answered, by route and status",
+                                ["route", "code"], registry=r)
+        self.blocked = Counter("sidecar_blocked_requests_total",
+                               "Requests refused by the sidecar, by route and reason",
+                               ["route", "reason"], registry=r)
+        self.redactions = Counter("sidecar_redactions_total", "Spans redacted, by kind",
+                                  ["kind"], registry=r)
+        self.tokens = Counter("sidecar_tokens_total", "Tokens reported by the provider",
+                              ["direction"], registry=r)
+        self.store_errors = Counter("sidecar_store_errors_total", "Failed store operations",
+                                    ["op"], registry=r)
+        self.sanitized = Counter("sidecar_sanitized_requests_total",
+                                 "Requests whose text the sanitizer changed", registry=r)
+        self.degraded_requests = Counter("sidecar_degraded_requests_total",
+                                         "Requests let through by the fail-open fallback",
+                                         ["feature"], registry=r)
+        self.request_duration = Histogram("sidecar_request_duration_seconds",
+                                          "Whole request time seen by the client", ["route"],
+                                          buckets=_LATENCY_BUCKETS, registry=r)
+        self.overhead = Histogram("sidecar_overhead_seconds",
+                                  "Time spent in the sidecar itself (request minus upstream)",
+                                  ["route"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.upstream_duration = Histogram("sidecar_upstream_duration_seconds",
+                                           "Time waiting on the provider", ["route"],
+                                           buckets=_LATENCY_BUCKETS, registry=r)
+        self.guard_duration = Histogram("sidecar_guard_duration_seconds", "Time per guard",
+                                        ["guard"], buckets=_FAST_BUCKETS, registry=r)
+        self.store_up = Gauge("sidecar_store_up", "1 while the store answers its health check",
+                              registry=r, multiprocess_mode="min")
+        self.degraded = Gauge("sidecar_degraded", "1 while running on the fail-open fallback",
+                              registry=r, multiprocess_mode="max")
+        self.inflight = Gauge("sidecar_inflight_requests", "Requests in flight", registry=r,
+                              multiprocess_mode="livesum")

@@ -1,0 +1,267 @@
+"""An OpenAI-compatible mock provider for `make run`, the tests and the benchmarks.
+
+The model name steers it, so a test can ask for a failure through any client:
+- `mock-echo`: the reply repeats the last user message (for output-guard tests);
+- `mock-error-500`, `mock-error-400`, `mock-429`, `mock-bad-json`, `mock-redirect`: failures;
+- `mock-hang`: never answers; `mock-slow-stream`: streams, holding its last event until
+  `POST /_mock/release` (so a test can see incremental delivery without sleeping);
+- `mock-truncated-stream`: ends the stream without `[DONE]`; `mock-no-usage`: no usage.
+Any other model answers normally. `GET /_mock/requests` lists what it received (headers and
+body) so tests can check what reached the provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import struct
+import time
+from collections import deque
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+MODELS = ("mock-gpt", "mock-echo", "mock-embed")
+DEFAULT_REPLY = "Hello! This is the mock provider answering through the sidecar."
+_RECEIVED: web.AppKey[deque[dict[str, Any]]] = web.AppKey("received")
+
+
+class _Gate:
+    """Holds slow streams before their last event until a test releases them."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+
+_RELEASE = web.AppKey("release", _Gate)
+_LATENCY = web.AppKey("latency_s", float)
+
+
+def count_tokens(text: str) -> int:
+    """The mock's tokenizer: one token per whitespace-separated word (at least 1)."""
+    return max(1, len(text.split()))
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def _prompt_text(body: dict[str, Any]) -> str:
+    if "messages" in body:
+        return " ".join(_text_of(m.get("content")) for m in body["messages"] if isinstance(m, dict))
+    prompt = body.get("prompt", "")
+    return prompt if isinstance(prompt, str) else " ".join(map(str, prompt))
+
+
+def _reply_text(body: dict[str, Any]) -> str:
+    model = body.get("model", "")
+    if model == "mock-echo":
+        messages = [m for m in body.get("messages", []) if isinstance(m, dict)]
+        users = [m for m in messages if m.get("role") == "user"]
+        if users:
+            return _text_of(users[-1].get("content"))
+        return _prompt_text(body)
+    return DEFAULT_REPLY
+
+
+def _usage(prompt: str, completion: str) -> dict[str, int]:
+    p, c = count_tokens(prompt), count_tokens(completion)
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def _error(status: int, message: str, type_: str, code: str | None) -> web.Response:
+    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
+    return web.json_response(body, status=status)
+
+
+async def _record(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    body: dict[str, Any] = orjson.loads(raw) if raw else {}
+    request.app[_RECEIVED].append({"path": request.path, "headers": dict(request.headers),
+                                   "body": body})
+    latency = request.app[_LATENCY]
+    if latency:
+        await asyncio.sleep(latency)
+    return body
+
+
+async def _failure(request: web.Request, body: dict[str, Any]) -> web.StreamResponse | None:
+    model = body.get("model", "")
+    if model == "mock-error-500":
+        return web.Response(status=500, text="Traceback (most recent call last): internal boom")
+    if model == "mock-error-400":
+        return _error(400, "Invalid value for 'temperature' with key sk-mock" + "abcdef123456",
+                      "invalid_request_error", "invalid_value")
+    if model == "mock-429":
+        response = _error(429, "Rate limit reached for requests", "requests", "rate_limit_exceeded")
+        response.headers["Retry-After"] = "7"
+        return response
+    if model == "mock-bad-json":
+        return web.Response(status=200, body=b"{not json", content_type="application/json")
+    if model == "mock-redirect":
+        return web.Response(status=302, headers={"Location": "http://127.0.0.1:1/"})
+    if model == "mock-hang":
+        await asyncio.Event().wait()
+    if model.startswith("gpt-") or model == "does-not-exist":
+        return _error(404, f"The model '{model[:64]}' does not exist", "invalid_request_error",
+                      "model_not_found")
+    return None
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    body = await _record(request)
+    failure = await _failure(request, body)
+    if failure is not None:
+        return failure
+    reply = _reply_text(body)
+    usage = _usage(_prompt_text(body), reply)
+    created = int(time.time())
+    if body.get("stream"):
+        return await _stream_chat(request, body, reply, usage, created)
+    return web.json_response({
+        "id": "chatcmpl-mock", "object": "chat.completion", "created": created,
+        "model": body.get("model", "mock-gpt"),
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
+                     "logprobs": None, "finish_reason": "stop"}],
+        "usage": usage,
+    }, dumps=lambda o: orjson.dumps(o).decode())
+
+
+def _chunk(model: str, created: int, delta: dict[str, Any], finish: str | None) -> bytes:
+    obj = {"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": created,
+           "model": model, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                        "finish_reason": finish}]}
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def split_reply(reply: str) -> list[str]:
+    """The reply as the mock streams it: words with their leading space."""
+    words = reply.split(" ")
+    return [words[0]] + [" " + w for w in words[1:]]
+
+
+async def _stream_chat(request: web.Request, body: dict[str, Any], reply: str,
+                       usage: dict[str, int], created: int) -> web.StreamResponse:
+    model = body.get("model", "mock-gpt")
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    await response.write(_chunk(model, created, {"role": "assistant", "content": ""}, None))
+    pieces = split_reply(reply)
+    for i, piece in enumerate(pieces):
+        if model == "mock-slow-stream" and i == len(pieces) - 1:
+            await request.app[_RELEASE].event.wait()
+        await response.write(_chunk(model, created, {"content": piece}, None))
+        if model == "mock-truncated-stream" and i >= 1:
+            await response.write_eof()
+            return response
+    await response.write(_chunk(model, created, {}, "stop"))
+    options = body.get("stream_options") or {}
+    if options.get("include_usage") and model != "mock-no-usage":
+        obj = {"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": created,
+               "model": model, "choices": [], "usage": usage}
+        await response.write(b"data: " + orjson.dumps(obj) + b"\n\n")
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    body = await _record(request)
+    failure = await _failure(request, body)
+    if failure is not None:
+        return failure
+    reply = DEFAULT_REPLY
+    usage = _usage(_prompt_text(body), reply)
+    created = int(time.time())
+    model = body.get("model", "mock-gpt")
+    if body.get("stream"):
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for piece in split_reply(reply):
+            obj = {"id": "cmpl-mock", "object": "text_completion", "created": created,
+                   "model": model, "choices": [{"index": 0, "text": piece, "logprobs": None,
+                                                "finish_reason": None}]}
+            await response.write(b"data: " + orjson.dumps(obj) + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+    return web.json_response({
+        "id": "cmpl-mock", "object": "text_completion", "created": created, "model": model,
+        "choices": [{"index": 0, "text": reply, "logprobs": None, "finish_reason": "stop"}],
+        "usage": usage,
+    })
+
+
+def _vector(text: str, dims: int = 8) -> list[float]:
+    seed = sum(map(ord, text)) or 1
+    return [((seed * (i + 7)) % 97) / 97.0 for i in range(dims)]
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    body = await _record(request)
+    failure = await _failure(request, body)
+    if failure is not None:
+        return failure
+    inputs = body.get("input", "")
+    items = [inputs] if isinstance(inputs, str) else list(inputs)
+    data = []
+    for i, item in enumerate(items):
+        vector = _vector(str(item))
+        encoded: Any = vector
+        if body.get("encoding_format") == "base64":
+            encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        data.append({"object": "embedding", "index": i, "embedding": encoded})
+    tokens = sum(count_tokens(str(item)) for item in items)
+    return web.json_response({"object": "list", "data": data, "model": body.get("model"),
+                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
+def _model(model_id: str) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": 1700000000, "owned_by": "mock"}
+
+
+async def list_models(request: web.Request) -> web.Response:
+    request.app[_RECEIVED].append({"path": request.path, "headers": dict(request.headers),
+                                   "body": {}})
+    return web.json_response({"object": "list", "data": [_model(m) for m in MODELS]})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    model_id = request.match_info["model"]
+    if model_id not in MODELS:
+        return _error(404, f"The model '{model_id[:64]}' does not exist",
+                      "invalid_request_error", "model_not_found")
+    return web.json_response(_model(model_id))
+
+
+async def received(request: web.Request) -> web.Response:
+    return web.json_response(list(request.app[_RECEIVED]))
+
+
+async def release(request: web.Request) -> web.Response:
+    gate = request.app[_RELEASE]
+    gate.event.set()
+    gate.event = asyncio.Event()
+    return web.json_response({"released": True})
+
+
+def create_mock_app(latency_ms: float = 0.0, keep_requests: int = 200) -> web.Application:
+    """The mock provider as an aiohttp app (tests mount it on a test server)."""
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app[_RECEIVED] = deque(maxlen=keep_requests)
+    app[_RELEASE] = _Gate()
+    app[_LATENCY] = latency_ms / 1000.0
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model}", get_model)
+    app.router.add_get("/_mock/requests", received)
+    app.router.add_post("/_mock/release", release)
+    return app

@@ -1,0 +1,133 @@
+"""Relay the provider's answer to the client: whole JSON bodies, or SSE event by event.
+
+Once a stream has started, an error can no longer become an HTTP status, so every failure
+after that point ends the stream with one SSE error event and `[DONE]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from time import perf_counter
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from sidecar.appstate import RequestContext
+from sidecar.errors import SidecarError, UpstreamError, UpstreamTimeout, error_body
+from sidecar.proxy.openai import DONE_EVENT, SSEDecoder, encode_event
+from sidecar.proxy.upstream import Upstream
+
+log = logging.getLogger("sidecar.proxy")
+
+# Provider response headers worth passing back to the client.
+_RESPONSE_HEADERS = ("openai-model", "openai-processing-ms", "openai-version")
+
+
+def _passed_headers(upstream_response: aiohttp.ClientResponse, ctx: RequestContext) -> dict[str, str]:
+    headers = {"X-Request-Id": ctx.request_id}
+    for name in _RESPONSE_HEADERS:
+        value = upstream_response.headers.get(name)
+        if value is not None:
+            headers[name] = value
+    return headers
+
+
+async def relay_whole(
+    upstream: Upstream, upstream_response: aiohttp.ClientResponse, ctx: RequestContext
+) -> web.Response:
+    """A non-streamed answer: 2xx relayed, provider 4xx relayed scrubbed, anything else 502."""
+    status = upstream_response.status
+    if status >= 500 or 300 <= status < 400 or status < 200:
+        raise UpstreamError()
+    started = perf_counter()
+    raw = await upstream.read_limited(upstream_response)
+    ctx.upstream_s += perf_counter() - started
+    headers = _passed_headers(upstream_response, ctx)
+    if status >= 400:
+        if status == 429 and "Retry-After" in upstream_response.headers:
+            headers["Retry-After"] = upstream_response.headers["Retry-After"][:32]
+        ctx.reason = "provider_refused"
+        body = orjson.dumps(upstream.client_error_body(raw, status, ctx.request_id))
+        return web.Response(body=body, status=status, content_type="application/json",
+                            headers=headers)
+    if upstream_response.content_type != "application/json":
+        raise UpstreamError()
+    try:
+        orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UpstreamError() from None
+    return web.Response(body=raw, status=status, content_type="application/json", headers=headers)
+
+
+def stream_error_event(error: SidecarError, request_id: str) -> bytes:
+    """The SSE event that ends a stream in error: an OpenAI error object, then `[DONE]`."""
+    return encode_event(error.body(request_id)) + DONE_EVENT
+
+
+async def relay_stream(
+    request: web.Request,
+    upstream: Upstream,
+    upstream_response: aiohttp.ClientResponse,
+    ctx: RequestContext,
+) -> web.StreamResponse:
+    """Forward SSE events as they arrive; end in a well-formed error event if the provider fails."""
+    response = web.StreamResponse(status=200, headers=_passed_headers(upstream_response, ctx))
+    response.content_type = "text/event-stream"
+    response.headers["Cache-Control"] = "no-cache"
+    await response.prepare(request)
+    decoder = SSEDecoder()
+    saw_done = False
+    failure: SidecarError | None = None
+    content = upstream_response.content
+    try:
+        async with asyncio.timeout(upstream.settings.total_timeout_s):
+            while True:
+                waited = perf_counter()
+                chunk = await content.readany()
+                ctx.upstream_s += perf_counter() - waited
+                if not chunk:
+                    break
+                out = []
+                for event in decoder.feed(chunk):
+                    if event == b"data: [DONE]":
+                        saw_done = True
+                    out.append(event + b"\n\n")
+                if out:
+                    await response.write(b"".join(out))
+        for event in decoder.flush():
+            saw_done = saw_done or event == b"data: [DONE]"
+            await response.write(event + b"\n\n")
+        if not saw_done:
+            failure = UpstreamError("The model provider ended the stream early.")
+    except TimeoutError:
+        failure = UpstreamTimeout()
+    except (aiohttp.ClientError, ValueError):
+        failure = UpstreamError()
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise
+    except Exception:
+        log.exception("stream relay failed", extra={"fields": {"request_id": ctx.request_id}})
+        failure = SidecarError()
+    if failure is not None:
+        ctx.reason = failure.code
+        await response.write(stream_error_event(failure, ctx.request_id))
+    await response.write_eof()
+    return response
+
+
+def error_response(error: SidecarError, request_id: str) -> web.Response:
+    """The JSON response for a sidecar error, with its extra headers (Retry-After, ...)."""
+    headers = {"X-Request-Id": request_id, **error.headers}
+    response = web.Response(body=error.body(request_id), status=error.status,
+                            content_type="application/json", headers=headers)
+    if error.status in (408, 413):
+        response.force_close()  # the rest of the body was never read
+    return response
+
+
+def plain_error(status: int, type_: str, code: str, message: str, request_id: str) -> web.Response:
+    """A JSON error for statuses that have no SidecarError class (aiohttp's own 4xx)."""
+    return web.Response(body=error_body(message, type_, code, request_id), status=status,
+                        content_type="application/json", headers={"X-Request-Id": request_id})

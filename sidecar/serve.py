@@ -1,0 +1,151 @@
+"""Run the listeners: one process, or N worker processes sharing the proxy port (SO_REUSEPORT).
+
+SIGTERM drains: /readyz turns 503, the listeners stop accepting, in-flight requests and
+streams get `shutdown_grace_s` to finish, then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+
+from aiohttp import web
+
+from sidecar.app import create_app, create_health_app
+from sidecar.appstate import LIFECYCLE
+from sidecar.log import log_fields, setup_logging
+from sidecar.mock_upstream import create_mock_app
+from sidecar.settings import Settings
+
+log = logging.getLogger("sidecar")
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _install_event_loop_policy() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; stay usable without it
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def with_mock_upstream(settings: Settings, port: int) -> Settings:
+    upstream = dataclasses.replace(settings.upstream, url=f"http://127.0.0.1:{port}")
+    return dataclasses.replace(settings, upstream=upstream)
+
+
+async def _start_site(runner: web.AppRunner, listen: str, reuse_port: bool) -> None:
+    await runner.setup()
+    host, port = split_listen(listen)
+    await web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=1024).start()
+
+
+async def run_listeners(settings: Settings, *, reuse_port: bool, run_mock: bool) -> int:
+    """Serve until SIGTERM/SIGINT, then drain and return the exit status."""
+    mock_runner: web.AppRunner | None = None
+    if run_mock:
+        port = free_port()
+        mock_runner = web.AppRunner(create_mock_app(), access_log=None)
+        await _start_site(mock_runner, f"127.0.0.1:{port}", False)
+        settings = with_mock_upstream(settings, port)
+        log_fields(log, logging.WARNING, "no upstream configured: using the bundled mock provider",
+                   upstream=settings.upstream.url)
+
+    proxy_app = create_app(settings)
+    proxy_runner = web.AppRunner(
+        proxy_app,
+        handler_cancellation=True,
+        keepalive_timeout=settings.header_timeout_s,
+        shutdown_timeout=settings.shutdown_grace_s,
+        access_log=None,
+    )
+    await _start_site(proxy_runner, settings.listen, reuse_port)
+    health_runner = web.AppRunner(create_health_app(proxy_app), access_log=None,
+                                  keepalive_timeout=settings.header_timeout_s)
+    await _start_site(health_runner, settings.metrics.listen, reuse_port)
+    log_fields(log, logging.INFO, "sidecar listening", proxy=settings.listen,
+               metrics=settings.metrics.listen, upstream=settings.upstream.url,
+               store=settings.store.url.split("@")[-1])
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    log_fields(log, logging.INFO, "draining", grace_s=settings.shutdown_grace_s)
+    proxy_app[LIFECYCLE].draining = True
+    await proxy_runner.cleanup()
+    await health_runner.cleanup()
+    if mock_runner is not None:
+        await mock_runner.cleanup()
+    log.info("stopped")
+    return 0
+
+
+def _worker(settings: Settings, run_mock: bool) -> None:
+    setup_logging(settings.log.level)
+    _install_event_loop_policy()
+    sys.exit(asyncio.run(run_listeners(settings, reuse_port=True, run_mock=run_mock)))
+
+
+def _mock_process(port: int) -> None:
+    _install_event_loop_policy()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    web.run_app(create_mock_app(), host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+def serve(settings: Settings) -> int:
+    """Entry point of `sidecar serve`."""
+    setup_logging(settings.log.level)
+    run_mock = not settings.upstream.url
+    if settings.workers == 1:
+        _install_event_loop_policy()
+        return asyncio.run(run_listeners(settings, reuse_port=False, run_mock=run_mock))
+    return _serve_workers(settings, run_mock)
+
+
+def _serve_workers(settings: Settings, run_mock: bool) -> int:
+    ctx = multiprocessing.get_context("spawn")
+    mock = None
+    if run_mock:
+        port = free_port()
+        mock = ctx.Process(target=_mock_process, args=(port,), daemon=True)
+        mock.start()
+        settings = with_mock_upstream(settings, port)
+    workers = [ctx.Process(target=_worker, args=(settings, False)) for _ in range(settings.workers)]
+    for worker in workers:
+        worker.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for worker in workers:
+            if worker.pid is not None and worker.is_alive():
+                os.kill(worker.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    for worker in workers:
+        worker.join()
+        status = status or (worker.exitcode or 0)
+    if mock is not None:
+        mock.terminate()
+        mock.join(5)
+    return status

@@ -1,0 +1,251 @@
+"""Frozen, typed settings from an optional TOML file and the `SIDECAR_*` environment.
+
+Each field has one environment name, `SIDECAR_<FIELD>` for top-level fields and
+`SIDECAR_<SECTION>_<FIELD>` for fields of a section (DESIGN.md section 9); the
+environment overrides the file. Any invalid value raises `ConfigError` with one line
+that names the field, so `sidecar` can exit with status 2 before it serves anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit
+
+from sidecar.errors import ConfigError
+
+
+class Secret(str):
+    """A string that never shows itself in reprs, logs or `check-config`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def masked(self) -> str:
+        return "***" if self else ""
+
+
+def _f(default: Any, help: str, *, min: float | None = None, max: float | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "min": min, "max": max})
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    url: str = _f("memory://", "redis://, rediss://, redis+cluster:// or memory:// (embedded)")
+    timeout_s: float = _f(0.25, "deadline for one store call on the request path", min=0.005, max=30)
+    connect_timeout_s: float = _f(1.0, "deadline for opening a store connection", min=0.01, max=60)
+    max_connections: int = _f(64, "connections per process to the store", min=1, max=10_000)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    url: str = _f("", "provider base URL, e.g. https://api.openai.com; empty = bundled mock")
+    key_env: str = _f("OPENAI_API_KEY", "name of the environment variable holding the provider key")
+    connect_timeout_s: float = _f(5.0, "TCP/TLS connect deadline", min=0.01, max=120)
+    read_timeout_s: float = _f(60.0, "deadline for the first byte and between chunks", min=0.01)
+    total_timeout_s: float = _f(600.0, "deadline for a whole upstream exchange", min=0.1)
+    max_connections: int = _f(1000, "concurrent upstream connections per process", min=1)
+    max_response_bytes: int = _f(16 * 1024 * 1024, "cap on a non-streamed response", min=1024)
+    allow_insecure: bool = _f(False, "allow plain http to a non-loopback upstream")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    listen: str = _f("0.0.0.0:9090", "host:port of /metrics, /healthz and /readyz")
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSettings:
+    listen: str = _f("127.0.0.1:9091", "host:port of the admin API")
+    token: Secret = _f(Secret(""), "bearer token for the admin API; empty = admin API off")
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = _f("INFO", "log level")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    listen: str = _f("127.0.0.1:8080", "host:port of the OpenAI-compatible proxy")
+    workers: int = _f(1, "worker processes sharing the proxy port", min=1, max=256)
+    max_body_bytes: int = _f(1024 * 1024, "largest accepted request body", min=1024)
+    max_json_depth: int = _f(64, "deepest JSON nesting accepted in a request body", min=4, max=512)
+    header_timeout_s: float = _f(15.0, "deadline to receive request headers (and idle keep-alive)",
+                                 min=0.05, max=3600)
+    body_timeout_s: float = _f(30.0, "deadline to receive a request body", min=0.05, max=3600)
+    shutdown_grace_s: float = _f(25.0, "time in-flight requests get to finish on SIGTERM",
+                                 min=0, max=3600)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+
+    @property
+    def upstream_key(self) -> Secret:
+        """The provider key, read from the variable that `upstream.key_env` names."""
+        return Secret(os.environ.get(self.upstream.key_env, ""))
+
+
+def _coerce(name: str, hint: Any, raw: Any, meta: Mapping[str, Any]) -> Any:
+    """Turn a TOML value or an environment string into the field's type, or fail naming it."""
+    origin = get_origin(hint)
+    try:
+        if hint is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError("expected true or false")
+        if hint is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError("expected a whole number")
+            value: Any = int(str(raw).strip().replace("_", "")) if isinstance(raw, str) else int(raw)
+        elif hint is float:
+            if isinstance(raw, bool):
+                raise ValueError("expected a number")
+            value = float(raw)
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError("expected a finite number")
+        elif hint is Secret:
+            value = Secret(str(raw))
+        elif hint is str:
+            if not isinstance(raw, str):
+                raise ValueError("expected a string")
+            value = raw
+        elif origin is Literal:
+            choices = get_args(hint)
+            text = str(raw).strip()
+            match = next((c for c in choices if str(c).lower() == text.lower()), None)
+            if match is None:
+                raise ValueError("expected one of " + ", ".join(map(str, choices)))
+            value = match
+        elif origin in (types.UnionType, typing.Union):
+            return _coerce(name, next(a for a in get_args(hint) if a is not type(None)), raw, meta)
+        else:  # pragma: no cover - a field type this loader does not know is a programming error
+            raise ValueError(f"unsupported type {hint!r}")
+    except (TypeError, ValueError) as exc:
+        detail = str(exc) if "expected" in str(exc) else f"expected {getattr(hint, '__name__', hint)}"
+        raise ConfigError(f"{name}: invalid value ({detail})") from None
+    low, high = meta.get("min"), meta.get("max")
+    if low is not None and value < low:
+        raise ConfigError(f"{name}: must be at least {low}, got {value}")
+    if high is not None and value > high:
+        raise ConfigError(f"{name}: must be at most {high}, got {value}")
+    return value
+
+
+def _build(cls: type[Any], prefix: str, file_values: Mapping[str, Any], env: Mapping[str, str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in file_values:
+        if key not in known:
+            raise ConfigError(f"{prefix}{key}: unknown setting")
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        name = f"{prefix}{f.name}"
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            section = file_values.get(f.name, {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"{name}: expected a table")
+            kwargs[f.name] = _build(typing.cast(type[Any], hint), f"{name}.", section, env)
+            continue
+        env_name = env_name_of(name)
+        if env_name in env:
+            kwargs[f.name] = _coerce(name, hint, env[env_name], f.metadata)
+        elif f.name in file_values:
+            kwargs[f.name] = _coerce(name, hint, file_values[f.name], f.metadata)
+    return cls(**kwargs)
+
+
+def env_name_of(dotted: str) -> str:
+    """`upstream.key_env` -> `SIDECAR_UPSTREAM_KEY_ENV`."""
+    return "SIDECAR_" + dotted.replace(".", "_").upper()
+
+
+def load_settings(path: str | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read the TOML file (if any) and the environment; validate everything or raise ConfigError."""
+    env = os.environ if env is None else env
+    path = path or env.get("SIDECAR_CONFIG") or None
+    file_values: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                file_values = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: cannot be read ({exc.strerror})") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: not valid TOML ({exc})") from None
+    settings: Settings = _build(Settings, "", file_values, env)
+    _check_relations(settings)
+    return settings
+
+
+def _check_listen(name: str, value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
+        raise ConfigError(f"{name}: expected host:port, got {value!r}")
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for localhost and loopback addresses (the only plain-http upstreams allowed by default)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_relations(s: Settings) -> None:
+    _check_listen("listen", s.listen)
+    _check_listen("metrics.listen", s.metrics.listen)
+    _check_listen("admin.listen", s.admin.listen)
+    scheme = urlsplit(s.store.url).scheme
+    if scheme not in {"memory", "redis", "rediss", "redis+cluster", "rediss+cluster"}:
+        raise ConfigError(
+            "store.url: expected memory://, redis://, rediss:// or redis+cluster://, "
+            f"got scheme {scheme or '(none)'!r}"
+        )
+    if s.upstream.url:
+        parts = urlsplit(s.upstream.url)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ConfigError("upstream.url: expected an http(s) URL such as https://api.openai.com")
+        if parts.scheme == "http" and not (
+            is_loopback_host(parts.hostname) or s.upstream.allow_insecure
+        ):
+            raise ConfigError(
+                "upstream.url: plain http is allowed only for loopback upstreams; "
+                "use https or set upstream.allow_insecure"
+            )
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ConfigError("upstream.url: must not carry credentials, a query or a fragment")
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """The effective settings as a nested dict with every secret masked (for check-config)."""
+
+    def walk(obj: Any) -> Any:
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            return {f.name: walk(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        if isinstance(obj, Secret):
+            return obj.masked()
+        return obj
+
+    out: dict[str, Any] = walk(settings)
+    out["upstream"]["key"] = settings.upstream_key.masked() or "(not set)"
+    return out

@@ -1,0 +1,116 @@
+"""Connect to the store by URL and run its scripts under one deadline per call.
+
+`memory://` is fakeredis with Lua: one process, nothing persisted (for `make run` and
+unit tests). `redis://` and `rediss://` use one blocking connection pool per process with
+the hiredis parser; `redis+cluster://` (or `rediss+cluster://`) uses redis-py's cluster
+client. No call on the request path waits longer than `store.timeout_s`, and no command
+is retried after it was sent (a retried script could charge a request twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError
+from redis.retry import Retry
+
+from sidecar.settings import StoreSettings
+from sidecar.store.scripts import Script, load_scripts
+
+log = logging.getLogger("sidecar.store")
+
+KeyOrArg = str | int | float | bytes
+
+
+class StoreError(Exception):
+    """The store did not answer in time or answered with an error (the caller applies its policy)."""
+
+
+class Store:
+    """A connected store plus the scripts it runs."""
+
+    def __init__(self, client: Any, *, timeout_s: float, kind: str) -> None:
+        self.client = client
+        self.kind = kind  # "memory" | "redis" | "cluster"
+        self.timeout_s = timeout_s
+        self.scripts: dict[str, Script] = load_scripts()
+
+    @property
+    def is_memory(self) -> bool:
+        return self.kind == "memory"
+
+    async def run(self, name: str, keys: Sequence[KeyOrArg], args: Sequence[KeyOrArg]) -> Any:
+        """EVALSHA one script (loading it first on NOSCRIPT) within the store deadline."""
+        script = self.scripts[name]
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                try:
+                    return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+                except NoScriptError:
+                    # Emptied by SCRIPT FLUSH, a restart or a failover: load it and run it once more.
+                    await self.client.script_load(script.source)
+                    return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+        except TimeoutError as exc:
+            raise StoreError(f"store call {name!r} timed out") from exc
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"store call {name!r} failed: {type(exc).__name__}") from exc
+
+    async def call(self, op: str, *args: Any) -> Any:
+        """Run one plain command (`op` is a redis-py method name) within the store deadline."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await getattr(self.client, op)(*args)
+        except TimeoutError as exc:
+            raise StoreError(f"store op {op!r} timed out") from exc
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"store op {op!r} failed: {type(exc).__name__}") from exc
+
+    async def healthy(self) -> bool:
+        """True when the scripted path works end to end (not only PING)."""
+        try:
+            reply = await self.run("health", [], [])
+        except StoreError:
+            return False
+        return isinstance(reply, list) and len(reply) == 2
+
+    async def close(self) -> None:
+        close = getattr(self.client, "aclose", None) or self.client.close
+        await close()
+
+
+def _memory_client() -> Any:
+    import fakeredis  # imported here: only the embedded store needs it
+
+    return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=False)
+
+
+async def connect(settings: StoreSettings) -> Store:
+    """Open the store named by `settings.url` (no network I/O happens until the first call)."""
+    parts = urlsplit(settings.url)
+    scheme = parts.scheme
+    if scheme == "memory":
+        log.warning(
+            "embedded memory:// store: single process, nothing persisted; use redis:// in production"
+        )
+        return Store(_memory_client(), timeout_s=settings.timeout_s, kind="memory")
+    common: dict[str, Any] = {
+        "socket_timeout": max(settings.timeout_s, 0.5),
+        "socket_connect_timeout": settings.connect_timeout_s,
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 10,
+    }
+    if scheme.endswith("+cluster"):
+        url = urlunsplit((scheme.removesuffix("+cluster"), *parts[1:]))
+        client: Any = RedisCluster.from_url(url, max_connections=settings.max_connections, **common)
+        return Store(client, timeout_s=settings.timeout_s, kind="cluster")
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.url, max_connections=settings.max_connections, timeout=settings.timeout_s, **common
+    )
+    return Store(aioredis.Redis(connection_pool=pool), timeout_s=settings.timeout_s, kind="redis")
