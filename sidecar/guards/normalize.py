@@ -7,7 +7,7 @@ base64, hex, URL-encoding, HTML character references or ROT13. The base view is 
 the others only when a cheap pre-check (one precompiled regex) finds something to undo, so
 plain text costs one printable check, one lower(), one split and a few set operations. The
 pre-checks work on word tokens: a view is built when a token, once de-obfuscated, is one of
-the attack words in `GATE_STEMS`.
+the attack words in `GATE_WORDS`.
 
 Every regex here is linear: bounded repetitions over disjoint character classes only.
 """
@@ -60,14 +60,19 @@ _LEET_TABLE = str.maketrans(
 _ROT13_TABLE = str.maketrans(
     string.ascii_lowercase, string.ascii_lowercase[13:] + string.ascii_lowercase[:13]
 )
-# Stems (first 6 characters) of words that injections are made of. De-obfuscating a token is
+# Words that injections are made of (all inflections we gate on). De-obfuscating a token is
 # only worth a new view when it yields one of these.
-GATE_STEMS = frozenset(
-    "ignore ignori ignora disreg forget instru previo system prompt jailbr overri bypass "
-    "pretend develo reveal decode execut follow rules above prior disobe unrest unfilt filter "
-    "guidel polici policy comman direct admin dan mode secret passwo respon answer output "
-    "print say repeat now new task ignoré oublie vergis anweis regeln olvida instrucc "
-    "istruz dimenti esqueç instru ignorie".split()
+GATE_WORDS = frozenset(
+    """
+    ignore ignored ignoring ignores ignorez ignorer ignora ignorar ignorare ignoriere ignorieren
+    ignoriert ignorate ignorem ignoren disregard disregarding forget forgetting override bypass
+    instructions instruction instruct directions prompt prompts system previous prior above
+    earlier preceding jailbreak jailbroken pretend developer reveal decode execute follow rules
+    disobey unrestricted unfiltered uncensored filters guidelines policies policy commands
+    admin dan mode secret password respond answer output print say repeat new task tasks now
+    oublie oubliez vergiss anweisungen regeln olvida instrucciones istruzioni dimentica
+    esqueça instruções précédentes vorherigen anteriores precedenti
+    """.split()
 )
 _PUNCT_BYTES = bytes.maketrans(
     string.punctuation.encode("ascii"), b" " * len(string.punctuation)
@@ -79,10 +84,14 @@ _RARE_SINGLES = frozenset("bcefghjklnopqruvwxyz")
 _SPACED_RUN = re.compile(r"(?<!\w)(?:[^\W_][ .\-_*·•/|,+~]{1,3}){3,120}[^\W_](?!\w)")
 _SPACED_GAP = re.compile(r"[ .\-_*·•/|,+~]{1,3}")
 
-_B64 = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{16,8192}={0,2}")
-_HEX = re.compile(
-    r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}){8,4096}(?![0-9A-Fa-f])|(?:\\x[0-9A-Fa-f]{2}){6,4096}"
+_KEEP_IN_CANDIDATES = "+/=_-\\"
+_CANDIDATE_BYTES = bytes.maketrans(
+    "".join(c for c in string.punctuation if c not in _KEEP_IN_CANDIDATES).encode("ascii"),
+    b" " * (len(string.punctuation) - len(_KEEP_IN_CANDIDATES)),
 )
+_B64_SPLIT = re.compile(r"\\")
+_B64_TOKEN = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
+_HEX_TOKEN = re.compile(r"(?:x?[0-9A-Fa-f]{2}){8,}")
 _HEX_JUNK = re.compile(r"[^0-9A-Fa-f]+")
 _URL_ESC = re.compile(r"%[0-9A-Fa-f]{2}")
 _HTML_REF = re.compile(r"&#[xX]?[0-9A-Fa-f]{1,6};|&[a-zA-Z]{2,8};")
@@ -91,12 +100,12 @@ _NON_TEXT = re.compile(r"[^\w\s.,;:!?'\"()\[\]{}<>@#$%&*+=/\\|~^`-]")
 
 @dataclass(frozen=True, slots=True)
 class View:
-    """One normalized copy of the text, its word tokens and their 6-character stems."""
+    """One normalized copy of the text, its word tokens and the set of distinct tokens."""
 
     kind: str
     text: str
     tokens: list[str]
-    stems: frozenset[str]
+    words: frozenset[str]
 
 
 def tokenize(view: str) -> list[str]:
@@ -112,7 +121,7 @@ def tokenize(view: str) -> list[str]:
 
 def _make_view(kind: str, text: str) -> View:
     tokens = tokenize(text)
-    return View(kind, text, tokens, frozenset({t[:6] for t in set(tokens)}))
+    return View(kind, text, tokens, frozenset(tokens))
 
 
 def fold(s: str) -> str:
@@ -170,7 +179,7 @@ def _decode_b64(seg: str) -> str | None:
 
 
 def _decode_hex(seg: str) -> str | None:
-    digits = _HEX_JUNK.sub("", seg.replace("\\x", ""))
+    digits = _HEX_JUNK.sub("", seg.replace("x", ""))
     try:
         text = bytes.fromhex(digits).decode("utf-8")
     except ValueError:
@@ -179,20 +188,32 @@ def _decode_hex(seg: str) -> str | None:
 
 
 def _decoded_segments(s: str, tokens: list[str]) -> list[tuple[str, str]]:
-    """Decode base64/hex/URL/HTML-escaped segments of the case-preserved text `s`."""
+    """Decode base64/hex/URL/HTML-escaped segments of the case-preserved text `s`.
+
+    Gate: a word token of 20+ characters (rare in prose). Candidates are tokens of 16+ characters (split on punctuation other than the base64
+    alphabet), so no regex scans plain prose; a text without long tokens costs one max().
+    """
     out: list[tuple[str, str]] = []
-    long_token = max(map(len, tokens), default=0) >= 16
-    if long_token or "\\x" in s:
-        for rx, kind, dec in ((_B64, "base64", _decode_b64), (_HEX, "hex", _decode_hex)):
-            if kind == "base64" and not long_token:
+    if max(map(len, tokens), default=0) >= 20 or "\\x" in s:
+        raw = s.encode("utf-8", "surrogatepass").translate(_CANDIDATE_BYTES)
+        for tok in raw.decode("utf-8", "surrogatepass").split():
+            if len(tok) < 16:
                 continue
-            for m in rx.finditer(s):
-                if len(out) >= MAX_DECODED_SEGMENTS:
-                    return out
-                seg = m.group(0)
-                if kind == "base64" and seg.isalpha() and (seg.islower() or seg.isupper()):
-                    continue  # a long plain word, not base64
-                d = dec(seg)
+            if len(out) >= MAX_DECODED_SEGMENTS:
+                return out
+            segs = [tok.replace("\\x", "")] if "\\x" in tok else _B64_SPLIT.split(tok)
+            for seg in segs:
+                if len(seg) < 16:
+                    continue
+                d: str | None = None
+                if _HEX_TOKEN.fullmatch(seg) is not None:
+                    d = _decode_hex(seg)
+                    kind = "hex"
+                elif _B64_TOKEN.fullmatch(seg) is not None and not (
+                    seg.isalpha() and (seg.islower() or seg.isupper())
+                ):
+                    d = _decode_b64(seg[:8192])
+                    kind = "base64"
                 if d is not None:
                     out.append((kind, d))
     if "%" in s and s.count("%") >= 3 and len(_URL_ESC.findall(s)) >= 3:
@@ -214,21 +235,21 @@ def build_views(text: str) -> list[View]:
     base = _make_view("base", s.lower() if s.isascii() else s.casefold())
     views = [base]
     work = base
-    uniq = set(base.tokens)
+    uniq = base.words
     if not base.text.isascii():
         odd = [t for t in uniq if not t.isascii()]
-        if any(_fold_confusables(t)[:6] in GATE_STEMS for t in odd):
+        if any(_fold_confusables(t) in GATE_WORDS for t in odd):
             work = _make_view("confusables", _fold_confusables(base.text))
             views.append(work)
-            uniq = set(work.tokens)
+            uniq = work.words
     mixed = [t for t in uniq if not t.isalpha() and not t.isdigit()]
-    if any(t.translate(_LEET_TABLE)[:6] in GATE_STEMS for t in mixed) or "@" in work.text:
+    if any(t.translate(_LEET_TABLE) in GATE_WORDS for t in mixed) or "@" in work.text:
         leet = work.text.translate(_LEET_TABLE)
         if leet != work.text:
             views.append(_make_view("leet", leet))
     if len(_RARE_SINGLES.intersection(uniq)) >= 4 and _SPACED_RUN.search(work.text) is not None:
         views.append(_make_view("unspaced", _SPACED_RUN.sub(_unspace_run, work.text)))
-    if not work.stems.isdisjoint(_GATE_ROT13):
+    if not uniq.isdisjoint(_GATE_ROT13):
         views.append(_make_view("rot13", codecs.encode(work.text, "rot13")))
     for kind, decoded in _decoded_segments(s, base.tokens):
         views.append(_make_view(kind, fold(sanitize_text(decoded))))
@@ -236,7 +257,7 @@ def build_views(text: str) -> list[View]:
 
 
 _GATE_ROT13 = frozenset(
-    s.translate(_ROT13_TABLE) for s in GATE_STEMS if s.isascii() and len(s) >= 5
+    w.translate(_ROT13_TABLE) for w in GATE_WORDS if w.isascii() and len(w) >= 5
 )
 
 
