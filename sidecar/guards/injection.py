@@ -1,0 +1,246 @@
+"""Prompt-injection and jailbreak detection: weighted rules plus a small linear classifier.
+
+Two layers over the detection views of `sidecar.guards.normalize`:
+
+* rules (data/injection_rules.tsv): categorized regexes in eleven languages. A rule's regex
+  only runs when one of its trigger words is a token of the view (or, for scripts without
+  spaces, a substring of it), so plain text pays a set intersection, not a regex scan. All
+  patterns use bounded repetitions over disjoint classes, so matching stays linear.
+* classifier (data/injection_weights.json): logistic regression over word unigram and bigram
+  counts, trained offline by tools/train_injection.py, run here as dict lookups. Long texts
+  are scored in overlapping token windows, so an attack in the middle of a long document is
+  not diluted by the benign text around it.
+
+The score is max(rule score, classifier score) in [0, 1]; rule hits combine as noisy-OR.
+Pure: the data files are read once, on first use; no I/O or logging per request.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import math
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from sidecar.guards.normalize import View, build_views
+
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_SCAN_ROLES = frozenset({"user", "tool", "function"})
+DECODED_KINDS = frozenset({"base64", "hex", "url", "html", "rot13"})
+CLASSIFIER_CATEGORY = "classifier"
+ENCODED_CATEGORY = "encoded_payload"
+
+_GAP = r"[\W_]{0,4}"
+_FILLER = r"(?:[\W_]{1,4}\w{1,20}){0,4}[\W_]{0,4}"
+
+
+@dataclass(frozen=True, slots=True)
+class InjectionResult:
+    """Injection score in [0, 1], the categories that drove it and (for chats) which message."""
+
+    score: float
+    categories: tuple[str, ...] = ()
+    message_index: int | None = None
+    detected: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One weighted, categorized pattern and the tokens or substrings that gate it."""
+
+    rule_id: str
+    category: str
+    weight: float
+    words: frozenset[str]
+    substrings: tuple[str, ...]
+    regex: re.Pattern[str]
+    ascii_substrings: tuple[str, ...] = ()
+
+
+def _expand(pattern: str) -> str:
+    return unicodedata.normalize("NFKC", pattern.replace("~~", _FILLER).replace("__", _GAP))
+
+
+def parse_rules(lines: Iterable[str]) -> tuple[Rule, ...]:
+    """Parse the TSV rule table: id, category, weight, triggers, pattern."""
+    rules: list[Rule] = []
+    for line in lines:
+        if not line.strip() or line.startswith("#"):
+            continue
+        rule_id, category, weight, triggers, pattern = line.rstrip("\n").split("\t")
+        words = frozenset(t for t in triggers.split() if not t.startswith("~"))
+        subs = tuple(unicodedata.normalize("NFKC", t[1:]) for t in triggers.split() if t[0] == "~")
+        ascii_subs = tuple(t for t in subs if t.isascii())
+        rx = re.compile(_expand(pattern))
+        rules.append(Rule(rule_id, category, float(weight), words, subs, rx, ascii_subs))
+    return tuple(rules)
+
+
+@dataclass(frozen=True, slots=True)
+class LinearModel:
+    """Logistic regression over token unigram and bigram counts, windowed over long texts."""
+
+    bias: float
+    unigrams: Mapping[str, float]
+    bigrams: Mapping[tuple[str, str], float]
+    window: int
+    stride: int
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> LinearModel:
+        bigrams = {tuple(k.split(" ", 1)): float(v) for k, v in doc["bigrams"].items()}
+        return cls(
+            bias=float(doc["bias"]),
+            unigrams={k: float(v) for k, v in doc["unigrams"].items()},
+            bigrams=bigrams,  # type: ignore[arg-type]
+            window=int(doc["window"]),
+            stride=int(doc["stride"]),
+        )
+
+    def max_logit(self, tokens: Sequence[str]) -> float:
+        """Highest logit over windows of `window` tokens taken every `stride` tokens."""
+        n = len(tokens)
+        if n == 0:
+            return self.bias
+        ug = self.unigrams.get
+        bg = self.bigrams.get
+        zeros = itertools.repeat(0.0)
+        contrib = list(map(ug, tokens, zeros))
+        if n > 1:
+            for i, w in enumerate(map(bg, zip(tokens, tokens[1:], strict=False), zeros)):
+                if w:
+                    contrib[i] += w
+        if n <= self.window:
+            return self.bias + math.fsum(contrib)
+        prefix = [0.0, *itertools.accumulate(contrib)]
+        best = -math.inf
+        for start in range(0, n - self.stride, self.stride):
+            end = min(start + self.window, n)
+            best = max(best, prefix[end] - prefix[start])
+        return self.bias + best
+
+
+def _sigmoid(z: float) -> float:
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+@functools.cache
+def load_rules() -> tuple[Rule, ...]:
+    """Load the packaged rule table once."""
+    text = resources.files("sidecar.guards").joinpath("data/injection_rules.tsv")
+    return parse_rules(text.read_text(encoding="utf-8").splitlines())
+
+
+@functools.cache
+def load_model() -> LinearModel:
+    """Load the packaged classifier weights once."""
+    raw = resources.files("sidecar.guards").joinpath("data/injection_weights.json")
+    return LinearModel.from_json(json.loads(raw.read_text(encoding="utf-8")))
+
+
+def _message_text(content: Any) -> str:
+    """Text of a message content: a string, or the text parts of a content-part list joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [
+            p["text"]
+            for p in content
+            if isinstance(p, Mapping) and p.get("type") == "text" and isinstance(p.get("text"), str)
+        ]
+        return "\n".join(parts)
+    return ""
+
+
+class InjectionDetector:
+    """Scores text for prompt injection; build once (loads data) and share across requests."""
+
+    def __init__(
+        self,
+        threshold: float = DEFAULT_THRESHOLD,
+        rules: Sequence[Rule] | None = None,
+        model: LinearModel | None = None,
+        use_rules: bool = True,
+        use_classifier: bool = True,
+    ) -> None:
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError("threshold must be within [0, 1]")
+        self.threshold = threshold
+        self._rules = tuple(rules if rules is not None else load_rules()) if use_rules else ()
+        self._model = (model if model is not None else load_model()) if use_classifier else None
+
+    def _rule_hits(self, view: View) -> list[Rule]:
+        text = view.text
+        words = view.words
+        ascii_only = text.isascii()
+        ungated = view.kind == "unspaced"  # words were merged: gate on substrings instead
+        hits: list[Rule] = []
+        for rule in self._rules:
+            gated = not words.isdisjoint(rule.words) or any(
+                s in text for s in (rule.substrings if not ascii_only else rule.ascii_substrings)
+            )
+            if not gated and ungated:
+                gated = any(w in text for w in rule.words) or any(s in text for s in rule.substrings)
+            if gated and rule.regex.search(text) is not None:
+                hits.append(rule)
+        return hits
+
+    def score_views(self, views: Sequence[View]) -> InjectionResult:
+        """Score precomputed views (see `normalize.build_views`)."""
+        weights: dict[str, float] = {}
+        categories: dict[str, float] = {}
+        clf = 0.0
+        for view in views:
+            for rule in self._rule_hits(view):
+                weights[rule.rule_id] = max(weights.get(rule.rule_id, 0.0), rule.weight)
+                categories[rule.category] = max(categories.get(rule.category, 0.0), rule.weight)
+                if view.kind in DECODED_KINDS:
+                    categories[ENCODED_CATEGORY] = max(
+                        categories.get(ENCODED_CATEGORY, 0.0), rule.weight
+                    )
+            if self._model is not None:
+                clf = max(clf, _sigmoid(self._model.max_logit(view.tokens)))
+        miss = 1.0
+        for w in weights.values():
+            miss *= 1.0 - w
+        rule_score = 1.0 - miss
+        if clf >= self.threshold:
+            categories[CLASSIFIER_CATEGORY] = clf
+        score = max(rule_score, clf)
+        cats = tuple(sorted(categories, key=lambda c: (-categories[c], c)))
+        return InjectionResult(round(score, 4), cats, None, score >= self.threshold)
+
+    def score_text(self, text: str) -> InjectionResult:
+        """Score one text; `detected` is True when the score reaches the threshold."""
+        return self.score_views(build_views(text))
+
+    def scan_messages(
+        self, messages: Sequence[Mapping[str, Any]], roles: frozenset[str] = DEFAULT_SCAN_ROLES
+    ) -> InjectionResult:
+        """Score each message whose role is in `roles`; return the highest, with its index."""
+        best = InjectionResult(0.0)
+        for i, msg in enumerate(messages):
+            if msg.get("role") not in roles:
+                continue
+            text = _message_text(msg.get("content"))
+            if not text:
+                continue
+            res = self.score_text(text)
+            if best.message_index is None or res.score > best.score:
+                best = InjectionResult(res.score, res.categories, i, res.detected)
+        return best
+
+
+@functools.cache
+def default_detector() -> InjectionDetector:
+    """The shared detector with packaged rules, weights and the default threshold."""
+    return InjectionDetector()
