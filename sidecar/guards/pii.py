@@ -1,0 +1,341 @@
+"""PII detectors: e-mail, phone numbers, payment cards (Luhn), IBANs (mod 97), US SSNs, IP addresses.
+
+Numbers are only PII when their checksum or numbering plan says so: a 16-digit order id that fails
+Luhn, an IBAN with a wrong check digit, an SSN in the 000/666/9xx area are left alone. Every digit
+pattern starts with a digit or `+` (the lookbehind comes after that first character) so the regex
+engine can skip prose between digits in C instead of trying each position.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterator
+
+from sidecar.guards.secrets import PatternSpec
+
+# --- validators ------------------------------------------------------------------------------
+
+
+def luhn_ok(digits: str) -> bool:
+    """The Luhn (mod 10) check that every payment card number satisfies."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _card(value: str) -> bool:
+    digits = "".join(c for c in value if c.isdigit())
+    if not 13 <= len(digits) <= 19 or digits[0] not in "3456" or len(set(digits)) < 3:
+        return False
+    return luhn_ok(digits)
+
+
+# ISO 13616 lengths per country (SWIFT IBAN registry).
+IBAN_LENGTHS: dict[str, int] = {
+    "AD": 24,
+    "AE": 23,
+    "AL": 28,
+    "AT": 20,
+    "AZ": 28,
+    "BA": 20,
+    "BE": 16,
+    "BG": 22,
+    "BH": 22,
+    "BI": 27,
+    "BR": 29,
+    "BY": 28,
+    "CH": 21,
+    "CR": 22,
+    "CY": 28,
+    "CZ": 24,
+    "DE": 22,
+    "DJ": 27,
+    "DK": 18,
+    "DO": 28,
+    "EE": 20,
+    "EG": 29,
+    "ES": 24,
+    "FI": 18,
+    "FK": 18,
+    "FO": 18,
+    "FR": 27,
+    "GB": 22,
+    "GE": 22,
+    "GI": 23,
+    "GL": 18,
+    "GR": 27,
+    "GT": 28,
+    "HN": 28,
+    "HR": 21,
+    "HU": 28,
+    "IE": 22,
+    "IL": 23,
+    "IQ": 23,
+    "IS": 26,
+    "IT": 27,
+    "JO": 30,
+    "KW": 30,
+    "KZ": 20,
+    "LB": 28,
+    "LC": 32,
+    "LI": 21,
+    "LT": 20,
+    "LU": 20,
+    "LV": 21,
+    "LY": 25,
+    "MC": 27,
+    "MD": 24,
+    "ME": 22,
+    "MK": 19,
+    "MN": 20,
+    "MR": 27,
+    "MT": 31,
+    "MU": 30,
+    "NI": 28,
+    "NL": 18,
+    "NO": 15,
+    "OM": 23,
+    "PK": 24,
+    "PL": 28,
+    "PS": 29,
+    "PT": 25,
+    "QA": 29,
+    "RO": 24,
+    "RS": 22,
+    "RU": 33,
+    "SA": 24,
+    "SC": 31,
+    "SD": 18,
+    "SE": 24,
+    "SI": 19,
+    "SK": 24,
+    "SM": 27,
+    "SO": 23,
+    "ST": 25,
+    "SV": 28,
+    "TL": 23,
+    "TN": 24,
+    "TR": 26,
+    "UA": 29,
+    "VA": 22,
+    "VG": 24,
+    "XK": 20,
+    "YE": 30,
+}
+
+
+def iban_ok(value: str) -> bool:
+    """Country length and the ISO 7064 mod-97 check digits of an IBAN (spaces ignored)."""
+    iban = value.replace(" ", "")
+    if IBAN_LENGTHS.get(iban[:2]) != len(iban):
+        return False
+    rearranged = iban[4:] + iban[:4]
+    number = "".join(str(int(ch, 36)) for ch in rearranged)
+    return int(number) % 97 == 1
+
+
+_SSN_RESERVED = frozenset({"078051120", "219099999", "123456789"})
+
+
+def ssn_ok(value: str) -> bool:
+    """A US SSN in an issuable range: area not 000/666/9xx, group not 00, serial not 0000."""
+    digits = value.replace("-", "").replace(" ", "")
+    area, group, serial = digits[:3], digits[3:5], digits[5:]
+    if area in ("000", "666") or area[0] == "9" or group == "00" or serial == "0000":
+        return False
+    return digits not in _SSN_RESERVED
+
+
+def _phone(value: str, lo: int = 8, hi: int = 15) -> bool:
+    digits = sum(c.isdigit() for c in value)
+    return lo <= digits <= hi
+
+
+def _national_phone(value: str) -> bool:
+    return _phone(value, 10, 12)
+
+
+def _nanp(value: str) -> bool:
+    digits = "".join(c for c in value if c.isdigit())
+    return len(digits) == 10 and digits[0] not in "01" and digits[3] not in "01"
+
+
+_IPV4_EXCLUDED = ("0.", "127.", "255.", "192.0.2.", "198.51.100.", "203.0.113.")
+
+
+def _ipv4(value: str) -> bool:
+    parts = value.split(".")
+    if any((len(p) > 1 and p[0] == "0") or int(p) > 255 for p in parts):
+        return False
+    return not value.startswith(_IPV4_EXCLUDED)
+
+
+def _ipv6(value: str) -> bool:
+    if not any(c.isdigit() for c in value):
+        return False
+    try:
+        addr = ipaddress.IPv6Address(value)
+    except ValueError:
+        return False
+    doc = ipaddress.IPv6Network("2001:db8::/32")
+    return not (addr.is_loopback or addr.is_unspecified or addr.is_link_local or addr in doc)
+
+
+# --- e-mail: anchored at '@' so a long word never costs more than one left scan ----------------
+
+_EMAIL_LOCAL = re.compile(r"[A-Za-z0-9._%+-]{1,64}\Z")
+_EMAIL_DOMAIN = re.compile(
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?){0,8}"
+    r"\.([A-Za-z]{2,24})(?![A-Za-z0-9-]|\.[A-Za-z0-9])"
+)
+_FILE_TLDS = frozenset(
+    {
+        "png",
+        "jpg",
+        "jpeg",
+        "gif",
+        "svg",
+        "webp",
+        "ico",
+        "js",
+        "ts",
+        "css",
+        "map",
+        "json",
+        "lock",
+        "txt",
+        "yaml",
+        "yml",
+        "toml",
+        "xml",
+        "html",
+        "tsx",
+        "jsx",
+        "mjs",
+        "cjs",
+        "wasm",
+        "bmp",
+    }
+)
+EMAIL_WIDTH = 64 + 1 + 9 * 64 + 25 + 2
+"""Longest text an e-mail match can span (local part, '@', domain labels, TLD, lookahead)."""
+
+
+def find_emails(text: str, pos: int = 0) -> Iterator[tuple[int, int]]:
+    """Spans of e-mail addresses whose '@' lies at or after `pos` (local part not before `pos`)."""
+    at = text.find("@", pos)
+    while at != -1:
+        nxt = at + 1
+        m_local = _EMAIL_LOCAL.search(text, max(pos, at - 64), at)
+        m_dom = _EMAIL_DOMAIN.match(text, at + 1) if m_local else None
+        if m_local and m_dom:
+            start = m_local.start()
+            while start < at and text[start] in ".-+":
+                start += 1
+            local = text[start:at]
+            if local and local != "git" and m_dom.group(1).lower() not in _FILE_TLDS:
+                yield start, m_dom.end()
+                nxt = m_dom.end()
+        at = text.find("@", nxt)
+
+
+# --- the table ---------------------------------------------------------------------------------
+
+_HEX = "[0-9A-Fa-f]"
+_HEX_START = "[0-9A-Fa-f](?<![\\w:.][0-9A-Fa-f])"
+
+PII_SPECS: tuple[PatternSpec, ...] = (
+    PatternSpec(
+        "pii:credit_card",
+        re.compile(
+            r"[0-9](?<![\w-][0-9])(?:[0-9]{3}([ -]?)[0-9]{4}\1[0-9]{4}\1[0-9]{4}(?:\1[0-9]{3})?"
+            r"|[0-9]{3}([ -]?)[0-9]{6}\2[0-9]{4,5}|[0-9]{12,18})(?![\w-])"
+        ),
+        validate=_card,
+        ws_free=False,
+        start=re.compile(r"[0-9]"),
+        extent=re.compile(r"[0-9 -]{0,30}"),
+    ),
+    PatternSpec(
+        "pii:iban",
+        re.compile(
+            r"[A-Z](?<![A-Za-z0-9][A-Z])[A-Z][0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?"
+            r"(?![A-Za-z0-9])"
+        ),
+        validate=iban_ok,
+        ws_free=False,
+        start=re.compile(r"[A-Z]{2}[0-9]{2}"),
+        extent=re.compile(r"[A-Z0-9 ]{0,48}"),
+    ),
+    PatternSpec(
+        "pii:ssn",
+        re.compile(r"[0-9](?<![\w-][0-9])[0-9]{2}([- ])[0-9]{2}\1[0-9]{4}(?![\w-])"),
+        validate=ssn_ok,
+        ws_free=False,
+        start=re.compile(r"[0-9]"),
+        extent=re.compile(r"[0-9 -]{0,16}"),
+    ),
+    PatternSpec(
+        "pii:phone",
+        re.compile(
+            r"\+(?<![\w+]\+)[1-9][0-9]{0,2}(?:[0-9]{6,12}|(?:[ .-]?\([0-9]{1,4}\)[ .-]?[0-9]{0,5}"
+            r"|[ .-][0-9]{1,5})(?:[ .-][0-9]{2,8}){1,4})(?![\w]|[.,-][0-9])"
+        ),
+        validate=_phone,
+        ws_free=False,
+        start=re.compile(r"\+"),
+        extent=re.compile(r"[0-9 ().+-]{0,48}"),
+    ),
+    PatternSpec(
+        "pii:phone",
+        re.compile(
+            r"[(0-9](?<![\w+.(-][(0-9])(?:(?<=\()[0-9]{3}\) ?|(?<=[0-9])[0-9]{2}[-. ])[0-9]{3}[-. ]"
+            r"[0-9]{4}(?![\w-]|[.,][0-9])"
+        ),
+        validate=_nanp,
+        ws_free=False,
+        start=re.compile(r"[(0-9]"),
+        extent=re.compile(r"[0-9 ().-]{0,20}"),
+    ),
+    PatternSpec(
+        "pii:phone",
+        re.compile(r"0(?<![\w+.(/-]0)[1-9][0-9]{0,4}(?:[ ./-][0-9]{2,8}){1,4}(?![\w-]|[.,/][0-9])"),
+        validate=_national_phone,
+        ws_free=False,
+        start=re.compile(r"0"),
+        extent=re.compile(r"[0-9 ./-]{0,48}"),
+    ),
+    PatternSpec(
+        "pii:ip",
+        re.compile(r"[0-9](?<![\w.:][0-9])[0-9]{0,2}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}(?![\w]|\.[0-9])"),
+        validate=_ipv4,
+    ),
+    PatternSpec(
+        "pii:ip",
+        re.compile(_HEX_START + _HEX + "{0,3}:(?:" + _HEX + "{1,4}:){6}" + _HEX + "{1,4}(?![\\w:])"),
+        anchors=(":",),
+        validate=_ipv6,
+    ),
+    PatternSpec(
+        "pii:ip",
+        re.compile(
+            _HEX_START
+            + _HEX
+            + "{0,3}(?::"
+            + _HEX
+            + "{1,4}){0,6}::(?:"
+            + _HEX
+            + "{1,4}(?::"
+            + _HEX
+            + "{1,4}){0,6})?(?![\\w:])"
+        ),
+        anchors=("::",),
+        validate=_ipv6,
+    ),
+)
+"""PII detectors in priority order; `pii:ip` rows are dropped when IP detection is off."""

@@ -1,0 +1,455 @@
+"""Secret detectors: provider keys and tokens, private keys, JWTs, passwords in URLs and assignments.
+
+Each detector is one row (`PatternSpec`) of a table: a bounded regex, the literal anchors that must
+occur in the text before the regex runs at all (so prose without `sk-`, `AKIA`, `eyJ`... costs a few
+substring checks), and a validator that turns away documentation placeholders and low-entropy
+look-alikes. The rows also carry what the stream scanner needs to know to hold back as little text as
+possible: whether a match can contain whitespace and, if it can, where a match may start and how far
+an attempt may reach.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from re import _parser as _sre_parser  # type: ignore[attr-defined]
+from typing import Any
+
+#: Lookarounds have no width in `getwidth`; ours look at most this many characters past a match.
+LOOKAROUND_MARGIN = 4
+#: Upper bound on any built-in pattern's width; unbounded patterns are refused at construction.
+MAX_PATTERN_WIDTH = 10_000
+
+Validator = Callable[[str], bool]
+
+
+def pattern_width(regex: re.Pattern[str]) -> int:
+    """Longest text a match attempt of `regex` can examine (its max width plus lookaround margin)."""
+    parsed: Any = _sre_parser.parse(regex.pattern, regex.flags)
+    width = int(parsed.getwidth()[1])
+    if width > MAX_PATTERN_WIDTH:
+        raise ValueError(f"pattern is unbounded or too wide ({width}): {regex.pattern[:40]!r}")
+    return width + LOOKAROUND_MARGIN
+
+
+@dataclass(frozen=True, slots=True)
+class PatternSpec:
+    """One detector row: what to match, what it is called, and how the stream may cut around it.
+
+    `group` names the capture group(s) whose span is the finding (0 = the whole match); the whole
+    match is still the "raw" span that a stream cut must not split. `anchors` are literals of which
+    one must occur in the text (in its lower-case form when `anchors_ci`) for the regex to run.
+    `ws_free` says a match attempt can never cross whitespace. For the others, `start` matches
+    wherever a match may begin and `extent` (matched at such a start) reaches at least as far as the
+    regex could look; `extent_margin` covers optional tails the extent regex does not see.
+    When `anchor_back` is set, every match starts at most that many characters before an anchor
+    occurrence, so the scanner tries `regex.match` only there instead of searching the whole text
+    (a leading lookbehind or a case-insensitive keyword defeats the regex engine's own prefix scan).
+    """
+
+    kind: str
+    regex: re.Pattern[str]
+    group: tuple[int, ...] = (0,)
+    anchors: tuple[str, ...] = ()
+    anchors_ci: bool = False
+    validate: Validator | None = None
+    ws_free: bool = True
+    start: re.Pattern[str] | None = None
+    extent: re.Pattern[str] | None = None
+    extent_margin: int = LOOKAROUND_MARGIN
+    anchor_back: int | None = None
+    width: int = field(default=0)
+
+    def __post_init__(self) -> None:
+        if self.width == 0:
+            object.__setattr__(self, "width", pattern_width(self.regex))
+        if not self.ws_free and self.start is None:
+            object.__setattr__(self, "start", _ANYWHERE)
+
+
+_ANYWHERE = re.compile(r"(?s).")
+
+
+def spec_from_regex(kind: str, regex: str | re.Pattern[str], *, ws_free: bool = False) -> PatternSpec:
+    """Wrap a caller's regex (e.g. the sidecar key format) as a detector row.
+
+    Without `ws_free=True` the stream conservatively holds back the pattern's full width.
+    """
+    compiled = re.compile(regex) if isinstance(regex, str) else regex
+    return PatternSpec(kind, compiled, ws_free=ws_free)
+
+
+# --- validators ------------------------------------------------------------------------------
+
+_PLACEHOLDER_WORDS = (
+    "xxxx",
+    "example",
+    "your",
+    "...",
+    "<",
+    ">",
+    "${",
+    "{{",
+    "placeholder",
+    "dummy",
+    "redacted",
+    "insert",
+    "here",
+    "changeme",
+    "change_me",
+    "replace",
+    "fake",
+    "sample",
+    "****",
+    "0000000000",
+    "1234567890",
+    "abcdefghij",
+    "todo",
+    "secret_key",
+    "my_key",
+    "mykey",
+    "token_here",
+)
+
+
+def shannon_entropy(value: str) -> float:
+    """Bits per character of `value`'s own character distribution."""
+    if not value:
+        return 0.0
+    counts: dict[str, int] = {}
+    for ch in value:
+        counts[ch] = counts.get(ch, 0) + 1
+    n = len(value)
+    return -sum(c / n * math.log2(c / n) for c in counts.values())
+
+
+def is_placeholder(value: str) -> bool:
+    """True for documentation stand-ins: `YOUR_API_KEY`, `xxxx`, `...EXAMPLE`, low variety."""
+    low = value.lower()
+    if any(word in low for word in _PLACEHOLDER_WORDS):
+        return True
+    return len(value) >= 12 and len(set(value)) < 6
+
+
+def _classes(value: str) -> int:
+    return (
+        any(c.islower() for c in value)
+        + any(c.isupper() for c in value)
+        + any(c.isdigit() for c in value)
+        + any(not c.isalnum() for c in value)
+    )
+
+
+def _token(min_entropy: float = 3.0, min_classes: int = 2) -> Validator:
+    """A random-looking token: not a placeholder, enough entropy and character variety."""
+
+    def check(value: str) -> bool:
+        return (
+            not is_placeholder(value)
+            and shannon_entropy(value) >= min_entropy
+            and _classes(value) >= min_classes
+        )
+
+    return check
+
+
+def _not_placeholder(value: str) -> bool:
+    return not is_placeholder(value)
+
+
+_URL_PLACEHOLDERS = frozenset(
+    {
+        "password",
+        "pass",
+        "passwd",
+        "pwd",
+        "secret",
+        "pw",
+        "token",
+        "changeme",
+        "pass123",
+        "password123",
+        "mypassword",
+        "hunter2",
+    }
+)
+
+
+def _url_password(value: str) -> bool:
+    """A password in `scheme://user:PASSWORD@host` that is not `password`, `${VAR}`, `****`."""
+    low = value.lower()
+    if low in _URL_PLACEHOLDERS or is_placeholder(value):
+        return False
+    if value.startswith(("$", "%", "{", "[", "*")) or set(value) <= {"*", "x", "X", "."}:
+        return False
+    return len(value) >= 3
+
+
+_EXPRESSION = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+(?:\(\))?|[A-Za-z_]\w*\(.*")
+
+
+def _assigned_secret(value: str) -> bool:
+    """A literal value assigned to a `password`/`api_key`-like name that looks random.
+
+    Rejects type names, identifiers, expressions (`settings.SECRET`, `os.getenv(...)`), paths
+    and placeholders: the value must mix letters with digits or symbols and carry entropy.
+    """
+    if len(value) < 8 or is_placeholder(value):
+        return False
+    if value.startswith(("$", "%", "/", "./", "~", "http", "{", "[", "(", "*", "@", "#", "-")):
+        return False
+    if _EXPRESSION.fullmatch(value):
+        return False
+    has_letter = any(c.isalpha() for c in value)
+    has_other = any(not c.isalpha() for c in value)
+    if not (has_letter and has_other):
+        return False
+    low = value.lower()
+    if any(w in low for w in ("password", "secret", "token", "apikey", "api_key", "null", "none")):
+        return False
+    return shannon_entropy(value) >= 3.0
+
+
+def _pem(value: str) -> bool:
+    return "xxxx" not in value.lower() and "..." not in value
+
+
+# --- the table ---------------------------------------------------------------------------------
+
+_B = r"(?<![A-Za-z0-9_\-])"  # token start: not inside a longer word
+_E = r"(?![A-Za-z0-9_\-])"  # token end
+
+
+def _rx(pattern: str, flags: int = 0) -> re.Pattern[str]:
+    return re.compile(pattern, flags)
+
+
+_TOKEN = _token()
+_STRONG = _token(min_entropy=3.5, min_classes=2)
+
+_GENERIC_KEYWORDS = (
+    r"(?:pass(?:word|wd|phrase)?|pwd|secret|token|api[_-]?key|access[_-]?key|auth[_-]?key"
+    r"|private[_-]?key|credentials?)"
+)
+_GENERIC = _rx(
+    _GENERIC_KEYWORDS + r"[A-Za-z0-9_.-]{0,24}?[\"'\]]{0,2}[ \t]{0,4}(?::=|=>|->|=|:)[ \t]{0,4}"
+    r"(?:([\"'`])([^\s\"'`]{8,120})\1|([^\s\"'`,;)(\[\]{}<>]{8,120})(?![^\s\"'`,;)(\[\]{}<>]))",
+    re.IGNORECASE,
+)
+_AWS_SECRET = _rx(
+    r"aws[A-Za-z0-9_.-]{0,30}?(?:secret|sk)[A-Za-z0-9_.-]{0,24}[\"']?[ \t]{0,4}(?:=>|[:=])[ \t]{0,4}"
+    r"[\"']?([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])",
+    re.IGNORECASE,
+)
+_AZURE_KEY = _rx(
+    r"azure[A-Za-z0-9_.-]{0,30}?(?:key|secret)[A-Za-z0-9_.-]{0,12}[\"']?[ \t]{0,4}(?:=>|[:=])"
+    r"[ \t]{0,4}[\"']?([a-fA-F0-9]{32})(?![A-Za-z0-9])",
+    re.IGNORECASE,
+)
+_ASSIGN_EXTENT = _rx(
+    r"[A-Za-z0-9_.-]{0,60}[\"'\]]{0,2}[ \t]{0,4}[:=>-]{0,2}[ \t]{0,4}[\"'`]?[^\s\"'`]{0,121}",
+)
+_PEM_BODY = r"[A-Za-z0-9+/=\s:,]"
+_PRIVATE_KEY = _rx(
+    r"-----BEGIN (?:[A-Z0-9]{1,20} ){0,3}PRIVATE KEY(?: BLOCK)?-----"
+    + _PEM_BODY
+    + r"{40,8000}(?:-----END (?:[A-Z0-9]{1,20} ){0,3}PRIVATE KEY(?: BLOCK)?-----)?"
+)
+_PRIVATE_KEY_EXTENT = _rx(r"-----BEGIN[A-Z0-9 ]{0,70}-----" + _PEM_BODY + r"{0,8000}")
+
+SIDECAR_KEY_REGEX = r"sks_[A-Za-z0-9]{8}_[A-Za-z0-9]{43}_[A-Za-z0-9]{6}"
+"""The sidecar's own key shape as assumed today; the lead may pass another via `extra_patterns`."""
+
+SECRET_SPECS: tuple[PatternSpec, ...] = (
+    PatternSpec(
+        "secret:private_key",
+        _PRIVATE_KEY,
+        anchors=("-----BEGIN",),
+        anchor_back=0,
+        validate=_pem,
+        ws_free=False,
+        start=_rx(r"-----BEGIN"),
+        extent=_PRIVATE_KEY_EXTENT,
+        extent_margin=80,
+    ),
+    PatternSpec(
+        "secret:sidecar", _rx(_B + SIDECAR_KEY_REGEX + _E), anchors=("sks_",), anchor_back=0, validate=_TOKEN
+    ),
+    PatternSpec(
+        "secret:sidecar",
+        _rx(_B + r"sk-sc-[A-Za-z0-9_-]{20,120}" + _E),
+        anchors=("sk-sc-",),
+        anchor_back=0,
+        validate=_TOKEN,
+    ),
+    PatternSpec(
+        "secret:anthropic",
+        _rx(_B + r"sk-ant-[a-z]{2,8}[0-9]{0,3}-[A-Za-z0-9_-]{32,200}" + _E),
+        anchors=("sk-ant-",),
+        anchor_back=0,
+        validate=_STRONG,
+    ),
+    PatternSpec(
+        "secret:openai",
+        _rx(_B + r"sk-(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_-]{32,200}" + _E),
+        anchors=("sk-",),
+        anchor_back=0,
+        validate=_STRONG,
+    ),
+    PatternSpec(
+        "secret:aws",
+        _rx(_B + r"(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[A-Z0-9]{16}" + _E),
+        anchors=("AKIA", "ASIA", "ABIA", "ACCA", "A3T"),
+        anchor_back=0,
+        validate=_not_placeholder,
+    ),
+    PatternSpec(
+        "secret:aws",
+        _AWS_SECRET,
+        group=(1,),
+        anchors=("aws",),
+        anchors_ci=True,
+        anchor_back=0,
+        validate=_TOKEN,
+        ws_free=False,
+        start=_rx(r"aws", re.IGNORECASE),
+        extent=_ASSIGN_EXTENT,
+    ),
+    PatternSpec(
+        "secret:github",
+        _rx(_B + r"(?:gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9_]{22,251})" + _E),
+        anchors=("gh", "github_pat_"),
+        anchor_back=0,
+        validate=_TOKEN,
+    ),
+    PatternSpec(
+        "secret:gitlab",
+        _rx(_B + r"gl(?:pat|dt|rt|ptt|ft|cbt|soat|oas|imt|agent)-[A-Za-z0-9_-]{20,80}" + _E),
+        anchors=("gl",),
+        anchor_back=0,
+        validate=_TOKEN,
+    ),
+    PatternSpec(
+        "secret:slack_webhook",
+        _rx(
+            r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/]{20,160}"
+            r"(?![A-Za-z0-9_/])"
+        ),
+        anchors=("hooks.slack.com",),
+        anchor_back=8,
+        validate=_not_placeholder,
+    ),
+    PatternSpec(
+        "secret:slack",
+        _rx(_B + r"(?:xox[abposre]|xapp)-[A-Za-z0-9-]{20,250}" + _E),
+        anchors=("xox", "xapp-"),
+        anchor_back=0,
+        validate=_TOKEN,
+    ),
+    PatternSpec(
+        "secret:discord_webhook",
+        _rx(
+            r"https://(?:(?:ptb|canary)\.)?discord(?:app)?\.com/api/webhooks/[0-9]{15,22}/"
+            r"[A-Za-z0-9_-]{50,100}" + _E
+        ),
+        anchors=("discord",),
+        anchor_back=15,
+        validate=_not_placeholder,
+    ),
+    PatternSpec(
+        "secret:stripe",
+        _rx(_B + r"(?:(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{20,247}|whsec_[A-Za-z0-9]{32,100})" + _E),
+        anchors=("_live_", "_test_", "whsec_"),
+        anchor_back=2,
+        validate=_TOKEN,
+    ),
+    PatternSpec(
+        "secret:huggingface",
+        _rx(_B + r"(?:hf_[A-Za-z0-9]{34,40}|api_org_[A-Za-z0-9]{34})" + _E),
+        anchors=("hf_", "api_org_"),
+        anchor_back=0,
+        validate=_TOKEN,
+    ),
+    PatternSpec(
+        "secret:npm", _rx(_B + r"npm_[A-Za-z0-9]{36}" + _E), anchors=("npm_",), anchor_back=0, validate=_TOKEN
+    ),
+    PatternSpec(
+        "secret:pypi",
+        _rx(_B + r"pypi-AgE[A-Za-z0-9_-]{50,300}" + _E),
+        anchors=("pypi-",),
+        anchor_back=0,
+        validate=_not_placeholder,
+    ),
+    PatternSpec(
+        "secret:google",
+        _rx(_B + r"(?:AIza[0-9A-Za-z_-]{35}|GOCSPX-[A-Za-z0-9_-]{28}|ya29\.[0-9A-Za-z_-]{30,300})" + _E),
+        anchors=("AIza", "GOCSPX-", "ya29."),
+        anchor_back=0,
+        validate=_TOKEN,
+    ),
+    PatternSpec(
+        "secret:azure",
+        _rx(r"AccountKey=([A-Za-z0-9+/]{86}==)(?![A-Za-z0-9+/=])"),
+        group=(1,),
+        anchors=("AccountKey=",),
+        anchor_back=0,
+        validate=_TOKEN,
+    ),
+    PatternSpec(
+        "secret:azure",
+        _rx(r"[?&]sig=([A-Za-z0-9%+/=]{30,120})(?![A-Za-z0-9%+/=])"),
+        group=(1,),
+        anchors=("sig=",),
+        anchor_back=1,
+        validate=_TOKEN,
+    ),
+    PatternSpec(
+        "secret:azure",
+        _rx(r"(?<![A-Za-z0-9_~.\-])[A-Za-z0-9_~.-]{3}8Q~[A-Za-z0-9_~.-]{34}(?![A-Za-z0-9_~-])"),
+        anchors=("8Q~",),
+        anchor_back=3,
+        validate=_TOKEN,
+    ),
+    PatternSpec(
+        "secret:azure",
+        _AZURE_KEY,
+        group=(1,),
+        anchors=("azure",),
+        anchors_ci=True,
+        anchor_back=0,
+        validate=_TOKEN,
+        ws_free=False,
+        start=_rx(r"azure", re.IGNORECASE),
+        extent=_ASSIGN_EXTENT,
+    ),
+    PatternSpec(
+        "secret:jwt",
+        _rx(_B + r"eyJ[A-Za-z0-9_-]{10,1000}\.eyJ[A-Za-z0-9_-]{10,2000}\.[A-Za-z0-9_-]{10,1000}" + _E),
+        anchors=("eyJ",),
+        anchor_back=0,
+        validate=_not_placeholder,
+    ),
+    PatternSpec(
+        "secret:url_password",
+        _rx(r"://[^\s:/?#@\"'<>]{0,128}:([^\s:/?#@\"'<>]{1,256})@(?=[A-Za-z0-9\[])"),
+        group=(1,),
+        anchors=("://",),
+        anchor_back=0,
+        validate=_url_password,
+    ),
+    PatternSpec(
+        "secret:generic",
+        _GENERIC,
+        group=(2, 3),
+        anchors=("pass", "pwd", "secret", "token", "key", "credential"),
+        anchors_ci=True,
+        anchor_back=8,
+        validate=_assigned_secret,
+        ws_free=False,
+        start=_rx(_GENERIC_KEYWORDS, re.IGNORECASE),
+        extent=_ASSIGN_EXTENT,
+    ),
+)
+"""Secret detectors in priority order: on equal spans the earlier row names the finding."""
