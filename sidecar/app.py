@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -124,21 +125,26 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     upstream = Upstream(settings.upstream, settings.upstream.url, settings.upstream_key)
     await upstream.start()
     app[UPSTREAM] = upstream
-    monitor = asyncio.create_task(_watch_store(app))
+    stop = asyncio.Event()
+    monitor = asyncio.create_task(_watch_store(app, stop))
     try:
         yield
     finally:
-        monitor.cancel()
+        # Stopped by an event, not cancelled: a cancel racing the store deadline can be
+        # swallowed by asyncio.timeout on Python 3.11, which would leave the loop running.
+        stop.set()
+        await monitor
         await upstream.close()
         await store.close()
 
 
-async def _watch_store(app: web.Application, interval_s: float = 5.0) -> None:
-    """Keep the `sidecar_store_up` gauge current."""
-    while True:
+async def _watch_store(app: web.Application, stop: asyncio.Event, interval_s: float = 5.0) -> None:
+    """Keep the `sidecar_store_up` gauge current until `stop` is set."""
+    while not stop.is_set():
         up = await app[STORE].healthy()
         app[METRICS].store_up.set(1 if up else 0)
-        await asyncio.sleep(interval_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
 
 
 async def _healthz(request: web.Request) -> web.Response:

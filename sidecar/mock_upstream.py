@@ -24,7 +24,17 @@ from aiohttp import web
 
 MODELS = ("mock-gpt", "mock-echo", "mock-embed")
 DEFAULT_REPLY = "Hello! This is the mock provider answering through the sidecar."
-_RECEIVED: web.AppKey[deque[dict[str, Any]]] = web.AppKey("received")
+
+
+class _Recorder:
+    """What the mock received, newest last, bounded; and how many streams are open now."""
+
+    def __init__(self, keep: int) -> None:
+        self.requests: deque[dict[str, Any]] = deque(maxlen=keep)
+        self.open_streams = 0
+
+
+_RECEIVED = web.AppKey("received", _Recorder)
 
 
 class _Gate:
@@ -82,7 +92,7 @@ def _error(status: int, message: str, type_: str, code: str | None) -> web.Respo
 async def _record(request: web.Request) -> dict[str, Any]:
     raw = await request.read()
     body: dict[str, Any] = orjson.loads(raw) if raw else {}
-    request.app[_RECEIVED].append({"path": request.path, "headers": dict(request.headers),
+    request.app[_RECEIVED].requests.append({"path": request.path, "headers": dict(request.headers),
                                    "body": body})
     latency = request.app[_LATENCY]
     if latency:
@@ -147,6 +157,16 @@ def split_reply(reply: str) -> list[str]:
 
 async def _stream_chat(request: web.Request, body: dict[str, Any], reply: str,
                        usage: dict[str, int], created: int) -> web.StreamResponse:
+    recorder = request.app[_RECEIVED]
+    recorder.open_streams += 1
+    try:
+        return await _write_chat_stream(request, body, reply, usage, created)
+    finally:
+        recorder.open_streams -= 1
+
+
+async def _write_chat_stream(request: web.Request, body: dict[str, Any], reply: str,
+                             usage: dict[str, int], created: int) -> web.StreamResponse:
     model = body.get("model", "mock-gpt")
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
@@ -227,7 +247,7 @@ def _model(model_id: str) -> dict[str, Any]:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    request.app[_RECEIVED].append({"path": request.path, "headers": dict(request.headers),
+    request.app[_RECEIVED].requests.append({"path": request.path, "headers": dict(request.headers),
                                    "body": {}})
     return web.json_response({"object": "list", "data": [_model(m) for m in MODELS]})
 
@@ -241,7 +261,8 @@ async def get_model(request: web.Request) -> web.Response:
 
 
 async def received(request: web.Request) -> web.Response:
-    return web.json_response(list(request.app[_RECEIVED]))
+    recorder = request.app[_RECEIVED]
+    return web.json_response({"requests": list(recorder.requests), "open_streams": recorder.open_streams})
 
 
 async def release(request: web.Request) -> web.Response:
@@ -254,7 +275,7 @@ async def release(request: web.Request) -> web.Response:
 def create_mock_app(latency_ms: float = 0.0, keep_requests: int = 200) -> web.Application:
     """The mock provider as an aiohttp app (tests mount it on a test server)."""
     app = web.Application(client_max_size=64 * 1024 * 1024)
-    app[_RECEIVED] = deque(maxlen=keep_requests)
+    app[_RECEIVED] = _Recorder(keep_requests)
     app[_RELEASE] = _Gate()
     app[_LATENCY] = latency_ms / 1000.0
     app.router.add_post("/v1/chat/completions", chat_completions)

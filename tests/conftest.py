@@ -1,0 +1,141 @@
+"""Shared fixtures: a real redis-server per session, the mock provider, sidecars under test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from sidecar.app import create_app
+from sidecar.metrics import Metrics
+from sidecar.mock_upstream import create_mock_app
+from sidecar.settings import Settings, load_settings
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisProcess:
+    """A redis-server of our own on a free port, which a test may stop, freeze or restart."""
+
+    def __init__(self, workdir: Path, extra: tuple[str, ...] = ()) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir), *self.extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self.wait_ready()
+
+    def wait_ready(self, timeout_s: float = 10.0) -> None:
+        """Poll until the server answers PING (start-up condition, not a fixed sleep)."""
+        deadline = time.monotonic() + timeout_s
+        client = redis.Redis(port=self.port, socket_timeout=0.5)
+        while True:
+            try:
+                if client.ping():
+                    return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+
+@pytest.fixture(scope="session")
+def redis_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    server = RedisProcess(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_proc: RedisProcess) -> str:
+    """A clean database on the session's redis-server."""
+    redis_proc.client().flushall()
+    return redis_proc.url
+
+
+@pytest.fixture
+async def mock_upstream(aiohttp_server: Any) -> TestServer:
+    server: TestServer = await aiohttp_server(create_mock_app())
+    return server
+
+
+def settings_for(upstream_url: str, store_url: str, **env: str) -> Settings:
+    """Settings as an operator would give them: through SIDECAR_* variables."""
+    base = {
+        "SIDECAR_UPSTREAM_URL": upstream_url,
+        "SIDECAR_STORE_URL": store_url,
+        "SIDECAR_UPSTREAM_KEY_ENV": "TEST_PROVIDER_KEY",
+    }
+    base.update(env)
+    return load_settings(env=base)
+
+
+SidecarFactory = Callable[..., Awaitable[TestServer]]
+
+
+@pytest.fixture
+def provider_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A provider key generated for this test run, as the sidecar reads it from the environment."""
+    key = "prov-" + os.urandom(16).hex()
+    monkeypatch.setenv("TEST_PROVIDER_KEY", key)
+    return key
+
+
+@pytest.fixture
+async def make_sidecar(
+    aiohttp_server: Any, mock_upstream: TestServer, redis_url: str, provider_key: str
+) -> AsyncIterator[SidecarFactory]:
+    """Start a sidecar app on a real port; keyword arguments become SIDECAR_* settings."""
+
+    async def factory(
+        *, upstream_url: str | None = None, configure: Callable[[web.Application], None] | None = None,
+        metrics: Metrics | None = None, **env: str,
+    ) -> TestServer:
+        url = upstream_url or str(mock_upstream.make_url("")).rstrip("/")
+        settings = settings_for(url, redis_url, **{f"SIDECAR_{k.upper()}": v for k, v in env.items()})
+        app = create_app(settings, metrics)
+        if configure is not None:
+            configure(app)
+        server: TestServer = await aiohttp_server(
+            app, keepalive_timeout=settings.header_timeout_s
+        )
+        return server
+
+    yield factory
