@@ -37,7 +37,8 @@ CLASSIFIER_CATEGORY = "classifier"
 ENCODED_CATEGORY = "encoded_payload"
 
 _GAP = r"[\W_]{0,4}"
-_FILLER = r"(?:[\W_]{1,4}\w{1,20}){0,4}[\W_]{0,4}"
+# Filler words never cross a sentence end, so "ignore X. The new instructions" is no match.
+_FILLER = r"(?:[^\w.!?\n]{1,4}\w{1,20}){0,4}[^\w.!?\n]{0,4}"
 
 
 @dataclass(frozen=True, slots=True)
