@@ -13,15 +13,25 @@ class Principal:
     tenant: str
     scopes: frozenset[str]
     limits: tuple[LimitRule, ...] = ()
+    lineage: str = ""  # the first key id of a rotation chain: rotated keys share usage windows
+
+    @property
+    def limit_id(self) -> str:
+        """Identity the key's usage windows hang off (survives rotation)."""
+        return self.lineage or self.key_id
 
 
 @dataclass(frozen=True, slots=True)
 class LimitRule:
-    """One sliding-window limit: `requests` or `tokens` per `window_s` seconds."""
+    """One sliding-window limit: `requests` and/or `tokens` per `window_s` seconds.
+
+    `mode = "shadow"` evaluates and counts the rule as if it refused, but lets the request pass.
+    """
 
     window_s: int
     requests: int | None = None
     tokens: int | None = None
+    mode: str = "enforce"  # "enforce" | "shadow"
 
 
 @dataclass(frozen=True, slots=True)

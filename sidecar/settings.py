@@ -19,7 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
+import orjson
+
 from sidecar.errors import ConfigError
+from sidecar.model import LimitRule
 
 
 class Secret(str):
@@ -75,6 +78,19 @@ class LogSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsSettings:
+    key: tuple[LimitRule, ...] = _f((), "default rules per API key (a key's own limits replace them)")
+    tenant: tuple[LimitRule, ...] = _f((), "rules per tenant, shared by all of its keys")
+    on_store_error: Literal["deny", "allow"] = _f(
+        "deny", "store down: deny (503) or allow through a bounded in-process fallback limiter")
+    fallback_share: float = _f(0.1, "share of each limit one process may admit while degraded",
+                               min=0.0, max=1.0)
+    default_max_tokens: int = _f(1024, "completion tokens reserved when a request sets no max_tokens",
+                                 min=1)
+    max_reserved_tokens: int = _f(131072, "cap on the tokens one request may reserve", min=1)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     listen: str = _f("127.0.0.1:8080", "host:port of the OpenAI-compatible proxy")
     workers: int = _f(1, "worker processes sharing the proxy port", min=1, max=256)
@@ -90,6 +106,7 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
 
     @property
     def upstream_key(self) -> Secret:
@@ -133,6 +150,8 @@ def _coerce(name: str, hint: Any, raw: Any, meta: Mapping[str, Any]) -> Any:
             if match is None:
                 raise ValueError("expected one of " + ", ".join(map(str, choices)))
             value = match
+        elif origin is tuple and get_args(hint)[0] is LimitRule:
+            return _limit_rules(name, raw)
         elif origin in (types.UnionType, typing.Union):
             return _coerce(name, next(a for a in get_args(hint) if a is not type(None)), raw, meta)
         else:  # pragma: no cover - a field type this loader does not know is a programming error
@@ -146,6 +165,44 @@ def _coerce(name: str, hint: Any, raw: Any, meta: Mapping[str, Any]) -> Any:
     if high is not None and value > high:
         raise ConfigError(f"{name}: must be at most {high}, got {value}")
     return value
+
+
+def _limit_rules(name: str, raw: Any) -> tuple[LimitRule, ...]:
+    """Rules from a TOML array of tables, or from JSON in an environment variable."""
+    if isinstance(raw, str):
+        try:
+            raw = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise ConfigError(f"{name}: expected a JSON list of rules") from None
+    if not isinstance(raw, list):
+        raise ConfigError(f"{name}: expected a list of rules")
+    return tuple(parse_limit_rule(f"{name}[{i}]", item) for i, item in enumerate(raw))
+
+
+def parse_limit_rule(name: str, item: Any) -> LimitRule:
+    """One rule such as {"window_s": 60, "requests": 100} or {"window_s": 86400, "tokens": 2e6}."""
+    if not isinstance(item, dict):
+        raise ConfigError(f"{name}: expected a table such as {{window_s = 60, requests = 100}}")
+    unknown = set(item) - {"window_s", "requests", "tokens", "mode"}
+    if unknown:
+        raise ConfigError(f"{name}: unknown field {sorted(unknown)[0]!r}")
+    values: dict[str, Any] = {}
+    for field_name in ("window_s", "requests", "tokens"):
+        if field_name in item:
+            value = item[field_name]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name}.{field_name}: expected a whole number of at least 1")
+            values[field_name] = value
+    if "window_s" not in values:
+        raise ConfigError(f"{name}.window_s: required")
+    if values["window_s"] > 31 * 86400:
+        raise ConfigError(f"{name}.window_s: must be at most {31 * 86400}")
+    if "requests" not in values and "tokens" not in values:
+        raise ConfigError(f"{name}: needs requests or tokens")
+    mode = item.get("mode", "enforce")
+    if mode not in ("enforce", "shadow"):
+        raise ConfigError(f"{name}.mode: expected enforce or shadow")
+    return LimitRule(mode=mode, **values)
 
 
 def _build(cls: type[Any], prefix: str, file_values: Mapping[str, Any], env: Mapping[str, str]) -> Any:
