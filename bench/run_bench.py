@@ -1,0 +1,168 @@
+"""`make bench`: requests/s and latency direct, through a minimal aiohttp pass-through, and
+through the sidecar, against the bundled mock provider and a real redis-server.
+
+Layout on a 2-core machine (DESIGN.md section 10): the proxy under test on CPU 0; the mock
+provider, Redis and wrk on CPU 1. Each row is the median of three rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+BODY = json.dumps({
+    "model": "mock-gpt",
+    "messages": [
+        {"role": "system", "content": "You are a helpful assistant that answers briefly."},
+        {"role": "user", "content": "Summarize the plot of a short story about a lighthouse "
+                                    "keeper who finds a message in a bottle, in two sentences, "
+                                    "and suggest a title for it that a child would like."},
+    ],
+    "max_tokens": 64,
+})
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpus(*ids: int) -> list[str]:
+    if shutil.which("taskset") and os.cpu_count() and os.cpu_count() >= 2:  # type: ignore[operator]
+        return ["taskset", "-c", ",".join(map(str, ids))]
+    return []
+
+
+def wait_http(url: str, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+@contextmanager
+def process(cmd: list[str], env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def wrk(url: str, connections: int, seconds: int, extra_headers: dict[str, str]) -> dict[str, float]:
+    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    headers = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in extra_headers.items())
+    script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(BODY)}\n'
+                 f'wrk.headers["Content-Type"] = "application/json"\n{headers}')
+    script.close()
+    out = subprocess.run(
+        [*cpus(1), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s",
+         script.name, url + "/v1/chat/completions"],
+        capture_output=True, text=True, check=True).stdout
+    os.unlink(script.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+
+    def pct(p: str) -> float:
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)", out, re.M)
+        assert m, out
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+    return {"rps": rps, "p50_ms": pct("50"), "p99_ms": pct("99"),
+            "errors": float(non2xx.group(1)) if non2xx else 0.0}
+
+
+def median_of(rounds: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+
+
+def measure(url: str, connections: int, seconds: int, rounds: int,
+            headers: dict[str, str]) -> dict[str, float]:
+    wrk(url, connections, 1, headers)  # warm-up
+    return median_of([wrk(url, connections, seconds, headers) for _ in range(rounds)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", default="1,32,128")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is not installed (make bench installs it from Debian)")
+    conns = [int(c) for c in args.connections.split(",")]
+    mock_port, pass_port, side_port, metrics_port, redis_port = (free_port() for _ in range(5))
+    mock = f"http://127.0.0.1:{mock_port}"
+    workdir = tempfile.mkdtemp(prefix="sidecar-bench-")
+    env = {
+        "SIDECAR_LISTEN": f"127.0.0.1:{side_port}",
+        "SIDECAR_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
+        "SIDECAR_ADMIN_LISTEN": f"127.0.0.1:{free_port()}",
+        "SIDECAR_UPSTREAM_URL": mock,
+        "SIDECAR_STORE_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "SIDECAR_LOG_LEVEL": "WARNING",
+        "OPENAI_API_KEY": "bench-provider-key",
+    }
+    rows: list[tuple[str, int, dict[str, float]]] = []
+    with process([*cpus(1), "redis-server", "--port", str(redis_port), "--save", "",
+                  "--appendonly", "no", "--dir", workdir]), \
+         process([*cpus(1), PY, "-m", "sidecar", "mock-upstream", "--port", str(mock_port)]), \
+         process([*cpus(0), PY, str(ROOT / "bench" / "passthrough.py"), str(pass_port), mock]), \
+         process([*cpus(0), PY, "-m", "sidecar", "serve"], env=env):
+        wait_http(mock + "/v1/models")
+        wait_http(f"http://127.0.0.1:{metrics_port}/readyz")
+        wait_http(f"http://127.0.0.1:{pass_port}/")
+        headers = bench_headers(env)
+        for c in conns:
+            for name, url in (("direct", mock), ("aiohttp pass-through", f"http://127.0.0.1:{pass_port}"),
+                              ("sidecar", f"http://127.0.0.1:{side_port}")):
+                rows.append((name, c, measure(url, c, args.seconds, args.rounds, headers)))
+    print_table(rows)
+
+
+def bench_headers(env: dict[str, str]) -> dict[str, str]:
+    """Headers every benchmark request carries (the demo API key once keys exist)."""
+    key = os.environ.get("SIDECAR_BENCH_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def print_table(rows: list[tuple[str, int, dict[str, float]]]) -> None:
+    floor = {c: r for n, c, r in rows if n == "aiohttp pass-through"}
+    print(f"{'target':<22}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+          f"{'vs floor':>10}{'+p50 ms':>9}")
+    for name, c, r in rows:
+        ratio = r["rps"] / floor[c]["rps"] if c in floor else float("nan")
+        added = r["p50_ms"] - floor[c]["p50_ms"] if c in floor else float("nan")
+        print(f"{name:<22}{c:>6}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+              f"{r['errors']:>8.0f}{ratio:>10.2f}{added:>9.2f}")
+
+
+if __name__ == "__main__":
+    main()
