@@ -32,7 +32,7 @@ from sidecar.guards.normalize import View, build_views
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_SCAN_ROLES = frozenset({"user", "tool", "function"})
-DECODED_KINDS = frozenset({"base64", "hex", "url", "html", "rot13"})
+DECODED_KINDS = frozenset({"base64", "hex", "url", "html", "rot13", "unicode_tags"})
 CLASSIFIER_CATEGORY = "classifier"
 ENCODED_CATEGORY = "encoded_payload"
 

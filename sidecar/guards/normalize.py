@@ -223,13 +223,22 @@ def _decoded_segments(s: str, tokens: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+_TAG_RUN = re.compile("[\U000e0020-\U000e007e]{4,}")
+
+
+def _tag_payloads(text: str) -> list[str]:
+    """ASCII hidden in Unicode tag characters (invisible when rendered, read by models)."""
+    return ["".join(chr(ord(c) - 0xE0000) for c in m.group(0)) for m in _TAG_RUN.finditer(text)]
+
+
 def build_views(text: str) -> list[View]:
     """Return the views of `text` to scan; the first is always the base view.
 
     Kinds: base (sanitized, NFKC, casefolded), confusables, leet, unspaced, rot13, and the
-    decoded kinds base64, hex, url, html (a payload found encoded inside the text).
+    decoded kinds base64, hex, url, html, unicode_tags (a payload found encoded in the text).
     """
     s = sanitize_text(text)
+    tags = _tag_payloads(text) if s is not text else []
     if not s.isascii() and not unicodedata.is_normalized("NFKC", s):
         s = unicodedata.normalize("NFKC", s)
     base = _make_view("base", s.lower() if s.isascii() else s.casefold())
@@ -253,6 +262,7 @@ def build_views(text: str) -> list[View]:
         views.append(_make_view("rot13", codecs.encode(work.text, "rot13")))
     for kind, decoded in _decoded_segments(s, base.tokens):
         views.append(_make_view(kind, fold(sanitize_text(decoded))))
+    views.extend(_make_view("unicode_tags", fold(p)) for p in tags)
     return views
 
 
