@@ -188,6 +188,7 @@ def _ipv6(value: str) -> bool:
 
 # --- e-mail: anchored at '@' so a long word never costs more than one left scan ----------------
 
+_LOCAL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-")
 _EMAIL_LOCAL = re.compile(r"[A-Za-z0-9._%+-]{1,64}\Z")
 _EMAIL_DOMAIN = re.compile(
     r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?){0,8}"
@@ -231,22 +232,30 @@ def find_emails(text: str, pos: int = 0) -> Iterator[tuple[int, int]]:
     at = text.find("@", pos)
     while at != -1:
         nxt = at + 1
-        m_local = _EMAIL_LOCAL.search(text, max(pos, at - 64), at)
-        m_dom = _EMAIL_DOMAIN.match(text, at + 1) if m_local else None
-        if m_local and m_dom:
-            start = m_local.start()
-            while start < at and text[start] in ".-+":
-                start += 1
-            local = text[start:at]
-            if local and local != "git" and m_dom.group(1).lower() not in _FILE_TLDS:
-                yield start, m_dom.end()
-                nxt = m_dom.end()
+        if at > pos and text[at - 1] in _LOCAL_CHARS:
+            m_dom = _EMAIL_DOMAIN.match(text, at + 1)
+            m_local = _EMAIL_LOCAL.search(text, max(pos, at - 64), at) if m_dom else None
+            if m_dom and m_local:
+                start = m_local.start()
+                while start < at and text[start] in ".-+":
+                    start += 1
+                local = text[start:at]
+                if local and local != "git" and m_dom.group(1).lower() not in _FILE_TLDS:
+                    yield start, m_dom.end()
+                    nxt = m_dom.end()
         at = text.find("@", nxt)
 
 
 # --- the table ---------------------------------------------------------------------------------
 
 _HEX = "[0-9A-Fa-f]"
+_IPV6_SEED = re.compile(r":(?=[0-9A-Fa-f]{0,4}:)")
+"""Every IPv6 match has its first colon at most 4 characters in, followed by <= 4 hex and a colon."""
+
+NUMBER_RUN = re.compile(r"[0-9][0-9 ().+/-]{5,}")
+"""Runs of number characters long enough to hold a card, SSN, phone or IPv4 address (a run starts
+at its first digit; a `(` or `+` just before it belongs to it): every match of a `region="number"`
+row lies inside one such run, so those rows only run there."""
 _HEX_START = "[0-9A-Fa-f](?<![\\w:.][0-9A-Fa-f])"
 
 PII_SPECS: tuple[PatternSpec, ...] = (
@@ -257,6 +266,7 @@ PII_SPECS: tuple[PatternSpec, ...] = (
             r"|[0-9]{3}([ -]?)[0-9]{6}\2[0-9]{4,5}|[0-9]{12,18})(?![\w-])"
         ),
         validate=_card,
+        region="number",
         ws_free=False,
         start=re.compile(r"[0-9]"),
         extent=re.compile(r"[0-9 -]{0,30}"),
@@ -268,6 +278,9 @@ PII_SPECS: tuple[PatternSpec, ...] = (
             r"(?![A-Za-z0-9])"
         ),
         validate=iban_ok,
+        anchor_re=re.compile(r"[A-Z]{2}[0-9]{2}"),
+        shape=b"AA00",
+        anchor_back=0,
         ws_free=False,
         start=re.compile(r"[A-Z]{2}[0-9]{2}"),
         extent=re.compile(r"[A-Z0-9 ]{0,48}"),
@@ -276,6 +289,7 @@ PII_SPECS: tuple[PatternSpec, ...] = (
         "pii:ssn",
         re.compile(r"[0-9](?<![\w-][0-9])[0-9]{2}([- ])[0-9]{2}\1[0-9]{4}(?![\w-])"),
         validate=ssn_ok,
+        region="number",
         ws_free=False,
         start=re.compile(r"[0-9]"),
         extent=re.compile(r"[0-9 -]{0,16}"),
@@ -287,6 +301,7 @@ PII_SPECS: tuple[PatternSpec, ...] = (
             r"|[ .-][0-9]{1,5})(?:[ .-][0-9]{2,8}){1,4})(?![\w]|[.,-][0-9])"
         ),
         validate=_phone,
+        region="number",
         ws_free=False,
         start=re.compile(r"\+"),
         extent=re.compile(r"[0-9 ().+-]{0,48}"),
@@ -298,6 +313,7 @@ PII_SPECS: tuple[PatternSpec, ...] = (
             r"[0-9]{4}(?![\w-]|[.,][0-9])"
         ),
         validate=_nanp,
+        region="number",
         ws_free=False,
         start=re.compile(r"[(0-9]"),
         extent=re.compile(r"[0-9 ().-]{0,20}"),
@@ -306,6 +322,7 @@ PII_SPECS: tuple[PatternSpec, ...] = (
         "pii:phone",
         re.compile(r"0(?<![\w+.(/-]0)[1-9][0-9]{0,4}(?:[ ./-][0-9]{2,8}){1,4}(?![\w-]|[.,/][0-9])"),
         validate=_national_phone,
+        region="number",
         ws_free=False,
         start=re.compile(r"0"),
         extent=re.compile(r"[0-9 ./-]{0,48}"),
@@ -314,11 +331,13 @@ PII_SPECS: tuple[PatternSpec, ...] = (
         "pii:ip",
         re.compile(r"[0-9](?<![\w.:][0-9])[0-9]{0,2}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}(?![\w]|\.[0-9])"),
         validate=_ipv4,
+        region="number",
     ),
     PatternSpec(
         "pii:ip",
         re.compile(_HEX_START + _HEX + "{0,3}:(?:" + _HEX + "{1,4}:){6}" + _HEX + "{1,4}(?![\\w:])"),
-        anchors=(":",),
+        anchor_re=_IPV6_SEED,
+        anchor_back=4,
         validate=_ipv6,
     ),
     PatternSpec(
@@ -334,7 +353,8 @@ PII_SPECS: tuple[PatternSpec, ...] = (
             + _HEX
             + "{1,4}){0,6})?(?![\\w:])"
         ),
-        anchors=("::",),
+        anchor_re=_IPV6_SEED,
+        anchor_back=4,
         validate=_ipv6,
     ),
 )

@@ -14,11 +14,11 @@ match could still be open, i.e. not yet decidable from the text seen so far.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from sidecar.guards.pii import EMAIL_WIDTH, PII_SPECS, find_emails
+from sidecar.guards.pii import EMAIL_WIDTH, NUMBER_RUN, PII_SPECS, find_emails
 from sidecar.guards.secrets import SECRET_SPECS, PatternSpec, spec_from_regex
 from sidecar.model import Finding
 
@@ -163,6 +163,11 @@ class OutputScanner:
         ws_widths = [s.width for s in specs if s.ws_free] + ([EMAIL_WIDTH] if pii else [])
         self.ws_width = max(ws_widths, default=0)
         self._loose = tuple(s for s in specs if not s.ws_free)
+        self._long_gated = {
+            s: tuple(a.encode() for a in s.anchors)
+            for s in specs
+            if s.ws_free and s.anchors and not s.anchors_ci and s.min_width >= LONG_WORD
+        }
         self.max_width = max(
             [self.ws_width, *(s.width for s in self._loose), *(len(v) for _, v in self._exact)]
         )
@@ -174,7 +179,6 @@ class OutputScanner:
     def candidates(self, text: str, pos: int, raw: list[tuple[int, int]] | None) -> list[Candidate]:
         """Validated matches starting at or after `pos`; appends every raw regex span to `raw`."""
         out: list[Candidate] = []
-        lower = text.lower() if self._ci else text
         for prio, (kind, value) in enumerate(self._exact):
             i = text.find(value, pos)
             while i != -1:
@@ -182,18 +186,47 @@ class OutputScanner:
                 if raw is not None:
                     raw.append((i, i + len(value)))
                 i = text.find(value, i + len(value))
+        longb = _long_words(text)
+        lower = text.lower() if self._ci else text
         aligned = len(lower) == len(text)
+        runs: list[tuple[int, int]] | None = None
+        shape: bytes | None = None
         for prio, spec in enumerate(self._specs):
             matches: Iterable[re.Match[str]]
-            if spec.anchors:
-                hay = lower if spec.anchors_ci else text
-                for anchor in spec.anchors:
-                    if anchor in hay:
-                        break
-                else:
+            if spec.region is not None:
+                if runs is None:
+                    runs = _number_runs(text, pos)
+                if not runs:
                     continue
+                matches = _in_regions(spec, text, runs)
+            elif spec.anchor_re is not None:
+                if spec.shape:
+                    if shape is None:
+                        shape = text.encode("utf-8", "surrogatepass").translate(_SHAPE_TABLE)
+                    if spec.shape not in shape:
+                        continue
+                    if len(shape) == len(text):  # ASCII: shape offsets are text offsets
+                        seeds = _find_all(shape, spec.shape, pos)
+                    else:
+                        seeds = [m.start() for m in spec.anchor_re.finditer(text, pos)]
+                else:
+                    seeds = [m.start() for m in spec.anchor_re.finditer(text, pos)]
+                if not seeds:
+                    continue
+                matches = _anchored(spec, text, pos, seeds, spec.anchor_back)
+            elif spec.anchors:
+                if spec in self._long_gated:
+                    if not longb or not any(a in longb for a in self._long_gated[spec]):
+                        continue
+                else:
+                    hay = lower if spec.anchors_ci else text
+                    for anchor in spec.anchors:
+                        if anchor in hay:
+                            break
+                    else:
+                        continue
                 if spec.anchor_back is not None and aligned:
-                    matches = _anchored(spec, hay, text, pos)
+                    matches = _anchored_literal(spec, lower if spec.anchors_ci else text, text, pos)
                 else:
                     matches = spec.regex.finditer(text, pos)
             else:
@@ -254,20 +287,99 @@ class OutputScanner:
         return o
 
 
-def _anchored(spec: PatternSpec, hay: str, text: str, pos: int) -> list[re.Match[str]]:
-    """What `spec.regex.finditer(text, pos)` yields, trying only positions near anchor occurrences."""
-    back = spec.anchor_back or 0
-    starts: set[int] = set()
-    for anchor in spec.anchors:
+LONG_WORD = 20
+"""Whitespace-free detectors at least this long are gated on anchors inside words this long."""
+_LONG = b"a" * LONG_WORD
+_SHAPE_TABLE = bytes(65 if 65 <= b <= 90 else 48 if 48 <= b <= 57 else 46 for b in range(256))
+_WS_TABLE = bytes(32 if b in b" \t\n\r\x0b\x0c" else 97 for b in range(256))
+
+
+def _long_words(text: str) -> bytes:
+    """The text's whitespace-free runs of at least `LONG_WORD` characters (bytes), space-joined.
+
+    One `encode` and one `translate` (C speed) stand in for a word split: prose rarely has such
+    runs, so the long-token detectors usually cost nothing at all.
+    """
+    b = text.encode("utf-8", "surrogatepass")
+    t = b.translate(_WS_TABLE)
+    i = t.find(_LONG)
+    if i == -1:
+        return b""
+    parts = []
+    while i != -1:
+        j = t.find(b" ", i)
+        if j == -1:
+            parts.append(b[i:])
+            break
+        parts.append(b[i:j])
+        i = t.find(_LONG, j)
+    return b" ".join(parts)
+
+
+def _find_all(hay: bytes, needle: bytes, pos: int) -> list[int]:
+    out = []
+    i = hay.find(needle, pos)
+    while i != -1:
+        out.append(i)
+        i = hay.find(needle, i + 1)
+    return out
+
+
+def _number_runs(text: str, pos: int) -> list[tuple[int, int]]:
+    """`NUMBER_RUN` spans from `pos`, widened by a leading `(`/`+` and two lookahead characters."""
+    runs = []
+    for m in NUMBER_RUN.finditer(text, pos):
+        s = m.start()
+        if s > pos and text[s - 1] in "(+":
+            s -= 1
+        runs.append((s, m.end() + 2))
+    return runs
+
+
+def _in_regions(spec: PatternSpec, text: str, runs: list[tuple[int, int]]) -> Iterator[re.Match[str]]:
+    """`spec.regex.finditer` restricted to runs (end includes two characters of lookahead)."""
+    finditer = spec.regex.finditer
+    for start, end in runs:
+        yield from finditer(text, start, end)
+
+
+def _anchored_literal(spec: PatternSpec, hay: str, text: str, pos: int) -> list[re.Match[str]]:
+    """Anchor occurrences of `spec.anchors` in `hay` (text or its lower-case form), then matches."""
+    back = spec.anchor_back
+    seeds: list[int] = []
+    backs: list[int] = []
+    for k, anchor in enumerate(spec.anchors):
         i = hay.find(anchor, pos)
+        b = back[k] if isinstance(back, tuple) else (back or 0)
         while i != -1:
-            starts.update(range(max(pos, i - back), i + 1))
+            seeds.append(i)
+            backs.append(b)
             i = hay.find(anchor, i + 1)
+    return _anchored(spec, text, pos, seeds, tuple(backs)) if seeds else []
+
+
+def _anchored(
+    spec: PatternSpec, text: str, pos: int, seeds: list[int], back: int | tuple[int, ...] | None
+) -> list[re.Match[str]]:
+    """Leftmost non-overlapping matches starting within `back` characters before a seed.
+
+    Every match of the row starts there, so this yields what `finditer` would, trying far fewer
+    positions; `follow` skips starts with no operator character within `follow_window`.
+    """
+    starts: set[int] = set()
+    for k, seed in enumerate(seeds):
+        b = back[k] if isinstance(back, tuple) else (back or 0)
+        if b == 0:
+            starts.add(seed)
+        else:
+            starts.update(range(max(pos, seed - b), seed + 1))
+    follow = spec.follow
+    window = spec.follow_window
     out: list[re.Match[str]] = []
     last_end = -1
     match = spec.regex.match
     for s in sorted(starts):
-        if s < last_end:
+        if s < last_end or (follow is not None and follow.search(text, s, s + window) is None):
             continue
         m = match(text, s)
         if m is not None:

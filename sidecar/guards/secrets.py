@@ -46,7 +46,11 @@ class PatternSpec:
     regex could look; `extent_margin` covers optional tails the extent regex does not see.
     When `anchor_back` is set, every match starts at most that many characters before an anchor
     occurrence, so the scanner tries `regex.match` only there instead of searching the whole text
-    (a leading lookbehind or a case-insensitive keyword defeats the regex engine's own prefix scan).
+    (a leading lookbehind or a case-insensitive keyword defeats the regex engine's own prefix scan);
+    a tuple gives one distance per anchor. `anchor_re` does the same with a regex for the anchors,
+    `follow` prunes anchors after which no match can reach its operator within `follow_window`, and
+    `region="number"` runs the regex only inside runs of number characters (see pii.py), and `shape`
+    must occur in the text's shape (capitals as `A`, digits as `0`, the rest `.`) for the row to run.
     """
 
     kind: str
@@ -59,12 +63,20 @@ class PatternSpec:
     start: re.Pattern[str] | None = None
     extent: re.Pattern[str] | None = None
     extent_margin: int = LOOKAROUND_MARGIN
-    anchor_back: int | None = None
+    anchor_back: int | tuple[int, ...] | None = None
+    anchor_re: re.Pattern[str] | None = None
+    follow: re.Pattern[str] | None = None
+    follow_window: int = 0
+    region: str | None = None
+    shape: bytes = b""
     width: int = field(default=0)
+    min_width: int = field(default=0)
 
     def __post_init__(self) -> None:
         if self.width == 0:
             object.__setattr__(self, "width", pattern_width(self.regex))
+            parsed: Any = _sre_parser.parse(self.regex.pattern, self.regex.flags)
+            object.__setattr__(self, "min_width", int(parsed.getwidth()[0]))
         if not self.ws_free and self.start is None:
             object.__setattr__(self, "start", _ANYWHERE)
 
@@ -229,10 +241,14 @@ def _rx(pattern: str, flags: int = 0) -> re.Pattern[str]:
 _TOKEN = _token()
 _STRONG = _token(min_entropy=3.5, min_classes=2)
 
+_KEY_OWNERS = ("api", "access", "auth", "private")
 _GENERIC_KEYWORDS = (
-    r"(?:pass(?:word|wd|phrase)?|pwd|secret|token|api[_-]?key|access[_-]?key|auth[_-]?key"
-    r"|private[_-]?key|credentials?)"
+    r"(?:pass(?:word|wd|phrase)?|pwd|secret|token|credentials?|key(?:"
+    + "|".join(f"(?<={o}{sep}key)" for o in _KEY_OWNERS for sep in ("_", "-", ""))
+    + "))"
 )
+"""Names that announce a secret; a bare `key` counts only as `api_key`, `accessKey`... (lookbehind,
+so that every match starts at its anchor)."""
 _GENERIC = _rx(
     _GENERIC_KEYWORDS + r"[A-Za-z0-9_.-]{0,24}?[\"'\]]{0,2}[ \t]{0,4}(?::=|=>|->|=|:)[ \t]{0,4}"
     r"(?:([\"'`])([^\s\"'`]{8,120})\1|([^\s\"'`,;)(\[\]{}<>]{8,120})(?![^\s\"'`,;)(\[\]{}<>]))",
@@ -312,6 +328,8 @@ SECRET_SPECS: tuple[PatternSpec, ...] = (
         anchors=("aws",),
         anchors_ci=True,
         anchor_back=0,
+        follow=_rx(r"[=:>]"),
+        follow_window=96,
         validate=_TOKEN,
         ws_free=False,
         start=_rx(r"aws", re.IGNORECASE),
@@ -320,14 +338,25 @@ SECRET_SPECS: tuple[PatternSpec, ...] = (
     PatternSpec(
         "secret:github",
         _rx(_B + r"(?:gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9_]{22,251})" + _E),
-        anchors=("gh", "github_pat_"),
+        anchors=("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
         anchor_back=0,
         validate=_TOKEN,
     ),
     PatternSpec(
         "secret:gitlab",
         _rx(_B + r"gl(?:pat|dt|rt|ptt|ft|cbt|soat|oas|imt|agent)-[A-Za-z0-9_-]{20,80}" + _E),
-        anchors=("gl",),
+        anchors=(
+            "glpat-",
+            "gldt-",
+            "glrt-",
+            "glptt-",
+            "glft-",
+            "glcbt-",
+            "glsoat-",
+            "gloas-",
+            "glimt-",
+            "glagent-",
+        ),
         anchor_back=0,
         validate=_TOKEN,
     ),
@@ -419,6 +448,8 @@ SECRET_SPECS: tuple[PatternSpec, ...] = (
         anchors=("azure",),
         anchors_ci=True,
         anchor_back=0,
+        follow=_rx(r"[=:>]"),
+        follow_window=96,
         validate=_TOKEN,
         ws_free=False,
         start=_rx(r"azure", re.IGNORECASE),
@@ -445,7 +476,7 @@ SECRET_SPECS: tuple[PatternSpec, ...] = (
         group=(2, 3),
         anchors=("pass", "pwd", "secret", "token", "key", "credential"),
         anchors_ci=True,
-        anchor_back=8,
+        anchor_back=0,
         validate=_assigned_secret,
         ws_free=False,
         start=_rx(_GENERIC_KEYWORDS, re.IGNORECASE),
