@@ -1,0 +1,224 @@
+"""Admission against every limit that applies, in one script call, and token settlement.
+
+`admit` runs `admit.lua` once: the script trims, checks and (only if every enforced window
+passes) records the request, all on Redis time. Refusals raise `RateLimitExceeded` or
+`TokenQuotaExceeded` carrying OpenAI-style headers. When the store fails the configured
+policy applies: `deny` raises `StoreUnavailable`, `allow` falls back to a bounded
+in-process limiter and counts every request it lets through. A short circuit breaker keeps
+requests off a store that just failed (one probe at a time), so an outage costs at most one
+store deadline per breaker period, and the limiter returns to the store on its own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from sidecar.errors import RateLimitExceeded, StoreUnavailable, TokenQuotaExceeded
+from sidecar.limits.fallback import FallbackLimiter
+from sidecar.limits.headers import WindowState, rate_limit_headers, retry_after_seconds, tightest
+from sidecar.limits.rules import Check, Plan, build_plan
+from sidecar.metrics import Metrics
+from sidecar.model import Principal
+from sidecar.settings import LimitsSettings
+from sidecar.store.redis import Store, StoreError
+
+SLACK_MS = 1000        # every window key lives window + 1 s
+BREAKER_S = 0.5        # after a store failure, skip the store this long (then probe once)
+MAX_PLANS = 4096       # cached per-principal plans
+MAX_REQUEST_ID = 256
+
+_FITS, _OVER, _NEVER = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """An admitted request: its headers, what it reserved and where, for settle/refund."""
+
+    request_id: str
+    headers: dict[str, str] = field(default_factory=dict)
+    reserved_tokens: int = 0
+    token_keys: tuple[str, ...] = ()          # (reservations, amounts) pairs to settle
+    degraded: bool = False                    # admitted by the in-process fallback
+    shadow_refused: tuple[str, ...] = ()      # labels of shadow rules that would have refused
+    redis_time_ms: int = 0                    # Redis TIME of the admission (0: no store call)
+
+
+def _window_text(window_s: int) -> str:
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if window_s % size == 0:
+            count = window_s // size
+            return f"{unit}" if count == 1 else f"{count} {unit}s"
+    return f"{window_s} seconds"
+
+
+def _whose(check: Check) -> str:
+    return "this API key" if check.level == "key" else "this tenant"
+
+
+class Limiter:
+    """Sliding-window request limits and token budgets for principals, shared through the store."""
+
+    def __init__(self, store: Store, settings: LimitsSettings, metrics: Metrics, *,
+                 breaker_s: float = BREAKER_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.settings = settings
+        self.metrics = metrics
+        self.fallback = FallbackLimiter(settings.fallback_share)
+        self.shadow_refusals = 0  # admitted requests a shadow rule would have refused
+        self._breaker_s = breaker_s
+        self._clock = clock
+        self._open_until = 0.0
+        self._probing = False
+        self._plans: dict[tuple[str, str, Any], Plan] = {}
+
+    # -- policy -----------------------------------------------------------------------------
+    def plan(self, principal: Principal) -> Plan:
+        """The checks of a principal (cached: rules change only with the key record)."""
+        cache_key = (principal.tenant, principal.limit_id, principal.limits)
+        plan = self._plans.get(cache_key)
+        if plan is None:
+            if len(self._plans) >= MAX_PLANS:
+                self._plans.clear()
+            plan = self._plans[cache_key] = build_plan(principal, self.settings)
+        return plan
+
+    # -- admission --------------------------------------------------------------------------
+    async def admit(self, principal: Principal, request_id: str, estimated_tokens: int = 0) -> Admission:
+        """Admit one request or raise a 429 (or 503 when the store is down and policy denies)."""
+        if not request_id or len(request_id) > MAX_REQUEST_ID:
+            raise ValueError("request_id must be 1-256 characters")
+        plan = self.plan(principal)
+        if not plan.checks:
+            return Admission(request_id)
+        cost = max(0, int(estimated_tokens)) if plan.has_tokens else 0
+        self._refuse_if_never_fits(plan, cost)
+        if not self._use_store():
+            return self._degrade(plan, request_id, cost)
+        try:
+            reply = await self.store.run("admit", plan.keys,
+                                         (request_id, cost, SLACK_MS, *plan.argv))
+        except StoreError:
+            self._store_failed("limits_admit")
+            return self._degrade(plan, request_id, cost)
+        finally:
+            self._probing = False
+        self._store_ok()
+        return self._decide(plan, request_id, cost, reply)
+
+    @staticmethod
+    def _refuse_if_never_fits(plan: Plan, cost: int) -> None:
+        """A request larger than a whole enforced budget is refused at once, without a retry time."""
+        for check in plan.checks:
+            if check.kind == "tokens" and not check.shadow and cost > check.limit:
+                raise TokenQuotaExceeded(
+                    f"This request may use up to {cost} tokens, more than the whole budget of "
+                    f"{check.limit} tokens per {_window_text(check.window_s)} for {_whose(check)}; "
+                    "it can never be admitted. Lower max_tokens or shorten the input.")
+
+    def _decide(self, plan: Plan, request_id: str, cost: int, reply: Sequence[Any]) -> Admission:
+        admitted = int(reply[0]) == 1
+        requests: list[WindowState] = []
+        tokens: list[WindowState] = []
+        refused: list[tuple[Check, int]] = []
+        shadow: list[str] = []
+        for i, check in enumerate(plan.checks):
+            state, used, reset_ms, retry_ms = (int(v) for v in reply[2 + 4 * i: 6 + 4 * i])
+            if check.shadow:
+                if state != _FITS:
+                    shadow.append(check.label)
+                continue
+            window = WindowState(check.limit, check.limit - used, reset_ms)
+            (requests if check.kind == "requests" else tokens).append(window)
+            if state != _FITS:
+                refused.append((check, retry_ms))
+        if admitted:
+            self.shadow_refusals += len(shadow)
+            headers = rate_limit_headers(tightest(requests), tightest(tokens))
+            return Admission(request_id, headers, cost, plan.token_keys, False, tuple(shadow),
+                             int(reply[1]))
+        retry_ms = max(ms for _, ms in refused)
+        headers = rate_limit_headers(tightest(requests), tightest(tokens), retry_ms)
+        self._raise_refusal(refused, retry_ms, headers)
+
+    @staticmethod
+    def _raise_refusal(refused: Sequence[tuple[Check, int]], retry_ms: int,
+                       headers: dict[str, str]) -> NoReturn:
+        check = next((c for c, _ in refused if c.kind == "requests"), refused[0][0])
+        wait = retry_after_seconds(retry_ms)
+        if check.kind == "requests":
+            raise RateLimitExceeded(
+                f"Rate limit reached: {check.limit} requests per {_window_text(check.window_s)} "
+                f"for {_whose(check)}. Retry after {wait} s.", headers=headers)
+        raise TokenQuotaExceeded(
+            f"Token budget reached: {check.limit} tokens per {_window_text(check.window_s)} "
+            f"for {_whose(check)}. Retry after {wait} s.", headers=headers)
+
+    # -- settlement -------------------------------------------------------------------------
+    async def settle(self, admission: Admission, actual_tokens: int) -> None:
+        """Replace the reservation with the provider's actual usage in every token window."""
+        await self._settle(admission, max(0, int(actual_tokens)), "limits_settle")
+
+    async def refund(self, admission: Admission) -> None:
+        """Release the reservation (the upstream failed): nothing stays recorded for its tokens."""
+        await self._settle(admission, 0, "limits_refund")
+
+    async def _settle(self, admission: Admission, amount: int, op: str) -> None:
+        if not admission.token_keys:
+            return
+        if admission.degraded:
+            self.fallback.adjust(admission.token_keys[::2], amount - admission.reserved_tokens)
+            return
+        if not self._use_store():
+            # The reservation stays at its estimate until it leaves the window (never under-counts).
+            self.metrics.store_errors.labels(op).inc()
+            return
+        try:
+            await self.store.run("settle", admission.token_keys, (admission.request_id, amount))
+        except StoreError:
+            self._store_failed(op)
+            return
+        finally:
+            self._probing = False
+        self._store_ok()
+
+    # -- store failure policy ---------------------------------------------------------------
+    @property
+    def degraded(self) -> bool:
+        """True while the store is considered down (the breaker is open)."""
+        return self._open_until > 0.0
+
+    def _use_store(self) -> bool:
+        if not self._open_until:
+            return True
+        if self._probing or self._clock() < self._open_until:
+            return False
+        self._probing = True  # this call is the one probe of the half-open breaker
+        return True
+
+    def _store_failed(self, op: str) -> None:
+        self.metrics.store_errors.labels(op).inc()
+        self._open_until = self._clock() + self._breaker_s
+        if self.settings.on_store_error == "allow":
+            self.metrics.degraded.set(1)
+
+    def _store_ok(self) -> None:
+        if self._open_until:
+            self._open_until = 0.0
+            self.metrics.degraded.set(0)
+
+    def _degrade(self, plan: Plan, request_id: str, cost: int) -> Admission:
+        if self.settings.on_store_error == "deny":
+            raise StoreUnavailable(headers={"Retry-After": "1"})
+        decision = self.fallback.admit(plan.checks, cost)
+        requests = [s for c, s in decision.states if c.kind == "requests"]
+        tokens = [s for c, s in decision.states if c.kind == "tokens"]
+        if not decision.admitted:
+            headers = rate_limit_headers(tightest(requests), tightest(tokens), decision.retry_ms)
+            self._raise_refusal([(c, decision.retry_ms) for c in decision.refused],
+                                decision.retry_ms, headers)
+        self.metrics.degraded_requests.labels("limits").inc()
+        headers = rate_limit_headers(tightest(requests), tightest(tokens))
+        return Admission(request_id, headers, cost, plan.token_keys, True)

@@ -1,0 +1,108 @@
+"""Limit policies: which windows apply to a principal, and the Redis keys they live in.
+
+A principal's own rules (from its key record) replace the settings' key rules; tenant
+rules always apply. Each rule becomes one check per kind (requests, tokens). Key-level
+windows hang off `principal.limit_id`, so rotated keys share their usage.
+
+Keys follow DESIGN.md section 4, every one carrying the tenant's hash tag so an admission
+touches one Cluster slot:
+
+    rl:{t:<tenant>}:<scope>:<window_s>        request log (zset: request id -> ms)
+    tq:{t:<tenant>}:<scope>:<window_s>        token reservations (zset: request id -> ms)
+    tq:{t:<tenant>}:<scope>:<window_s>:amt    their amounts (hash: request id -> tokens, "" -> sum)
+
+`<scope>` is `k:<limit_id>` or `tenant`; shadow rules get a `:shadow` suffix so they keep a
+log of their own. Tenant and ids are percent-encoded outside `[A-Za-z0-9._~-]`, so no
+caller text can close the hash tag or make two (tenant, id) pairs share a key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import quote
+
+from sidecar.model import LimitRule, Principal
+from sidecar.settings import LimitsSettings
+
+Kind = Literal["requests", "tokens"]
+Level = Literal["key", "tenant"]
+
+
+def encode_part(text: str) -> str:
+    """Injective, hash-tag-safe encoding of a tenant or id (identity for [A-Za-z0-9._~-])."""
+    return quote(text, safe="")
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One window to check: `limit` requests or tokens per `window_s`, at key or tenant level."""
+
+    kind: Kind
+    level: Level
+    window_s: int
+    limit: int
+    shadow: bool
+    keys: tuple[str, ...]  # requests: (log,); tokens: (reservations, amounts)
+
+    @property
+    def label(self) -> str:
+        """Bounded, human-readable name, e.g. `key:requests:60s` (for shadow counts and logs)."""
+        return f"{self.level}:{self.kind}:{self.window_s}s"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Every check of one principal, plus the script's KEYS and per-check ARGV, built once."""
+
+    tenant: str
+    checks: tuple[Check, ...]
+    keys: tuple[str, ...]
+    argv: tuple[str, ...]
+    token_keys: tuple[str, ...]  # (reservations, amounts) pairs of the token checks, for settle
+
+    @property
+    def has_tokens(self) -> bool:
+        return bool(self.token_keys)
+
+
+def _checks_of(rules: tuple[LimitRule, ...], level: Level, tag: str, scope: str) -> list[Check]:
+    """Checks of one level; rules on the same (kind, window, mode) collapse to the tightest."""
+    tightest: dict[tuple[Kind, int, bool], int] = {}
+    for rule in rules:
+        shadow = rule.mode == "shadow"
+        pairs: tuple[tuple[Kind, int | None], ...] = (("requests", rule.requests),
+                                                      ("tokens", rule.tokens))
+        for kind, limit in pairs:
+            if limit is None:
+                continue
+            slot = (kind, rule.window_s, shadow)
+            tightest[slot] = min(limit, tightest.get(slot, limit))
+    checks = []
+    for (kind, window_s, shadow), limit in sorted(tightest.items()):
+        suffix = ":shadow" if shadow else ""
+        if kind == "requests":
+            keys: tuple[str, ...] = (f"rl:{tag}:{scope}:{window_s}{suffix}",)
+        else:
+            base = f"tq:{tag}:{scope}:{window_s}{suffix}"
+            keys = (base, base + ":amt")
+        checks.append(Check(kind, level, window_s, limit, shadow, keys))
+    return checks
+
+
+def build_plan(principal: Principal, settings: LimitsSettings) -> Plan:
+    """The checks that apply to `principal` and the script arguments that encode them."""
+    tag = "{t:" + encode_part(principal.tenant) + "}"
+    key_rules = principal.limits or settings.key
+    checks = _checks_of(key_rules, "key", tag, "k:" + encode_part(principal.limit_id))
+    checks += _checks_of(settings.tenant, "tenant", tag, "tenant")
+    keys: list[str] = []
+    argv: list[str] = []
+    token_keys: list[str] = []
+    for check in checks:
+        keys.extend(check.keys)
+        argv += ["r" if check.kind == "requests" else "t", str(check.window_s * 1000),
+                 str(check.limit), "1" if check.shadow else "0"]
+        if check.kind == "tokens":
+            token_keys.extend(check.keys)
+    return Plan(principal.tenant, tuple(checks), tuple(keys), tuple(argv), tuple(token_keys))

@@ -1,0 +1,29 @@
+-- Settle a reservation: replace the reserved tokens with the actual usage in every token
+-- window of one admission (or release them when the amount is 0), keeping each running sum
+-- exact. A reservation that already left its window (or was released) is left alone.
+--
+-- KEYS: pairs of (reservations zset, amounts hash), one pair per token window
+-- ARGV[1] member  the admission's request id
+-- ARGV[2] amount  actual tokens (integer >= 0); 0 releases the reservation
+-- Returns the number of windows that still held the reservation.
+
+local member = ARGV[1]
+local amount = tonumber(ARGV[2])
+local SUM = ''
+local settled = 0
+for i = 1, #KEYS, 2 do
+  local zkey, hkey = KEYS[i], KEYS[i + 1]
+  local old = tonumber(redis.call('HGET', hkey, member))
+  if old then
+    settled = settled + 1
+    if amount > 0 then
+      redis.call('HSET', hkey, member, amount)
+    else
+      redis.call('HDEL', hkey, member)
+      redis.call('ZREM', zkey, member)
+    end
+    local sum = redis.call('HINCRBY', hkey, SUM, amount - old)
+    if sum <= 0 then redis.call('HDEL', hkey, SUM) end
+  end
+end
+return settled
