@@ -79,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     rows = tr.load_rows(args.data)
     for path in sorted(CASES.glob("injection_*.jsonl")):
+        if path in tr.SYNTHETIC:
+            continue  # training-only rows
         with path.open(encoding="utf-8") as fh:
             for line in fh:
                 row = json.loads(line)
@@ -91,10 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     files = sorted({r["file"] for r in rows})
     clf_scores: list[float] = [0.0] * len(rows)
+    raw_scores: list[float] = [0.0] * len(rows)
     full_model: LinearModel | None = None
-    for held in [None, *[f for f in files if not f.startswith("own:")]]:
-        idx = [i for i, r in enumerate(rows) if tr.trainable(r) and not r["file"].startswith("own:")]
-        idx = [i for i in idx if rows[i]["file"] != held]
+    held_out = [f for f in files if not f.startswith(("own:", "synthetic:"))]
+    for held in [None, *held_out]:
+        idx = [i for i, r in enumerate(rows) if tr.trainable(r) and r["file"] != held]
+        idx = [i for i in idx if not rows[i]["file"].startswith("own:")]
         model = LinearModel.from_json(tr.fit([rows[i] for i in idx], [feats[i] for i in idx]))
         if held is None:
             full_model = model
@@ -107,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             targets = [i for i, r in enumerate(rows) if r["file"] == held and tr.trainable(r)]
         for i in targets:
             clf_scores[i] = max(_sigmoid(model.max_logit(v.tokens)) for v in views[i])
+            raw_scores[i] = clf_scores[i] if model.offset == 0 else max(
+                _sigmoid(model.max_logit(v.tokens) + model.offset) for v in views[i]
+            )
         print(f"fold held_out={held}: scored {len(targets)} rows", file=sys.stderr)
     assert full_model is not None
 
@@ -142,8 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"| {name} | {n1} | {n0} |{cells}")
 
     for name in sorted(groups):
-        line(name, groups[name])
-    public = [i for i, r in enumerate(rows) if not r["file"].startswith("own:")]
+        if not name.startswith("synthetic:"):
+            line(name, groups[name])
+    public = [i for i, r in enumerate(rows) if not r["file"].startswith(("own:", "synthetic:"))]
     line("**all public sources**", public)
     line("**public, trainable only**", [i for i in public if tr.trainable(rows[i])])
     line("**own cases**", [i for i, r in enumerate(rows) if r["file"].startswith("own:")])
@@ -151,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with args.json.open("w", encoding="utf-8") as fh:
             for i, r in enumerate(rows):
                 rec = {"file": r["file"], "label": r["label"], "rule": rule_scores[i],
-                       "clf": clf_scores[i], "text": r["text"][:200]}
+                       "clf": clf_scores[i], "clf_raw": raw_scores[i], "text": r["text"][:200]}
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
     return 0
 

@@ -29,22 +29,32 @@ sys.path.insert(0, str(ROOT))
 from sidecar.guards.normalize import build_views  # noqa: E402
 
 DATA_DIR = Path("/work/shared/data/injection")
+SYNTHETIC = sorted((ROOT / "tests" / "guards" / "cases").glob("injection_train_*.jsonl"))
 OUT = ROOT / "sidecar" / "guards" / "data" / "injection_weights.json"
 EVAL_ONLY_FILES = frozenset({"xsafety_multilingual_goal_hijacking"})
 EVAL_ONLY_CATEGORY_PREFIXES = ("benign_email:enron",)
 WINDOW, STRIDE = 256, 128
 C, MIN_DF, MIN_ABS_WEIGHT = 0.5, 2, 0.02
+# The runtime subtracts this from the logit: a classifier probability of 0.95 maps to score 0.5.
+# Chosen on the leave-source-out figures (docs/injection-eval.md), where the raw 0.5 cut-off
+# gave 4% false positives on benign sources the model had not seen.
+LOGIT_OFFSET = round(math.log(0.95 / 0.05), 4)
 SEED = 7
 
 
-def load_rows(data_dir: Path) -> list[dict[str, Any]]:
-    """All labelled rows, each with a `file` key (the group used for leave-source-out)."""
+def load_rows(data_dir: Path, synthetic: bool = True) -> list[dict[str, Any]]:
+    """All labelled rows, each with a `file` key (the group used for leave-source-out).
+
+    With `synthetic`, the template-generated rows of tests/guards/cases/injection_train_*.jsonl
+    are added (group "synthetic:<name>"); they train every fold and are never evaluated.
+    """
     rows: list[dict[str, Any]] = []
-    for path in sorted(data_dir.glob("*.jsonl")):
+    paths = sorted(data_dir.glob("*.jsonl")) + (SYNTHETIC if synthetic else [])
+    for path in paths:
         with path.open(encoding="utf-8") as fh:
             for line in fh:
                 row = json.loads(line)
-                row["file"] = path.stem
+                row["file"] = ("synthetic:" + path.stem) if path in SYNTHETIC else path.stem
                 rows.append(row)
     return rows
 
@@ -106,6 +116,7 @@ def fit(rows: Sequence[dict[str, Any]], feats: Sequence[Counter[str]]) -> dict[s
         "window": WINDOW,
         "stride": STRIDE,
         "bias": round(float(clf.intercept_[0]), 4),
+        "logit_offset": LOGIT_OFFSET,
         "unigrams": uni,
         "bigrams": bi,
     }

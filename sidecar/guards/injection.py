@@ -92,6 +92,7 @@ class LinearModel:
     bigrams: Mapping[tuple[str, str], float]
     window: int
     stride: int
+    offset: float = 0.0
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> LinearModel:
@@ -102,13 +103,15 @@ class LinearModel:
             bigrams=bigrams,  # type: ignore[arg-type]
             window=int(doc["window"]),
             stride=int(doc["stride"]),
+            offset=float(doc.get("logit_offset", 0.0)),
         )
 
     def max_logit(self, tokens: Sequence[str]) -> float:
-        """Highest logit over windows of `window` tokens taken every `stride` tokens."""
+        """Highest calibrated logit over windows of `window` tokens, one every `stride` tokens."""
         n = len(tokens)
+        bias = self.bias - self.offset
         if n == 0:
-            return self.bias
+            return bias
         ug = self.unigrams.get
         bg = self.bigrams.get
         zeros = itertools.repeat(0.0)
@@ -118,13 +121,13 @@ class LinearModel:
                 if w:
                     contrib[i] += w
         if n <= self.window:
-            return self.bias + math.fsum(contrib)
+            return bias + math.fsum(contrib)
         prefix = [0.0, *itertools.accumulate(contrib)]
         best = -math.inf
         for start in range(0, n - self.stride, self.stride):
             end = min(start + self.window, n)
             best = max(best, prefix[end] - prefix[start])
-        return self.bias + best
+        return bias + best
 
 
 def _sigmoid(z: float) -> float:
