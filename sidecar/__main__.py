@@ -1,4 +1,4 @@
-"""Command line: serve, mock-upstream, check-config (keys and scan come with their issues)."""
+"""Command line: serve, keys, mock-upstream, check-config (DESIGN.md section 9)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import orjson
 
 from sidecar.errors import ConfigError
+from sidecar.keys_cli import add_keys_parser
 from sidecar.settings import Settings, describe, load_settings
 
 
@@ -49,6 +50,12 @@ def _cmd_mock_upstream(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from sidecar.keys_cli import run_keys_command
+
+    return run_keys_command(_settings(args.config), args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sidecar", description="Security sidecar for LLM traffic")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -64,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     mock.add_argument("--port", type=int, default=8081)
     mock.add_argument("--latency-ms", type=float, default=0.0)
     mock.set_defaults(func=_cmd_mock_upstream)
+    add_keys_parser(sub, _cmd_keys)
     return parser
 
 

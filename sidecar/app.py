@@ -12,7 +12,9 @@ from time import perf_counter
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from sidecar.admin import create_admin_app
 from sidecar.appstate import (
+    AUTH,
     CONTEXT,
     LIFECYCLE,
     METRICS,
@@ -22,6 +24,9 @@ from sidecar.appstate import (
     Lifecycle,
     RequestContext,
 )
+from sidecar.auth.apikeys import Authenticator
+from sidecar.auth.hashing import SecretHasher
+from sidecar.auth.records import SCOPES, KeySpec
 from sidecar.errors import InternalError, SidecarError
 from sidecar.log import log_fields
 from sidecar.metrics import Metrics
@@ -125,8 +130,16 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     upstream = Upstream(settings.upstream, settings.upstream.url, settings.upstream_key)
     await upstream.start()
     app[UPSTREAM] = upstream
+    a = settings.auth
+    hasher = SecretHasher(a.argon2_time_cost, a.argon2_memory_kib, a.argon2_parallelism,
+                          a.max_concurrent_verifications)
+    auth = Authenticator(store, hasher, a)
+    app[AUTH] = auth
+    if store.is_memory and a.demo_key:
+        await _print_demo_key(auth)
     stop = asyncio.Event()
     monitor = asyncio.create_task(_watch_store(app, stop))
+    listener = asyncio.create_task(auth.listen(stop))
     try:
         yield
     finally:
@@ -134,8 +147,16 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         # swallowed by asyncio.timeout on Python 3.11, which would leave the loop running.
         stop.set()
         await monitor
+        await listener
+        hasher.close()
         await upstream.close()
         await store.close()
+
+
+async def _print_demo_key(auth: Authenticator) -> None:
+    """On the embedded store, a key for trying the sidecar at once; printed once, never logged."""
+    raw_key, _ = await auth.records.create(KeySpec(tenant="demo", scopes=SCOPES, label="demo"))
+    print(f"Demo API key (tenant 'demo', shown once, embedded store only): {raw_key}", flush=True)
 
 
 async def _watch_store(app: web.Application, stop: asyncio.Event, interval_s: float = 5.0) -> None:
@@ -164,6 +185,15 @@ async def _metrics(request: web.Request) -> web.Response:
     registry = request.app[PROXY_APP][METRICS].registry
     return web.Response(body=generate_latest(registry),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def create_admin(proxy_app: web.Application) -> web.Application | None:
+    """The admin listener's app, or None (logged) when no admin token is configured."""
+    token = proxy_app[SETTINGS].admin.token
+    if not token:
+        log.warning("admin API off: set SIDECAR_ADMIN_TOKEN to manage keys over HTTP")
+        return None
+    return create_admin_app(proxy_app, token)
 
 
 def create_health_app(proxy_app: web.Application) -> web.Application:

@@ -7,6 +7,7 @@ from time import perf_counter
 
 from aiohttp import web
 
+from sidecar.auth.apikeys import Authenticator
 from sidecar.metrics import Metrics
 from sidecar.proxy.upstream import Upstream
 from sidecar.settings import Settings
@@ -38,4 +39,5 @@ METRICS = web.AppKey("metrics", Metrics)
 STORE = web.AppKey("store", Store)
 UPSTREAM = web.AppKey("upstream", Upstream)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+AUTH = web.AppKey("auth", Authenticator)
 CONTEXT = web.RequestKey("context", RequestContext)

@@ -17,7 +17,7 @@ import sys
 
 from aiohttp import web
 
-from sidecar.app import create_app, create_health_app
+from sidecar.app import create_admin, create_app, create_health_app
 from sidecar.appstate import LIFECYCLE
 from sidecar.log import log_fields, setup_logging
 from sidecar.mock_upstream import create_mock_app
@@ -80,6 +80,10 @@ async def run_listeners(settings: Settings, *, reuse_port: bool, run_mock: bool)
     health_runner = web.AppRunner(create_health_app(proxy_app), access_log=None,
                                   keepalive_timeout=settings.header_timeout_s)
     await _start_site(health_runner, settings.metrics.listen, reuse_port)
+    admin_app = create_admin(proxy_app)
+    admin_runner = web.AppRunner(admin_app, access_log=None) if admin_app is not None else None
+    if admin_runner is not None:
+        await _start_site(admin_runner, settings.admin.listen, reuse_port)
     log_fields(log, logging.INFO, "sidecar listening", proxy=settings.listen,
                metrics=settings.metrics.listen, upstream=settings.upstream.url,
                store=settings.store.url.split("@")[-1])
@@ -94,6 +98,8 @@ async def run_listeners(settings: Settings, *, reuse_port: bool, run_mock: bool)
     proxy_app[LIFECYCLE].draining = True
     await proxy_runner.cleanup()
     await health_runner.cleanup()
+    if admin_runner is not None:
+        await admin_runner.cleanup()
     if mock_runner is not None:
         await mock_runner.cleanup()
     log.info("stopped")

@@ -78,6 +78,23 @@ class LogSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthSettings:
+    cache_ttl_s: float = _f(60.0, "how long a verified key is trusted without asking the store",
+                            min=1, max=3600)
+    cache_size: int = _f(10_000, "verified keys kept per process (LRU)", min=1)
+    negative_ttl_s: float = _f(5.0, "how long a refused key is refused without asking again",
+                               min=0, max=300)
+    failed_per_minute: int = _f(20, "failed verifications per key id per minute before refusing "
+                                "without verifying", min=1)
+    max_concurrent_verifications: int = _f(2, "argon2 verifications running at once per process",
+                                           min=1, max=64)
+    argon2_time_cost: int = _f(3, "argon2id iterations (RFC 9106: 3)", min=1, max=20)
+    argon2_memory_kib: int = _f(65536, "argon2id memory in KiB (RFC 9106: 64 MiB)", min=8192)
+    argon2_parallelism: int = _f(4, "argon2id lanes (RFC 9106: 4)", min=1, max=16)
+    demo_key: bool = _f(True, "on the memory:// store, create a demo key at start and print it once")
+
+
+@dataclass(frozen=True, slots=True)
 class LimitsSettings:
     key: tuple[LimitRule, ...] = _f((), "default rules per API key (a key's own limits replace them)")
     tenant: tuple[LimitRule, ...] = _f((), "rules per tenant, shared by all of its keys")
@@ -106,6 +123,7 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
 
     @property

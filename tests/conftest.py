@@ -11,15 +11,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from sidecar.app import create_app
+from sidecar.auth.hashing import SecretHasher
+from sidecar.auth.records import KeyRecords, parse_key_spec
 from sidecar.metrics import Metrics
 from sidecar.mock_upstream import create_mock_app
 from sidecar.settings import Settings, load_settings
+from sidecar.store.redis import connect
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -96,12 +100,55 @@ async def mock_upstream(aiohttp_server: Any) -> TestServer:
     return server
 
 
+# argon2 at its cheapest for tests that are not about argon2 (tests/auth uses the defaults).
+CHEAP_ARGON2 = {"SIDECAR_AUTH_ARGON2_TIME_COST": "1", "SIDECAR_AUTH_ARGON2_MEMORY_KIB": "8192",
+                "SIDECAR_AUTH_ARGON2_PARALLELISM": "1"}
+ALL_SCOPES = ["chat", "completions", "embeddings", "models", "conversations"]
+
+
+async def create_key(store_url: str, tenant: str = "tenant-a", scopes: list[str] | None = None,
+                     limits: list[dict[str, int]] | None = None, cheap: bool = True,
+                     **extra: Any) -> str:
+    """Create a key in the store as an operator would (the admin path); returns the raw key."""
+    settings = load_settings(env={"SIDECAR_STORE_URL": store_url, **(CHEAP_ARGON2 if cheap else {})})
+    store = await connect(settings.store)
+    a = settings.auth
+    hasher = SecretHasher(a.argon2_time_cost, a.argon2_memory_kib, a.argon2_parallelism, 1)
+    try:
+        spec = parse_key_spec({"tenant": tenant, "scopes": scopes or ALL_SCOPES,
+                               "limits": limits or [], **extra})
+        raw, _ = await KeyRecords(store, hasher).create(spec)
+        return raw
+    finally:
+        hasher.close()
+        await store.close()
+
+
+@pytest.fixture
+async def api_key(redis_url: str) -> str:
+    """A key with every scope, created at runtime in the test's Redis."""
+    return await create_key(redis_url)
+
+
+@pytest.fixture
+def auth_headers(api_key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"}
+
+
+@pytest.fixture
+async def session(auth_headers: dict[str, str]) -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client that presents the test's API key on every request."""
+    async with aiohttp.ClientSession(headers=auth_headers) as client:
+        yield client
+
+
 def settings_for(upstream_url: str, store_url: str, **env: str) -> Settings:
     """Settings as an operator would give them: through SIDECAR_* variables."""
     base = {
         "SIDECAR_UPSTREAM_URL": upstream_url,
         "SIDECAR_STORE_URL": store_url,
         "SIDECAR_UPSTREAM_KEY_ENV": "TEST_PROVIDER_KEY",
+        **CHEAP_ARGON2,
     }
     base.update(env)
     return load_settings(env=base)

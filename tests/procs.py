@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from tests.conftest import free_port
+from tests.conftest import CHEAP_ARGON2, free_port
 
 
 @dataclass
@@ -34,7 +34,7 @@ class SidecarProcess:
     async def start(self, timeout_s: float = 20.0) -> None:
         env = {**os.environ, "SIDECAR_LISTEN": f"127.0.0.1:{self.port}",
                "SIDECAR_METRICS_LISTEN": f"127.0.0.1:{self.metrics_port}",
-               "SIDECAR_ADMIN_LISTEN": f"127.0.0.1:{free_port()}", **self.env}
+               "SIDECAR_ADMIN_LISTEN": f"127.0.0.1:{free_port()}", **CHEAP_ARGON2, **self.env}
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "sidecar", "serve", *self.args, env=env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

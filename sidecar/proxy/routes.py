@@ -10,8 +10,9 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from sidecar.appstate import CONTEXT, SETTINGS, UPSTREAM
-from sidecar.errors import NotFound
+from sidecar.appstate import AUTH, CONTEXT, SETTINGS, UPSTREAM, RequestContext
+from sidecar.errors import InsufficientScope, NotFound
+from sidecar.model import Principal
 from sidecar.proxy.body import check_content_headers, read_body
 from sidecar.proxy.openai import parse_body
 from sidecar.proxy.relay import relay_stream, relay_whole
@@ -25,13 +26,32 @@ POST_ROUTES = {
 ROUTE_OF_RESOURCE = {**POST_ROUTES, "/v1/models": "models", "/v1/models/{model}": "models"}
 
 
+def presented_key(request: web.Request) -> str | None:
+    """The key from `Authorization: Bearer <key>` or `X-API-Key` (never from the URL)."""
+    header = request.headers.get("Authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        return value.strip() if scheme.lower() == "bearer" else None
+    return request.headers.get("X-API-Key")
+
+
+async def authorize(request: web.Request, ctx: RequestContext) -> Principal:
+    """Steps 2-3: who is calling, and may they use this route."""
+    principal = await request.app[AUTH].authenticate(presented_key(request))
+    ctx.key_id = principal.key_id
+    if ctx.route not in principal.scopes:
+        raise InsufficientScope()
+    return principal
+
+
 async def handle_model_call(request: web.Request) -> web.StreamResponse:
     """POST /v1/chat/completions, /v1/completions, /v1/embeddings."""
     settings = request.app[SETTINGS]
     upstream = request.app[UPSTREAM]
     ctx = request[CONTEXT]
     # 1. context: set by the middleware (request id, timing, error rendering).
-    # 2-3. auth and scope: (keys issue).
+    # 2-3. auth and scope.
+    await authorize(request, ctx)
     # 4. parse: capped body, JSON, shape.
     check_content_headers(request)
     raw = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
@@ -52,6 +72,7 @@ async def handle_models(request: web.Request) -> web.StreamResponse:
     """GET /v1/models and /v1/models/{model}."""
     upstream = request.app[UPSTREAM]
     ctx = request[CONTEXT]
+    await authorize(request, ctx)
     model = request.match_info.get("model")
     if model is not None and not 0 < len(model) <= 256:
         raise NotFound("Unknown model.")

@@ -80,6 +80,15 @@ class Store:
             return False
         return isinstance(reply, list) and len(reply) == 2
 
+    def pubsub_client(self) -> Any:
+        """A client that can SUBSCRIBE (on a cluster: a plain connection to one node; PUBLISH
+        reaches every node of a cluster)."""
+        if self.kind != "cluster":
+            return self.client
+        node = self.client.get_default_node()
+        return aioredis.Redis(host=node.host, port=node.port,
+                              socket_connect_timeout=self.timeout_s * 4)
+
     async def close(self) -> None:
         close = getattr(self.client, "aclose", None) or self.client.close
         await close()

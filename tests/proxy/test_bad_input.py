@@ -32,12 +32,6 @@ async def sidecar(make_sidecar: SidecarFactory) -> TestServer:
     return await make_sidecar(max_body_bytes="4096", max_json_depth="16", configure=_add_boom)
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
 def assert_error_shape(body: dict[str, Any], code: str) -> None:
     error = body["error"]
     assert error["code"] == code
@@ -102,13 +96,13 @@ async def test_chunked_body_over_the_cap(sidecar: TestServer, session: aiohttp.C
 
 
 async def test_huge_declared_body_is_refused_before_reading(
-    sidecar: TestServer,
+    sidecar: TestServer, api_key: str,
 ) -> None:
     """A 100 MiB Content-Length is answered 413 at once, without sending the body."""
     reader, writer = await asyncio.open_connection(sidecar.host, sidecar.port)
     writer.write(
         f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {100 * 1024 * 1024}\r\n\r\n".encode()
+        f"Authorization: Bearer {api_key}\r\nContent-Length: {100 * 1024 * 1024}\r\n\r\n".encode()
     )
     await writer.drain()
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
@@ -126,11 +120,12 @@ async def test_slow_headers_are_cut_off(make_sidecar: SidecarFactory) -> None:
     writer.close()
 
 
-async def test_slow_body_gets_408(make_sidecar: SidecarFactory) -> None:
+async def test_slow_body_gets_408(make_sidecar: SidecarFactory, api_key: str) -> None:
     """A client that stops sending its body is answered 408 after the body deadline."""
     sidecar = await make_sidecar(body_timeout_s="0.3")
     reader, writer = await asyncio.open_connection(sidecar.host, sidecar.port)
     writer.write(f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 f"Authorization: Bearer {api_key}\r\n"
                  "Content-Length: 100\r\n\r\n{\"model\":".encode())
     await writer.drain()
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)

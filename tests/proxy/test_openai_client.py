@@ -9,9 +9,9 @@ from tests.conftest import SidecarFactory
 
 
 @pytest.fixture
-async def client(make_sidecar: SidecarFactory) -> openai.AsyncOpenAI:
+async def client(make_sidecar: SidecarFactory, api_key: str) -> openai.AsyncOpenAI:
     server = await make_sidecar()
-    return openai.AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key="client-key",
+    return openai.AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key=api_key,
                               max_retries=0)
 
 

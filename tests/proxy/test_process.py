@@ -12,13 +12,13 @@ from tests.proxy.test_upstream import chat, read_event
 
 
 async def test_sigterm_lets_the_stream_finish_then_exits_0(
-    mock_upstream: TestServer, redis_url: str,
+    mock_upstream: TestServer, redis_url: str, auth_headers: dict[str, str],
 ) -> None:
     """SIGTERM during a streaming response: the stream completes, then the process exits 0."""
     sidecar = SidecarProcess({"SIDECAR_UPSTREAM_URL": str(mock_upstream.make_url("")).rstrip("/"),
                               "SIDECAR_STORE_URL": redis_url})
     await sidecar.start()
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=auth_headers) as session:
         async with session.post(sidecar.url + "/v1/chat/completions",
                                 json=chat("mock-slow-stream", True, "x")) as response:
             await read_event(response.content)
@@ -43,12 +43,13 @@ async def test_sigterm_lets_the_stream_finish_then_exits_0(
     assert "Traceback" not in err
 
 
-async def test_two_workers_share_the_port(mock_upstream: TestServer, redis_url: str) -> None:
+async def test_two_workers_share_the_port(mock_upstream: TestServer, redis_url: str,
+                                          auth_headers: dict[str, str]) -> None:
     """With --workers 2, both processes serve the proxy port and stop cleanly on SIGTERM."""
     sidecar = SidecarProcess({"SIDECAR_UPSTREAM_URL": str(mock_upstream.make_url("")).rstrip("/"),
                               "SIDECAR_STORE_URL": redis_url}, args=("--workers", "2"))
     await sidecar.start()
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=auth_headers) as session:
         statuses = []
         for _ in range(20):
             async with session.post(sidecar.url + "/v1/chat/completions",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -21,12 +20,6 @@ def chat(model: str, stream: bool = False, content: str = "hi") -> dict[str, Any
     return {"model": model, "stream": stream, "messages": [{"role": "user", "content": content}]}
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
 async def received(session: aiohttp.ClientSession, mock: TestServer) -> dict[str, Any]:
     async with session.get(mock.make_url("/_mock/requests")) as response:
         data: dict[str, Any] = await response.json()
@@ -35,13 +28,13 @@ async def received(session: aiohttp.ClientSession, mock: TestServer) -> dict[str
 
 async def test_provider_gets_provider_key_never_client_credentials(
     make_sidecar: SidecarFactory, mock_upstream: TestServer, session: aiohttp.ClientSession,
-    provider_key: str,
+    provider_key: str, api_key: str,
 ) -> None:
     """The client's key, cookies and hop-by-hop headers stay in the pod; the provider key goes out."""
     sidecar = await make_sidecar()
     client_secret = "client-" + str(time.time_ns())
     headers = {
-        "Authorization": f"Bearer {client_secret}", "X-API-Key": client_secret,
+        "Authorization": f"Bearer {api_key}", "X-Other-Key": client_secret,
         "Cookie": f"session={client_secret}", "Proxy-Authorization": f"Basic {client_secret}",
         "Connection": "keep-alive, X-Hop", "X-Hop": client_secret, "TE": "trailers",
         "X-Forwarded-For": "10.0.0.1", "OpenAI-Beta": "assistants=v2",
@@ -57,7 +50,8 @@ async def test_provider_gets_provider_key_never_client_credentials(
         sent = {k.lower(): v for k, v in request["headers"].items()}
         assert sent["authorization"] == f"Bearer {provider_key}"
         assert client_secret not in orjson.dumps(sent).decode()
-        for name in ("cookie", "x-api-key", "proxy-authorization", "x-hop", "te",
+        assert api_key not in orjson.dumps(sent).decode()
+        for name in ("cookie", "x-api-key", "x-other-key", "proxy-authorization", "x-hop", "te",
                      "x-forwarded-for"):
             assert name not in sent
         assert sent["openai-beta"] == "assistants=v2"
