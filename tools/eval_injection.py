@@ -21,18 +21,17 @@ import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import train_injection as tr  # noqa: E402
+import train_injection as tr
 
-from sidecar.guards.injection import (  # noqa: E402
+from sidecar.guards.injection import (
     DEFAULT_THRESHOLD,
     InjectionDetector,
     LinearModel,
     _sigmoid,
 )
-from sidecar.guards.normalize import build_views  # noqa: E402
+from sidecar.guards.normalize import build_views
 
 KEYWORDS = (
     "ignore previous instructions",
@@ -102,17 +101,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = LinearModel.from_json(tr.fit([rows[i] for i in idx], [feats[i] for i in idx]))
         if held is None:
             full_model = model
-            targets = [
-                i
-                for i, r in enumerate(rows)
-                if r["file"].startswith("own:") or not tr.trainable(r)
-            ]
+            targets = [i for i, r in enumerate(rows) if r["file"].startswith("own:") or not tr.trainable(r)]
         else:
             targets = [i for i, r in enumerate(rows) if r["file"] == held and tr.trainable(r)]
         for i in targets:
             clf_scores[i] = max(_sigmoid(model.max_logit(v.tokens)) for v in views[i])
-            raw_scores[i] = clf_scores[i] if model.offset == 0 else max(
-                _sigmoid(model.max_logit(v.tokens) + model.offset) for v in views[i]
+            raw_scores[i] = (
+                clf_scores[i]
+                if model.offset == 0
+                else max(_sigmoid(model.max_logit(v.tokens) + model.offset) for v in views[i])
             )
         print(f"fold held_out={held}: scored {len(targets)} rows", file=sys.stderr)
     assert full_model is not None
@@ -158,8 +155,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         with args.json.open("w", encoding="utf-8") as fh:
             for i, r in enumerate(rows):
-                rec = {"file": r["file"], "label": r["label"], "rule": rule_scores[i],
-                       "clf": clf_scores[i], "clf_raw": raw_scores[i], "text": r["text"][:200]}
+                rec = {
+                    "file": r["file"],
+                    "label": r["label"],
+                    "rule": rule_scores[i],
+                    "clf": clf_scores[i],
+                    "clf_raw": raw_scores[i],
+                    "text": r["text"][:200],
+                }
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
     return 0
 

@@ -15,6 +15,7 @@ xsafety (README asks for research use only) and the Enron emails (no explicit li
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
@@ -35,10 +36,10 @@ EVAL_ONLY_FILES = frozenset({"xsafety_multilingual_goal_hijacking"})
 EVAL_ONLY_CATEGORY_PREFIXES = ("benign_email:enron",)
 WINDOW, STRIDE = 256, 128
 C, MIN_DF, MIN_ABS_WEIGHT = 0.5, 2, 0.02
-# The runtime subtracts this from the logit: a classifier probability of 0.95 maps to score 0.5.
+# The runtime subtracts this from the logit: a classifier probability of 0.99 maps to score 0.5.
 # Chosen on the leave-source-out figures (docs/injection-eval.md), where the raw 0.5 cut-off
-# gave 4% false positives on benign sources the model had not seen.
-LOGIT_OFFSET = round(math.log(0.95 / 0.05), 4)
+# gave 4.4% false positives on benign sources the model had not seen (0.99: under 1%).
+LOGIT_OFFSET = round(math.log(0.99 / 0.01), 4)
 SEED = 7
 
 
@@ -70,7 +71,7 @@ def features(text: str) -> Counter[str]:
     """Unigram and bigram counts of the base view's tokens, keys as stored in the JSON."""
     toks = build_views(text)[0].tokens
     c: Counter[str] = Counter(toks)
-    c.update(f"{a} {b}" for a, b in zip(toks, toks[1:], strict=False))
+    c.update(f"{a} {b}" for a, b in itertools.pairwise(toks))
     return c
 
 

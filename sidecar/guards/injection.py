@@ -117,7 +117,7 @@ class LinearModel:
         zeros = itertools.repeat(0.0)
         contrib = list(map(ug, tokens, zeros))
         if n > 1:
-            for i, w in enumerate(map(bg, zip(tokens, tokens[1:], strict=False), zeros)):
+            for i, w in enumerate(map(bg, itertools.pairwise(tokens), zeros)):
                 if w:
                     contrib[i] += w
         if n <= self.window:
@@ -208,9 +208,7 @@ class InjectionDetector:
                 weights[rule.rule_id] = max(weights.get(rule.rule_id, 0.0), rule.weight)
                 categories[rule.category] = max(categories.get(rule.category, 0.0), rule.weight)
                 if view.kind in DECODED_KINDS:
-                    categories[ENCODED_CATEGORY] = max(
-                        categories.get(ENCODED_CATEGORY, 0.0), rule.weight
-                    )
+                    categories[ENCODED_CATEGORY] = max(categories.get(ENCODED_CATEGORY, 0.0), rule.weight)
             if self._model is not None:
                 clf = max(clf, _sigmoid(self._model.max_logit(view.tokens)))
         miss = 1.0

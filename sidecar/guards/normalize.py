@@ -28,8 +28,9 @@ from sidecar.guards.sanitize import sanitize_text
 
 MAX_DECODED_SEGMENTS = 16  # decoded payloads per text: bounds the work an input can ask for
 
-# Look-alike letters (lowercase, after casefold) -> Latin. Cyrillic, Greek, IPA, Armenian,
-# Cherokee-free subset: only letters that render like a Latin letter in common fonts.
+# Look-alike letters (lowercase, after casefold) -> Latin, from Cyrillic, Greek, IPA, small
+# capitals and Armenian: only letters that render like a Latin letter in common fonts.
+# fmt: off
 _CONFUSABLES: dict[str, str] = {
     # Cyrillic
     "а": "a", "в": "b", "е": "e", "ё": "e", "з": "3", "и": "u", "і": "i", "ї": "i", "й": "u",
@@ -47,9 +48,9 @@ _CONFUSABLES: dict[str, str] = {
     "ƅ": "b", "ɗ": "d", "ɦ": "h", "ɭ": "l", "ɱ": "m", "ɲ": "n", "ɾ": "r", "ʂ": "s", "ʋ": "v",
     "ø": "o", "đ": "d", "ħ": "h", "ł": "l", "ŧ": "t", "ß": "ss",
     # Armenian and others
-    "օ": "o", "ս": "u", "ց": "g", "ո": "n", "հ": "h", "ք": "p", "ɩ̇": "i",
+    "օ": "o", "ս": "u", "ց": "g", "ո": "n", "հ": "h", "ք": "p",
 }
-_CONFUSABLE_TABLE = str.maketrans({k: v for k, v in _CONFUSABLES.items() if len(k) == 1})
+_CONFUSABLE_TABLE = str.maketrans(_CONFUSABLES)
 _COMBINING_LATIN = re.compile("[\u0300-\u036f]+")
 
 
@@ -57,6 +58,7 @@ _LEET_TABLE = str.maketrans(
     {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "@": "a", "$": "s",
      "€": "e", "|": "l", "9": "g"}
 )
+# fmt: on
 _ROT13_TABLE = str.maketrans(
     string.ascii_lowercase, string.ascii_lowercase[13:] + string.ascii_lowercase[:13]
 )
@@ -74,9 +76,7 @@ GATE_WORDS = frozenset(
     esqueça instruções précédentes vorherigen anteriores precedenti
     """.split()
 )
-_PUNCT_BYTES = bytes.maketrans(
-    string.punctuation.encode("ascii"), b" " * len(string.punctuation)
-)
+_PUNCT_BYTES = bytes.maketrans(string.punctuation.encode("ascii"), b" " * len(string.punctuation))
 _WORD = re.compile(r"\w+")
 _RARE_SINGLES = frozenset("bcefghjklnopqruvwxyz")
 
@@ -190,8 +190,9 @@ def _decode_hex(seg: str) -> str | None:
 def _decoded_segments(s: str, tokens: list[str]) -> list[tuple[str, str]]:
     """Decode base64/hex/URL/HTML-escaped segments of the case-preserved text `s`.
 
-    Gate: a word token of 20+ characters (rare in prose). Candidates are tokens of 16+ characters (split on punctuation other than the base64
-    alphabet), so no regex scans plain prose; a text without long tokens costs one max().
+    Gate: a word token of 20+ characters (rare in prose). Candidates are tokens of 16+
+    characters (split on punctuation other than the base64 alphabet), so no regex scans plain
+    prose; a text without long tokens costs one max().
     """
     out: list[tuple[str, str]] = []
     if max(map(len, tokens), default=0) >= 20 or "\\x" in s:
@@ -266,9 +267,7 @@ def build_views(text: str) -> list[View]:
     return views
 
 
-_GATE_ROT13 = frozenset(
-    w.translate(_ROT13_TABLE) for w in GATE_WORDS if w.isascii() and len(w) >= 5
-)
+_GATE_ROT13 = frozenset(w.translate(_ROT13_TABLE) for w in GATE_WORDS if w.isascii() and len(w) >= 5)
 
 
 def tagged_views(text: str) -> list[tuple[str, str]]:
