@@ -30,8 +30,10 @@ def luhn_ok(digits: str) -> bool:
 
 def _card(value: str) -> bool:
     digits = "".join(c for c in value if c.isdigit())
-    if not 13 <= len(digits) <= 19 or digits[0] not in "3456" or len(set(digits)) < 3:
+    if not 13 <= len(digits) <= 19 or len(set(digits)) < 3:
         return False
+    if digits[0] not in "3456" and not (digits[0] == "2" and 2221 <= int(digits[:4]) <= 2720):
+        return False  # issuer ranges: Amex/Diners/JCB, Visa, Mastercard, Discover/UnionPay/Maestro
     return luhn_ok(digits)
 
 
@@ -132,7 +134,7 @@ IBAN_LENGTHS: dict[str, int] = {
 def iban_ok(value: str) -> bool:
     """Country length and the ISO 7064 mod-97 check digits of an IBAN (spaces ignored)."""
     iban = value.replace(" ", "")
-    if IBAN_LENGTHS.get(iban[:2]) != len(iban):
+    if IBAN_LENGTHS.get(iban[:2]) != len(iban) or not "02" <= iban[2:4] <= "98":
         return False
     rearranged = iban[4:] + iban[:4]
     number = "".join(str(int(ch, 36)) for ch in rearranged)
@@ -227,6 +229,15 @@ EMAIL_WIDTH = 64 + 1 + 9 * 64 + 25 + 2
 """Longest text an e-mail match can span (local part, '@', domain labels, TLD, lookahead)."""
 
 
+def _in_url_authority(text: str, lo: int, start: int, at: int) -> bool:
+    """True when `local@` is the user part of a URL (`scheme://user:pass@host`), not an address."""
+    k = text.rfind("://", lo, start)
+    if k == -1:
+        return False
+    between = text[k + 3 : at]
+    return not any(c.isspace() or c in "/?#" for c in between)
+
+
 def find_emails(text: str, pos: int = 0) -> Iterator[tuple[int, int]]:
     """Spans of e-mail addresses whose '@' lies at or after `pos` (local part not before `pos`)."""
     at = text.find("@", pos)
@@ -239,8 +250,10 @@ def find_emails(text: str, pos: int = 0) -> Iterator[tuple[int, int]]:
                 start = m_local.start()
                 while start < at and text[start] in ".-+":
                     start += 1
+                if _in_url_authority(text, max(pos, start - 300), start, at):
+                    m_dom = None
                 local = text[start:at]
-                if local and local != "git" and m_dom.group(1).lower() not in _FILE_TLDS:
+                if m_dom and local and local != "git" and m_dom.group(1).lower() not in _FILE_TLDS:
                     yield start, m_dom.end()
                     nxt = m_dom.end()
         at = text.find("@", nxt)
@@ -262,8 +275,9 @@ PII_SPECS: tuple[PatternSpec, ...] = (
     PatternSpec(
         "pii:credit_card",
         re.compile(
-            r"[0-9](?<![\w-][0-9])(?:[0-9]{3}([ -]?)[0-9]{4}\1[0-9]{4}\1[0-9]{4}(?:\1[0-9]{3})?"
-            r"|[0-9]{3}([ -]?)[0-9]{6}\2[0-9]{4,5}|[0-9]{12,18})(?![\w-])"
+            r"[0-9](?<![\w-][0-9])(?<![0-9] [0-9])"
+            r"(?:[0-9]{3}([ -]?)[0-9]{4}\1[0-9]{4}\1[0-9]{4}(?:\1[0-9]{3})?"
+            r"|[0-9]{3}([ -]?)[0-9]{6}\2[0-9]{4,5}|[0-9]{12,18})(?![\w-]| [0-9])"
         ),
         validate=_card,
         region="number",
@@ -320,7 +334,9 @@ PII_SPECS: tuple[PatternSpec, ...] = (
     ),
     PatternSpec(
         "pii:phone",
-        re.compile(r"0(?<![\w+.(/-]0)[1-9][0-9]{0,4}(?:[ ./-][0-9]{2,8}){1,4}(?![\w-]|[.,/][0-9])"),
+        re.compile(
+            r"0(?<![\w+.(/-]0)(?<![0-9] 0)[1-9][0-9]{0,4}(?:[ ./-][0-9]{2,8}){1,4}(?![\w-]|[.,/][0-9]| [0-9])"
+        ),
         validate=_national_phone,
         region="number",
         ws_free=False,

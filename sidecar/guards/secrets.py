@@ -96,34 +96,16 @@ def spec_from_regex(kind: str, regex: str | re.Pattern[str], *, ws_free: bool = 
 # --- validators ------------------------------------------------------------------------------
 
 _PLACEHOLDER_WORDS = (
-    "xxxx",
-    "example",
-    "your",
-    "...",
-    "<",
-    ">",
-    "${",
-    "{{",
-    "placeholder",
-    "dummy",
-    "redacted",
-    "insert",
-    "here",
-    "changeme",
-    "change_me",
-    "replace",
-    "fake",
-    "sample",
-    "****",
-    "0000000000",
-    "1234567890",
-    "abcdefghij",
-    "todo",
-    "secret_key",
-    "my_key",
-    "mykey",
-    "token_here",
+    "example", "placeholder", "dummy", "redacted", "insert", "changeme", "change_me", "replace",
+    "sample", "0000000000", "1234567890", "abcdefghij", "secret_key", "my_key", "mykey", "token_here",
+    "...", "<", ">", "${", "{{", "****",
+)  # fmt: skip
+_SHORT_PLACEHOLDER = re.compile(
+    r"(?<![A-Za-z0-9])(?:xxxx|your|here|fake|todo)|(?:xxxx|your|here|fake|todo)(?![A-Za-z0-9])",
+    re.IGNORECASE,
 )
+"""Short stand-in words count only at a word edge (`sk-your-key`, `YOUR_KEY`), so a random token that
+happens to contain `todo` is still a token."""
 
 
 def shannon_entropy(value: str) -> float:
@@ -139,8 +121,9 @@ def shannon_entropy(value: str) -> float:
 
 def is_placeholder(value: str) -> bool:
     """True for documentation stand-ins: `YOUR_API_KEY`, `xxxx`, `...EXAMPLE`, low variety."""
-    low = value.lower()
-    if any(word in low for word in _PLACEHOLDER_WORDS):
+    if any(word in value or word.upper() in value or word.title() in value for word in _PLACEHOLDER_WORDS):
+        return True
+    if _SHORT_PLACEHOLDER.search(value):
         return True
     return len(value) >= 12 and len(set(value)) < 6
 
@@ -194,12 +177,15 @@ def _url_password(value: str) -> bool:
     low = value.lower()
     if low in _URL_PLACEHOLDERS or is_placeholder(value):
         return False
-    if value.startswith(("$", "%", "{", "[", "*")) or set(value) <= {"*", "x", "X", "."}:
+    if _TEMPLATE.fullmatch(value) or set(value) <= {"*", "x", "X", "."}:
         return False
     return len(value) >= 3
 
 
-_EXPRESSION = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+(?:\(\))?|[A-Za-z_]\w*\(.*")
+_SLUG = re.compile(r"[a-z]+(?:[-_.][a-z]+)*")
+_EXPRESSION = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+(?:\(\))?|[A-Za-z_][\w.]*\([\w.,'\" ]*\)?")
+_TEMPLATE = re.compile(r"\$[A-Z_][A-Z0-9_]*|\$\{[^}]*\}|\$\(.*\)|%(?:\(\w+\))?[sd]|\{\{?.*\}\}?|<.*>|\[.*\]")
+"""Environment and template references (`$DB_PASS`, `${TOKEN}`, `%(pw)s`, `{{ secret }}`, `<password>`)."""
 
 
 def _assigned_secret(value: str) -> bool:
@@ -210,7 +196,7 @@ def _assigned_secret(value: str) -> bool:
     """
     if len(value) < 8 or is_placeholder(value):
         return False
-    if value.startswith(("$", "%", "/", "./", "~", "http", "{", "[", "(", "*", "@", "#", "-")):
+    if _TEMPLATE.fullmatch(value) or value.startswith(("/", "./", "~/", "http")):
         return False
     if _EXPRESSION.fullmatch(value):
         return False
@@ -219,13 +205,15 @@ def _assigned_secret(value: str) -> bool:
     if not (has_letter and has_other):
         return False
     low = value.lower()
-    if any(w in low for w in ("password", "secret", "token", "apikey", "api_key", "null", "none")):
+    if any(w in low for w in ("password", "secret", "token", "apikey", "api_key")):
         return False
-    return shannon_entropy(value) >= 3.0
+    if _SLUG.fullmatch(value):
+        return False  # a name such as `prod-db-credentials`, not a secret
+    return shannon_entropy(value) >= min(3.0, 0.7 * math.log2(len(value)))
 
 
 def _pem(value: str) -> bool:
-    return "xxxx" not in value.lower() and "..." not in value
+    return "xxxx" not in value and "XXXX" not in value and "..." not in value
 
 
 # --- the table ---------------------------------------------------------------------------------
