@@ -354,6 +354,7 @@ PII_SPECS: tuple[PatternSpec, ...] = (
         re.compile(_HEX_START + _HEX + "{0,3}:(?:" + _HEX + "{1,4}:){6}" + _HEX + "{1,4}(?![\\w:])"),
         anchor_re=_IPV6_SEED,
         anchor_back=4,
+        back_chars="0123456789abcdefABCDEF",
         validate=_ipv6,
     ),
     PatternSpec(
@@ -371,6 +372,7 @@ PII_SPECS: tuple[PatternSpec, ...] = (
         ),
         anchor_re=_IPV6_SEED,
         anchor_back=4,
+        back_chars="0123456789abcdefABCDEF",
         validate=_ipv6,
     ),
 )

@@ -367,6 +367,15 @@ def _anchored(
     positions; `follow` skips starts with no operator character within `follow_window`.
     """
     starts: set[int] = set()
+    if spec.back_chars:
+        chars = spec.back_chars
+        limit = back if isinstance(back, int) else 0
+        for seed in seeds:
+            p = seed
+            while p > pos and seed - p < limit and text[p - 1] in chars:
+                p -= 1
+            starts.add(p)
+        seeds = []
     for k, seed in enumerate(seeds):
         b = back[k] if isinstance(back, tuple) else (back or 0)
         if b == 0:

@@ -47,7 +47,8 @@ class PatternSpec:
     When `anchor_back` is set, every match starts at most that many characters before an anchor
     occurrence, so the scanner tries `regex.match` only there instead of searching the whole text
     (a leading lookbehind or a case-insensitive keyword defeats the regex engine's own prefix scan);
-    a tuple gives one distance per anchor. `anchor_re` does the same with a regex for the anchors,
+    a tuple gives one distance per anchor; with `back_chars` the start is found by stepping back over
+    those characters (at most `anchor_back`) instead of trying every distance. `anchor_re` does the same with a regex for the anchors,
     `follow` prunes anchors after which no match can reach its operator within `follow_window`, and
     `region="number"` runs the regex only inside runs of number characters (see pii.py), and `shape`
     must occur in the text's shape (capitals as `A`, digits as `0`, the rest `.`) for the row to run.
@@ -65,6 +66,7 @@ class PatternSpec:
     extent_margin: int = LOOKAROUND_MARGIN
     anchor_back: int | tuple[int, ...] | None = None
     anchor_re: re.Pattern[str] | None = None
+    back_chars: str = ""
     follow: re.Pattern[str] | None = None
     follow_window: int = 0
     region: str | None = None
@@ -238,18 +240,18 @@ _GENERIC_KEYWORDS = (
 """Names that announce a secret; a bare `key` counts only as `api_key`, `accessKey`... (lookbehind,
 so that every match starts at its anchor)."""
 _GENERIC = _rx(
-    _GENERIC_KEYWORDS + r"[A-Za-z0-9_.-]{0,24}?[\"'\]]{0,2}[ \t]{0,4}(?::=|=>|->|=|:)[ \t]{0,4}"
-    r"(?:([\"'`])([^\s\"'`]{8,120})\1|([^\s\"'`,;)(\[\]{}<>]{8,120})(?![^\s\"'`,;)(\[\]{}<>]))",
+    _GENERIC_KEYWORDS + r"[A-Za-z0-9_.-]{0,24}+[\"'\]]{0,2}+[ \t]{0,4}+(?::=|=>|=|:)[ \t]{0,4}+"
+    r"(?:([\"'`])([^\s\"'`]{8,120}+)\1|([^\s\"'`,;)(\[\]{}<>]{8,120}+)(?![^\s\"'`,;)(\[\]{}<>]))",
     re.IGNORECASE,
 )
 _AWS_SECRET = _rx(
     r"aws[A-Za-z0-9_.-]{0,30}?(?:secret|sk)[A-Za-z0-9_.-]{0,24}[\"']?[ \t]{0,4}(?:=>|[:=])[ \t]{0,4}"
-    r"[\"']?([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])",
+    r"[\"']?([A-Za-z0-9/+]{40}+)(?![A-Za-z0-9/+])",
     re.IGNORECASE,
 )
 _AZURE_KEY = _rx(
     r"azure[A-Za-z0-9_.-]{0,30}?(?:key|secret)[A-Za-z0-9_.-]{0,12}[\"']?[ \t]{0,4}(?:=>|[:=])"
-    r"[ \t]{0,4}[\"']?([a-fA-F0-9]{32})(?![A-Za-z0-9])",
+    r"[ \t]{0,4}[\"']?([a-fA-F0-9]{32}+)(?![A-Za-z0-9])",
     re.IGNORECASE,
 )
 _ASSIGN_EXTENT = _rx(
