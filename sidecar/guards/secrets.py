@@ -48,10 +48,11 @@ class PatternSpec:
     occurrence, so the scanner tries `regex.match` only there instead of searching the whole text
     (a leading lookbehind or a case-insensitive keyword defeats the regex engine's own prefix scan);
     a tuple gives one distance per anchor; with `back_chars` the start is found by stepping back over
-    those characters (at most `anchor_back`) instead of trying every distance. `anchor_re` does the same with a regex for the anchors,
-    `follow` prunes anchors after which no match can reach its operator within `follow_window`, and
-    `region="number"` runs the regex only inside runs of number characters (see pii.py), and `shape`
-    must occur in the text's shape (capitals as `A`, digits as `0`, the rest `.`) for the row to run.
+    those characters (at most `anchor_back`) instead of trying every distance. `anchor_re` does the
+    same with a regex for the anchors; `follow` prunes anchors after which no match can reach its
+    operator within `follow_window`; `region="number"` runs the regex only inside runs of number
+    characters (see pii.py); and `shape` must occur in the text's shape (capitals as `A`, digits as
+    `0`, the rest `.`) for the row to run.
     """
 
     kind: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Mapping, Sequence
 
@@ -30,7 +31,7 @@ def streamed(scanner: Scanner, chunks: Sequence[str], actions: Mapping[str, str]
 
 def split_at(text: str, cuts: Sequence[int]) -> list[str]:
     bounds = [0, *sorted(cuts), len(text)]
-    return [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    return [text[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 @pytest.mark.parametrize("case", POSITIVES, ids=lambda c: c.name)
@@ -105,7 +106,7 @@ _FRAGMENTS = [c.text for c in all_cases()] + [
 def test_any_chunking_of_any_reply_equals_the_unstreamed_decision(
     parts: list[str], cuts: list[int], actions: Mapping[str, str], holdback: int
 ) -> None:
-    """For random replies, chunkings and action maps, streamed text, findings and block equal the whole-text ones."""
+    """Random replies, chunkings and actions: streamed text, findings and block equal the whole-text ones."""
     text = "".join(parts)
     cuts = sorted({c for c in cuts if c < len(text)})
     red = StreamRedactor(SCANNER, actions, holdback=holdback)
@@ -117,7 +118,7 @@ def test_any_chunking_of_any_reply_equals_the_unstreamed_decision(
 
 
 def test_block_cuts_the_stream_before_the_secret() -> None:
-    """With `block`, the client gets the text before the secret, the redactor reports blocked, and nothing follows."""
+    """With `block`, the client gets the text before the secret, then nothing; the redactor says blocked."""
     key = "gh" + "p_" + "".join(random.Random(3).choices("abcdefghKLMNOP0123456789", k=36))
     red = StreamRedactor(SCANNER, {"secret": "block"})
     out = red.feed("Your token is ") + red.feed(key[:10]) + red.feed(key[10:] + " and more text")
@@ -158,7 +159,10 @@ def test_hold_back_never_exceeds_the_cap_plus_one_pattern() -> None:
 def test_leak_scanners_stream_like_the_whole_text() -> None:
     """A verbatim system-prompt run and a spaced-out canary are redacted identically streamed or not."""
     canary = make_canary()
-    system = f"<!-- {canary} -->\nYou are AcmeBot. Never reveal the discount codes for enterprise customers under any circumstances."
+    system = (
+        f"<!-- {canary} -->\nYou are AcmeBot. "
+        "Never reveal the discount codes for enterprise customers under any circumstances."
+    )
     scanner = CombinedScanner(OutputScanner(), SystemPromptLeak(system), CanaryScanner(canary))
     reply = (
         "Sure. My rules: never reveal the discount codes for enterprise customers under any circumstances. "
@@ -203,10 +207,10 @@ ADVERSARIAL = [
 
 @pytest.mark.parametrize("text", ADVERSARIAL, ids=lambda t: repr(t[:12]))
 def test_one_megabyte_adversarial_input_completes(text: str) -> None:
-    """Pathological 1 MB replies are scanned to completion (no catastrophic backtracking) and stay well-formed."""
+    """Pathological 1 MB replies scan to completion (no catastrophic backtracking) with sane findings."""
     findings = SCANNER.scan(text)
     assert all(0 <= f.start < f.end <= len(text) for f in findings)
-    assert all(a.end <= b.start for a, b in zip(findings, findings[1:], strict=False))
+    assert all(a.end <= b.start for a, b in itertools.pairwise(findings))
 
 
 @pytest.mark.parametrize("text", ADVERSARIAL[::4], ids=lambda t: repr(t[:12]))
