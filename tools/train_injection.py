@@ -34,7 +34,7 @@ SYNTHETIC = sorted((ROOT / "tests" / "guards" / "cases").glob("injection_train_*
 OUT = ROOT / "sidecar" / "guards" / "data" / "injection_weights.json"
 EVAL_ONLY_FILES = frozenset({"xsafety_multilingual_goal_hijacking"})
 EVAL_ONLY_CATEGORY_PREFIXES = ("benign_email:enron",)
-WINDOW, STRIDE = 256, 128
+WINDOW, STRIDE = 128, 64
 C, MIN_DF, MIN_ABS_WEIGHT = 0.5, 2, 0.02
 # The runtime subtracts this from the logit: a classifier probability of 0.99 maps to score 0.5.
 # Chosen on the leave-source-out figures (docs/injection-eval.md), where the raw 0.5 cut-off

@@ -21,6 +21,7 @@ import functools
 import itertools
 import json
 import math
+import operator
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
@@ -62,6 +63,7 @@ class Rule:
     substrings: tuple[str, ...]
     regex: re.Pattern[str]
     ascii_substrings: tuple[str, ...] = ()
+    word_start: bool = False  # the pattern began with \b: checked in code, see `_search`
 
 
 def _expand(pattern: str) -> str:
@@ -78,8 +80,11 @@ def parse_rules(lines: Iterable[str]) -> tuple[Rule, ...]:
         words = frozenset(t for t in triggers.split() if not t.startswith("~"))
         subs = tuple(unicodedata.normalize("NFKC", t[1:]) for t in triggers.split() if t[0] == "~")
         ascii_subs = tuple(t for t in subs if t.isascii())
-        rx = re.compile(_expand(pattern))
-        rules.append(Rule(rule_id, category, float(weight), words, subs, rx, ascii_subs))
+        # A leading \b stops the regex engine from skipping ahead to the first characters the
+        # pattern can start with (a C-speed scan); the boundary is checked in `_search` instead.
+        word_start = pattern.startswith(r"\b")
+        rx = re.compile(_expand(pattern[2:] if word_start else pattern))
+        rules.append(Rule(rule_id, category, float(weight), words, subs, rx, ascii_subs, word_start))
     return tuple(rules)
 
 
@@ -112,14 +117,10 @@ class LinearModel:
         bias = self.bias - self.offset
         if n == 0:
             return bias
-        ug = self.unigrams.get
-        bg = self.bigrams.get
         zeros = itertools.repeat(0.0)
-        contrib = list(map(ug, tokens, zeros))
-        if n > 1:
-            for i, w in enumerate(map(bg, itertools.pairwise(tokens), zeros)):
-                if w:
-                    contrib[i] += w
+        uni = map(self.unigrams.get, tokens, zeros)
+        bi = itertools.chain(map(self.bigrams.get, itertools.pairwise(tokens), zeros), (0.0,))
+        contrib = list(map(operator.add, uni, bi))
         if n <= self.window:
             return bias + math.fsum(contrib)
         prefix = [0.0, *itertools.accumulate(contrib)]
@@ -128,6 +129,19 @@ class LinearModel:
             end = min(start + self.window, n)
             best = max(best, prefix[end] - prefix[start])
         return bias + best
+
+
+def _search(rule: Rule, text: str) -> bool:
+    """Does the rule match `text`, honoring its leading word boundary?"""
+    m = rule.regex.search(text)
+    if not rule.word_start:
+        return m is not None
+    while m is not None:
+        start = m.start()
+        if start == 0 or not (text[start - 1].isalnum() or text[start - 1] == "_"):
+            return True
+        m = rule.regex.search(text, start + 1)
+    return False
 
 
 def _sigmoid(z: float) -> float:
@@ -181,22 +195,36 @@ class InjectionDetector:
         self.threshold = threshold
         self._rules = tuple(rules if rules is not None else load_rules()) if use_rules else ()
         self._model = (model if model is not None else load_model()) if use_classifier else None
+        index: dict[str, list[int]] = {}
+        for i, rule in enumerate(self._rules):
+            for w in rule.words:
+                index.setdefault(w, []).append(i)
+        self._word_index = {w: tuple(ids) for w, ids in index.items()}
+        self._trigger_words = frozenset(index)
+        self._substring_rules = tuple((i, r.substrings) for i, r in enumerate(self._rules) if r.substrings)
+        self._ascii_substring_rules = tuple(
+            (i, r.ascii_substrings) for i, r in enumerate(self._rules) if r.ascii_substrings
+        )
+
+    def _candidates(self, view: View) -> set[int]:
+        """Indexes of rules whose trigger word or substring occurs in the view."""
+        text = view.text
+        ids: set[int] = set()
+        for w in view.words & self._trigger_words:
+            ids.update(self._word_index[w])
+        if view.kind == "unspaced":  # words were merged: look for trigger words as substrings
+            ids.update(i for w, rs in self._word_index.items() if w in text for i in rs)
+        pairs = self._ascii_substring_rules if text.isascii() else self._substring_rules
+        for i, subs in pairs:
+            if i not in ids:
+                for sub in subs:
+                    if sub in text:
+                        ids.add(i)
+                        break
+        return ids
 
     def _rule_hits(self, view: View) -> list[Rule]:
-        text = view.text
-        words = view.words
-        ascii_only = text.isascii()
-        ungated = view.kind == "unspaced"  # words were merged: gate on substrings instead
-        hits: list[Rule] = []
-        for rule in self._rules:
-            gated = not words.isdisjoint(rule.words) or any(
-                s in text for s in (rule.substrings if not ascii_only else rule.ascii_substrings)
-            )
-            if not gated and ungated:
-                gated = any(w in text for w in rule.words) or any(s in text for s in rule.substrings)
-            if gated and rule.regex.search(text) is not None:
-                hits.append(rule)
-        return hits
+        return [self._rules[i] for i in sorted(self._candidates(view)) if _search(self._rules[i], view.text)]
 
     def score_views(self, views: Sequence[View]) -> InjectionResult:
         """Score precomputed views (see `normalize.build_views`)."""
