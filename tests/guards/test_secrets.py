@@ -1,0 +1,165 @@
+"""Secret detection details: exact values, extension points, placeholders, and the action map."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+import string
+
+import pytest
+
+from sidecar.guards.redact import OutputScanner, apply_actions, resolve_action
+from sidecar.guards.secrets import (
+    SIDECAR_KEY_REGEX,
+    PatternSpec,
+    is_placeholder,
+    shannon_entropy,
+    spec_from_regex,
+)
+from sidecar.model import Finding
+
+RNG = random.Random(11)
+
+
+def rand(n: int) -> str:
+    return "".join(RNG.choices(string.ascii_letters + string.digits, k=n))
+
+
+def test_provider_key_and_admin_token_are_found_by_exact_value() -> None:
+    """The configured provider key and admin token are caught verbatim even in shapes no pattern knows."""
+    provider, admin = "pk." + rand(30), "adm:" + rand(24)
+    scanner = OutputScanner(provider_key=provider, admin_token=admin)
+    text = f"prefix{provider}suffix and {admin}."
+    kinds = [(f.kind, text[f.start : f.end]) for f in scanner.scan(text)]
+    assert kinds == [("secret:provider_key", provider), ("secret:admin_token", admin)]
+
+
+def test_short_exact_values_are_ignored() -> None:
+    """An exact value shorter than 8 characters is not matched (it would redact ordinary words)."""
+    scanner = OutputScanner(admin_token="admin")
+    assert scanner.scan("the admin panel") == []
+
+
+def test_sidecar_key_shape_is_built_in() -> None:
+    """The sidecar's own key format (assumed shape) is detected as `secret:sidecar`."""
+    key = "sk" + "s_" + rand(8) + "_" + rand(43) + "_" + rand(6)
+    assert re.fullmatch(SIDECAR_KEY_REGEX, key)
+    assert [f.kind for f in OutputScanner().scan(f"key: {key}")] == ["secret:sidecar"]
+
+
+def test_extra_patterns_and_exact_values_extend_the_scanner() -> None:
+    """A caller's regex (tuple or PatternSpec) and extra exact values produce findings of their kinds."""
+    scanner = OutputScanner(
+        extra_patterns=[
+            ("secret:internal", r"INT-[0-9]{6}-[A-Z]{4}"),
+            spec_from_regex("secret:ws", r"WS_[a-z]{12}", ws_free=True),
+        ],
+        extra_exact=[("secret:db", "hunter2hunter2")],
+    )
+    text = "a INT-123456-ABCD b WS_abcdefghijkl c hunter2hunter2"
+    assert [f.kind for f in scanner.scan(text)] == ["secret:internal", "secret:ws", "secret:db"]
+
+
+def test_unbounded_extra_pattern_is_refused() -> None:
+    """A pattern with an unbounded repeat is refused at construction so the stream hold-back stays bounded."""
+    with pytest.raises(ValueError, match="unbounded"):
+        OutputScanner(extra_patterns=[("secret:x", r"X-[a-z]+")])
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "YOUR_API_KEY",
+        "sk-your-key-here",
+        "xxxxxxxxxxxxxxxxxxxxxxxx",
+        "AKIAIOSFODNN7EXAMPLE",
+        "<api-key>",
+        "${TOKEN}",
+        "aaaaaaaaaaaaaaaaaaaa",
+        "sk-...",
+        "REDACTED_TOKEN",
+    ],
+)
+def test_placeholders_are_recognised(value: str) -> None:
+    """Documentation stand-ins are placeholders."""
+    assert is_placeholder(value)
+
+
+def test_random_tokens_are_not_placeholders() -> None:
+    """Random tokens are not placeholders even when a short word such as `todo` appears inside by chance."""
+    assert not is_placeholder("Ab3" + "todo" + rand(30))
+    assert all(not is_placeholder(rand(40)) for _ in range(200))
+
+
+def test_entropy_separates_random_from_repetitive() -> None:
+    """A random 40-character token carries far more entropy per character than a repeated pattern."""
+    assert shannon_entropy(rand(40)) > 4.0 > shannon_entropy("abababababababababab")
+
+
+def test_pattern_spec_reports_bounded_width() -> None:
+    """Every spec knows how far a match attempt can reach (the stream uses it to size the hold-back)."""
+    spec = PatternSpec("secret:t", re.compile(r"T-[0-9]{4,8}"))
+    assert 6 < spec.width < 20
+
+
+@pytest.mark.parametrize(
+    ("kind", "actions", "want"),
+    [
+        ("secret:aws", {"secret": "block", "secret:aws": "flag"}, "flag"),
+        ("secret:github", {"secret": "block", "secret:aws": "flag"}, "block"),
+        ("pii:email", {"*": "off"}, "off"),
+        ("pii:email", {}, "redact"),
+        ("leak:canary", {"leak": "block", "*": "off"}, "block"),
+    ],
+)
+def test_longest_configured_prefix_decides_the_action(kind: str, actions: dict[str, str], want: str) -> None:
+    """A per-kind action beats its family's, a family beats `*`, and unconfigured kinds are redacted."""
+    assert resolve_action(kind, actions) == want
+
+
+def test_apply_actions_redacts_flags_and_drops() -> None:
+    """`redact` replaces the span with a marker, `flag` keeps it and reports it, `off` drops it entirely."""
+    text = "a SECRET b mail c IP"
+    findings = [Finding(2, 8, "secret:x"), Finding(11, 15, "pii:email"), Finding(18, 20, "pii:ip")]
+    d = apply_actions(text, findings, {"secret": "redact", "pii:email": "flag", "pii:ip": "off"})
+    assert d.text == "a [REDACTED:secret:x] b mail c IP"
+    assert not d.blocked
+    assert [f.kind for f in d.findings] == ["secret:x", "pii:email"]
+
+
+def test_apply_actions_block_returns_the_text_before_the_blocking_finding() -> None:
+    """`block` marks the decision blocked and keeps only the (redacted) text before the blocking span."""
+    text = "x@y.io then SECRET then more"
+    findings = [Finding(0, 6, "pii:email"), Finding(12, 18, "secret:x")]
+    d = apply_actions(text, findings, {"pii": "redact", "secret": "block"})
+    assert d.blocked
+    assert d.text == "[REDACTED:pii:email] then "
+
+
+def test_unknown_action_is_an_error() -> None:
+    """A misspelled action fails loudly instead of silently letting the secret through."""
+    with pytest.raises(ValueError, match="unknown output action"):
+        apply_actions("abc", [Finding(0, 1, "secret:x")], {"secret": "redcat"})
+
+
+def test_scanner_is_direction_agnostic_on_user_text() -> None:
+    """The same scanner redacts a user's message before it leaves for the provider."""
+    user = (
+        "Please debug: my key is "
+        + "AK"
+        + "IA"
+        + "".join(RNG.choices(string.ascii_uppercase + string.digits, k=16))
+    )
+    scanner = OutputScanner()
+    out = apply_actions(user, scanner.scan(user), {"*": "redact"}).text
+    assert out == "Please debug: my key is [REDACTED:secret:aws]"
+
+
+def test_findings_are_sorted_and_do_not_overlap() -> None:
+    """When detectors overlap (a GitHub token as a URL password) one finding survives, sorted by position."""
+    tok = "gh" + "p_" + rand(36)
+    text = f"https://user:{tok}@github.com/org/repo.git and password = '{rand(16)}9'"
+    findings = OutputScanner().scan(text)
+    assert [f.kind for f in findings] == ["secret:github", "secret:generic"]
+    assert all(a.end <= b.start for a, b in itertools.pairwise(findings))
