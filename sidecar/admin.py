@@ -55,7 +55,9 @@ async def admin_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _error(503, "store_unavailable", "The store is unavailable; try again shortly.")
     except web.HTTPException as exc:
         if exc.status == 405:
-            return _error(405, "method_not_allowed", "This method is not allowed on this URL.")
+            response = _error(405, "method_not_allowed", "This method is not allowed on this URL.")
+            response.headers["Allow"] = exc.headers.get("Allow", "")
+            return response
         if exc.status == 413:
             return _error(413, "body_too_large", "The request body is too large.")
         return _error(exc.status if exc.status >= 400 else 404, "not_found", "Unknown URL.")
@@ -141,10 +143,11 @@ def create_admin_app(proxy_app: web.Application, token: str) -> web.Application:
 
 _RULE = {
     "type": "object", "additionalProperties": False, "required": ["window_s"],
+    "anyOf": [{"required": ["requests"]}, {"required": ["tokens"]}],
     "properties": {
         "window_s": {"type": "integer", "minimum": 1, "maximum": 2678400},
-        "requests": {"type": "integer", "minimum": 1},
-        "tokens": {"type": "integer", "minimum": 1},
+        "requests": {"type": "integer", "minimum": 1, "maximum": 1_000_000_000_000},
+        "tokens": {"type": "integer", "minimum": 1, "maximum": 1_000_000_000_000},
         "mode": {"type": "string", "enum": ["enforce", "shadow"]},
     },
 }
@@ -197,7 +200,8 @@ OPENAPI: dict[str, Any] = {
                     "properties": {
                         "tenant": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
                         "scopes": _SCOPES, "limits": {"type": "array", "maxItems": 16, "items": _RULE},
-                        "expires_in_s": {"type": "integer", "minimum": 1, "maximum": 315360000},
+                        "expires_in_s": {"type": "integer", "minimum": 1, "maximum": 315360000,
+                                         "nullable": True},
                         "label": {"type": "string", "maxLength": 200}}}}}},
                 "responses": {"201": _resp("Created", _CREATED), **_ERRORS},
             },
@@ -218,7 +222,7 @@ OPENAPI: dict[str, Any] = {
                     "properties": {"label": {"type": "string", "maxLength": 200}, "scopes": _SCOPES,
                                    "limits": {"type": "array", "maxItems": 16, "items": _RULE},
                                    "expires_in_s": {"type": "integer", "minimum": 1,
-                                                    "maximum": 315360000}}}}}},
+                                                    "maximum": 315360000, "nullable": True}}}}}},
                 "responses": {"200": _resp("Key", _KEY), **_ERRORS},
             },
         },

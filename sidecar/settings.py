@@ -208,8 +208,8 @@ def parse_limit_rule(name: str, item: Any) -> LimitRule:
     for field_name in ("window_s", "requests", "tokens"):
         if field_name in item:
             value = item[field_name]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name}.{field_name}: expected a whole number of at least 1")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10**12:
+                raise ConfigError(f"{name}.{field_name}: expected a whole number from 1 to 10**12")
             values[field_name] = value
     if "window_s" not in values:
         raise ConfigError(f"{name}.window_s: required")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -20,6 +21,7 @@ from aiohttp.test_utils import TestServer
 from sidecar.app import create_app
 from sidecar.auth.hashing import SecretHasher
 from sidecar.auth.records import KeyRecords, parse_key_spec
+from sidecar.log import JsonFormatter
 from sidecar.metrics import Metrics
 from sidecar.mock_upstream import create_mock_app
 from sidecar.settings import Settings, load_settings
@@ -100,6 +102,37 @@ async def mock_upstream(aiohttp_server: Any) -> TestServer:
     return server
 
 
+# Every raw key a test creates; no log line of the whole run may contain one.
+CREATED_KEYS: set[str] = set()
+
+
+class _KeyLeakWatch(logging.Handler):
+    """Formats every log record as the sidecar would and remembers any that holds a raw key."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.setFormatter(JsonFormatter())
+        self.leaks: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = self.format(record)
+        self.leaks.extend(key[:12] for key in CREATED_KEYS if key in line)
+
+
+@pytest.fixture(autouse=True)
+def no_key_in_logs() -> Iterator[None]:
+    """Fails the test if any log line (at DEBUG, through the JSON formatter) holds a raw key."""
+    watch = _KeyLeakWatch()
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(watch)
+    root.setLevel(logging.DEBUG)
+    yield
+    root.removeHandler(watch)
+    root.setLevel(level)
+    assert not watch.leaks, f"raw keys in log lines: {watch.leaks}"
+
+
 # argon2 at its cheapest for tests that are not about argon2 (tests/auth uses the defaults).
 CHEAP_ARGON2 = {"SIDECAR_AUTH_ARGON2_TIME_COST": "1", "SIDECAR_AUTH_ARGON2_MEMORY_KIB": "8192",
                 "SIDECAR_AUTH_ARGON2_PARALLELISM": "1"}
@@ -118,6 +151,7 @@ async def create_key(store_url: str, tenant: str = "tenant-a", scopes: list[str]
         spec = parse_key_spec({"tenant": tenant, "scopes": scopes or ALL_SCOPES,
                                "limits": limits or [], **extra})
         raw, _ = await KeyRecords(store, hasher).create(spec)
+        CREATED_KEYS.add(raw)
         return raw
     finally:
         hasher.close()
@@ -181,7 +215,7 @@ async def make_sidecar(
         if configure is not None:
             configure(app)
         server: TestServer = await aiohttp_server(
-            app, keepalive_timeout=settings.header_timeout_s
+            app, keepalive_timeout=settings.header_timeout_s, access_log=None
         )
         return server
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from tests.conftest import CHEAP_ARGON2, free_port
+from tests.conftest import CHEAP_ARGON2, CREATED_KEYS, free_port
 
 
 @dataclass
@@ -21,11 +21,16 @@ class SidecarProcess:
     args: tuple[str, ...] = ()
     port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
+    admin_port: int = field(default_factory=free_port)
     proc: asyncio.subprocess.Process | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
 
     @property
     def metrics_url(self) -> str:
@@ -34,7 +39,7 @@ class SidecarProcess:
     async def start(self, timeout_s: float = 20.0) -> None:
         env = {**os.environ, "SIDECAR_LISTEN": f"127.0.0.1:{self.port}",
                "SIDECAR_METRICS_LISTEN": f"127.0.0.1:{self.metrics_port}",
-               "SIDECAR_ADMIN_LISTEN": f"127.0.0.1:{free_port()}", **CHEAP_ARGON2, **self.env}
+               "SIDECAR_ADMIN_LISTEN": f"127.0.0.1:{self.admin_port}", **CHEAP_ARGON2, **self.env}
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "sidecar", "serve", *self.args, env=env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -61,4 +66,7 @@ class SidecarProcess:
         if self.proc.returncode is None:
             self.proc.terminate()
         _, err = await asyncio.wait_for(self.proc.communicate(), 60)
-        return self.proc.returncode or 0, err.decode(errors="replace")
+        text = err.decode(errors="replace")
+        leaked = [key[:12] for key in CREATED_KEYS if key in text]
+        assert not leaked, f"raw keys in the sidecar's log: {leaked}"
+        return self.proc.returncode or 0, text

@@ -54,6 +54,10 @@ class Authenticator:
         self._negative: OrderedDict[bytes, float] = OrderedDict()
         self._failures: OrderedDict[str, tuple[float, int]] = OrderedDict()
         self._inflight: dict[bytes, asyncio.Future[Principal | None]] = {}
+        # Key records by id (without any secret), so many presented secrets for one key id
+        # cost one store lookup; fetched single-flight, dropped on key events.
+        self._records: OrderedDict[str, tuple[KeyRecord, float]] = OrderedDict()
+        self._record_fetches: dict[str, asyncio.Future[KeyRecord]] = {}
         self.pubsub_connected = False
 
     async def authenticate(self, raw: str | None) -> Principal:
@@ -96,9 +100,32 @@ class Authenticator:
             raise InvalidApiKey()
         return principal
 
-    async def _verify(self, digest: bytes, key_id: str, secret: str) -> Principal | None:
+    async def _record(self, key_id: str) -> KeyRecord:
+        cached = self._records.get(key_id)
+        if cached is not None and time.monotonic() < cached[1]:
+            return cached[0]
+        pending = self._record_fetches.get(key_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        pending = asyncio.get_running_loop().create_future()
+        self._record_fetches[key_id] = pending
         try:
             record = await self.records.get(key_id)
+            pending.set_result(record)
+        except BaseException as exc:
+            pending.set_exception(exc)
+            pending.exception()
+            raise
+        finally:
+            del self._record_fetches[key_id]
+        self._records[key_id] = (record, time.monotonic() + self.settings.cache_ttl_s)
+        while len(self._records) > self.settings.cache_size:
+            self._records.popitem(last=False)
+        return record
+
+    async def _verify(self, digest: bytes, key_id: str, secret: str) -> Principal | None:
+        try:
+            record = await self._record(key_id)
         except KeyNotFound:
             self._refuse(digest, key_id)
             return None
@@ -108,7 +135,10 @@ class Authenticator:
         if record.state(wall) != "active" or not record.secret_hash:
             self._refuse(digest, key_id)
             return None
-        if not await self.hasher.verify(record.secret_hash, secret):
+        def within_budget() -> bool:
+            return not self._over_failure_budget(key_id, time.monotonic())
+
+        if not await self.hasher.verify(record.secret_hash, secret, within_budget):
             self._refuse(digest, key_id)
             return None
         principal = Principal(key_id=key_id, tenant=record.tenant, scopes=record.scopes,
@@ -167,11 +197,13 @@ class Authenticator:
         """Forget everything cached about `key_id` (a revocation, rotation or change)."""
         for digest in list(self._by_key_id.get(key_id, ())):
             self._drop(digest)
+        self._records.pop(key_id, None)
         self._failures.pop(key_id, None)
 
     def clear(self) -> None:
         self._cache.clear()
         self._by_key_id.clear()
+        self._records.clear()
 
     async def listen(self, stop: asyncio.Event) -> None:
         """Apply key events from pub/sub until `stop`; reconnect on failure, clearing the cache on

@@ -8,6 +8,7 @@ caches the result (verification happens once per key per cache lifetime).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from argon2 import PasswordHasher
@@ -35,9 +36,15 @@ class SecretHasher:
         async with self._slots:
             return await asyncio.get_running_loop().run_in_executor(self._pool, self.hash_sync, secret)
 
-    async def verify(self, stored_hash: str, secret: str) -> bool:
-        """True when `secret` matches; never raises for a mismatch or a malformed hash."""
+    async def verify(self, stored_hash: str, secret: str,
+                     still_wanted: Callable[[], bool] = lambda: True) -> bool:
+        """True when `secret` matches; never raises for a mismatch or a malformed hash.
+
+        `still_wanted` is asked once a slot is free: a caller whose failure budget ran out
+        while it queued gives up without burning a verification."""
         async with self._slots:
+            if not still_wanted():
+                return False
             self.verifications += 1
             self.running += 1
             self.peak_running = max(self.peak_running, self.running)

@@ -110,6 +110,8 @@ def _int_field(body: dict[str, Any], name: str, low: int, high: int) -> int | No
 def parse_scopes(value: Any) -> frozenset[str]:
     if not isinstance(value, list) or not value or not all(isinstance(s, str) for s in value):
         raise KeyRequestError(f"scopes: expected a non-empty list of {', '.join(sorted(SCOPES))}")
+    if len(set(value)) != len(value):
+        raise KeyRequestError("scopes: each scope may appear once")
     unknown = set(value) - SCOPES
     if unknown:
         raise KeyRequestError(f"scopes: unknown scope {sorted(unknown)[0]!r}")

@@ -1,0 +1,205 @@
+"""API keys on the request path: refusals without an oracle, argon2 once, revocation everywhere."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import orjson
+import pytest
+
+from sidecar.appstate import AUTH
+from sidecar.auth.keyformat import checksum, make_key, parse_key
+from tests.conftest import RedisProcess, SidecarFactory, create_key
+from tests.procs import SidecarProcess
+
+CHAT = "/v1/chat/completions"
+BODY = {"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def with_checksum(body: str) -> str:
+    return f"{body}_{checksum(body)}"
+
+
+async def post_with(session: aiohttp.ClientSession, url: str, key: str | None) -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {key}"} if key is not None else {"Authorization": ""}
+    async with session.post(url, json=BODY, headers=headers) as response:
+        return response.status, await response.json()
+
+
+async def test_refusals_look_the_same(make_sidecar: SidecarFactory, redis_url: str,
+                                      redis_proc: RedisProcess) -> None:
+    """Malformed, bad-checksum, unknown, wrong-secret, revoked and expired keys get one body."""
+    sidecar = await make_sidecar()
+    url = str(sidecar.make_url(CHAT))
+    good = await create_key(redis_url)
+    revoked = await create_key(redis_url)
+    expired = await create_key(redis_url)
+    parsed_good, parsed_revoked, parsed_expired = map(parse_key, (good, revoked, expired))
+    assert parsed_good and parsed_revoked and parsed_expired
+    admin = redis_proc.client()
+    admin.hset(f"sk:{{t:tenant-a}}:{parsed_revoked.key_id}", "status", "revoked")
+    admin.hset(f"sk:{{t:tenant-a}}:{parsed_expired.key_id}", "expires_at", repr(time.time() - 1))
+    wrong_secret = with_checksum(f"sks_{parsed_good.key_id}_" + "A" * 43)
+    candidates = {
+        "malformed": "not-a-key",
+        "bad checksum": good[:-1] + ("A" if good[-1] != "A" else "B"),
+        "unknown id": make_key("Zz0Zz0Zz0Zz0"),
+        "wrong secret": wrong_secret,
+        "revoked": revoked,
+        "expired": expired,
+    }
+    bodies = {}
+    async with aiohttp.ClientSession() as session:
+        status, _ = await post_with(session, url, good)
+        assert status == 200
+        for name, key in candidates.items():
+            status, body = await post_with(session, url, key)
+            assert status == 401, name
+            body["error"].pop("request_id")
+            bodies[name] = body
+        status, missing = await post_with(session, url, None)
+    assert status == 401 and missing["error"]["code"] == "missing_api_key"
+    assert len({orjson.dumps(b) for b in bodies.values()}) == 1, bodies
+    assert next(iter(bodies.values()))["error"]["code"] == "invalid_api_key"
+
+
+async def test_key_in_query_string_is_not_accepted(make_sidecar: SidecarFactory, api_key: str) -> None:
+    """A key in the URL is ignored (keys in URLs end up in logs): the request is refused."""
+    sidecar = await make_sidecar()
+    async with aiohttp.ClientSession() as session:
+        async with session.post(sidecar.make_url(CHAT), json=BODY,
+                                params={"api_key": api_key}) as response:
+            assert response.status == 401
+
+
+async def test_x_api_key_header_works(make_sidecar: SidecarFactory, api_key: str) -> None:
+    """X-API-Key is accepted as an alternative to Authorization: Bearer."""
+    sidecar = await make_sidecar()
+    async with aiohttp.ClientSession() as session:
+        async with session.post(sidecar.make_url(CHAT), json=BODY,
+                                headers={"X-API-Key": api_key}) as response:
+            assert response.status == 200
+
+
+async def test_argon2_runs_once_for_a_thousand_requests(make_sidecar: SidecarFactory,
+                                                        session: aiohttp.ClientSession) -> None:
+    """1,000 requests with one key (50 at a time) cost one argon2 verification in the process."""
+    sidecar = await make_sidecar()
+    url = sidecar.make_url("/v1/models")
+
+    async def one() -> int:
+        async with session.get(url) as response:
+            return response.status
+
+    statuses: list[int] = []
+    for _ in range(20):
+        statuses += await asyncio.gather(*(one() for _ in range(50)))
+    assert statuses == [200] * 1000
+    assert sidecar.app[AUTH].hasher.verifications == 1
+
+
+@pytest.mark.parametrize("scopes,route,status", [
+    (["models"], "/v1/chat/completions", 403),
+    (["chat"], "/v1/chat/completions", 200),
+    (["chat"], "/v1/embeddings", 403),
+    (["embeddings"], "/v1/embeddings", 200),
+    (["chat"], "/v1/models", 403),
+])
+async def test_scopes_are_checked_per_route(make_sidecar: SidecarFactory, redis_url: str,
+                                            scopes: list[str], route: str, status: int) -> None:
+    """A key is allowed only the routes its scopes name; others get 403 insufficient_scope."""
+    sidecar = await make_sidecar()
+    key = await create_key(redis_url, scopes=scopes)
+    body = {"model": "m", "input": "x"} if "embeddings" in route else BODY
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session:
+        method = session.get if route == "/v1/models" else session.post
+        async with method(sidecar.make_url(route), json=body) as response:
+            assert response.status == status
+            if status == 403:
+                assert (await response.json())["error"]["code"] == "insufficient_scope"
+
+
+async def test_wrong_secrets_cannot_stall_valid_traffic(make_sidecar: SidecarFactory,
+                                                        redis_url: str) -> None:
+    """200 concurrent wrong secrets for a real key id run at most the capped number of argon2
+    verifications at once, stop being verified once the failure budget is spent, and valid
+    requests keep succeeding meanwhile."""
+    sidecar = await make_sidecar()
+    good = await create_key(redis_url)
+    parsed = parse_key(good)
+    assert parsed is not None
+    wrong = [with_checksum(f"sks_{parsed.key_id}_" + f"{i:043d}") for i in range(200)]
+    url = str(sidecar.make_url("/v1/models"))
+    async with aiohttp.ClientSession() as session:
+
+        async def status_of(key: str) -> int:
+            async with session.get(url, headers={"Authorization": f"Bearer {key}"}) as response:
+                return response.status
+
+        assert await status_of(good) == 200
+        attack = asyncio.gather(*(status_of(k) for k in wrong))
+        valid = await asyncio.gather(*(status_of(good) for _ in range(50)))
+        refused = await attack
+    hasher = sidecar.app[AUTH].hasher
+    assert valid == [200] * 50
+    assert refused == [401] * 200
+    assert hasher.peak_running <= hasher.max_concurrent == 2
+    assert hasher.verifications <= 1 + 20 + hasher.max_concurrent
+
+
+async def test_revocation_reaches_another_process_within_a_second(
+    redis_url: str, mock_upstream: object, api_key: str,
+) -> None:
+    """A key revoked through sidecar A's admin API is refused by sidecar B within 1 s."""
+    token = "adm-" + str(time.time_ns())
+    upstream = str(mock_upstream.make_url("")).rstrip("/")  # type: ignore[attr-defined]
+    env = {"SIDECAR_STORE_URL": redis_url, "SIDECAR_UPSTREAM_URL": upstream,
+           "SIDECAR_ADMIN_TOKEN": token}
+    a, b = SidecarProcess(env), SidecarProcess(env)
+    await asyncio.gather(a.start(), b.start())
+    parsed = parse_key(api_key)
+    assert parsed is not None
+    try:
+        async with aiohttp.ClientSession() as session:
+            headers = {"Authorization": f"Bearer {api_key}"}
+            for sidecar in (a, b):  # both have verified and cached the key
+                async with session.get(sidecar.url + "/v1/models", headers=headers) as response:
+                    assert response.status == 200
+            async with session.post(f"{a.admin_url}/admin/keys/{parsed.key_id}/revoke",
+                                    headers={"Authorization": f"Bearer {token}"}) as response:
+                assert response.status == 200
+            revoked_at = time.monotonic()
+            while True:
+                async with session.get(b.url + "/v1/models", headers=headers) as response:
+                    if response.status == 401:
+                        break
+                assert time.monotonic() - revoked_at < 1.0, "B still accepts the revoked key"
+                await asyncio.sleep(0.01)
+    finally:
+        for sidecar in (a, b):
+            status, err = await sidecar.stop()
+            assert status == 0
+            assert api_key not in err
+
+
+async def test_no_raw_key_is_stored(redis_url: str, redis_proc: RedisProcess) -> None:
+    """After creating and rotating keys, no key, field or value anywhere in Redis holds a raw key."""
+    keys = [await create_key(redis_url, tenant=f"t{i}") for i in range(5)]
+    secrets_ = [k.split("_")[2] for k in keys]
+    client = redis_proc.client()
+    seen = b""
+    for name in client.scan_iter(count=1000):
+        seen += name
+        kind = client.type(name)
+        if kind == b"hash":
+            for field, value in client.hgetall(name).items():
+                seen += field + value
+        elif kind == b"set":
+            seen += b"".join(client.smembers(name))
+        elif kind == b"string":
+            seen += client.get(name) or b""
+    assert seen
+    for key, secret in zip(keys, secrets_, strict=True):
+        assert key.encode() not in seen and secret.encode() not in seen
