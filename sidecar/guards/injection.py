@@ -223,8 +223,14 @@ class InjectionDetector:
                         break
         return ids
 
-    def _rule_hits(self, view: View) -> list[Rule]:
-        return [self._rules[i] for i in sorted(self._candidates(view)) if _search(self._rules[i], view.text)]
+    def _rule_hits(self, view: View, done: Mapping[str, float]) -> list[Rule]:
+        """Rules matching this view, skipping rules an earlier view already matched."""
+        rules = self._rules
+        return [
+            rules[i]
+            for i in sorted(self._candidates(view))
+            if rules[i].rule_id not in done and _search(rules[i], view.text)
+        ]
 
     def score_views(self, views: Sequence[View]) -> InjectionResult:
         """Score precomputed views (see `normalize.build_views`)."""
@@ -232,7 +238,7 @@ class InjectionDetector:
         categories: dict[str, float] = {}
         clf = 0.0
         for view in views:
-            for rule in self._rule_hits(view):
+            for rule in self._rule_hits(view, weights):
                 weights[rule.rule_id] = max(weights.get(rule.rule_id, 0.0), rule.weight)
                 categories[rule.category] = max(categories.get(rule.category, 0.0), rule.weight)
                 if view.kind in DECODED_KINDS:

@@ -27,6 +27,8 @@ from urllib.parse import unquote
 from sidecar.guards.sanitize import sanitize_text
 
 MAX_DECODED_SEGMENTS = 16  # decoded payloads per text: bounds the work an input can ask for
+MAX_SPACED_RUNS = 64  # spaced-letter runs rewritten in place before the whole text is
+_RUN_CONTEXT = 120  # characters of context kept on each side of a spaced-letter run
 
 # Look-alike letters (lowercase, after casefold) -> Latin, from Cyrillic, Greek, IPA, small
 # capitals and Armenian: only letters that render like a Latin letter in common fonts.
@@ -161,6 +163,35 @@ def _unspace_run(m: re.Match[str]) -> str:
     return " ".join(part.replace(inner, "") for part in _split_words(run, inner))
 
 
+def _unspaced(text: str) -> str:
+    """The spaced-letter runs of `text` joined up, each with some context on either side.
+
+    Only the neighbourhoods of the runs are kept, so a long document with a few split words
+    does not cost a second full-length view. Past MAX_SPACED_RUNS runs, the whole text is
+    rewritten instead (an attacker cannot hide a run behind decoys).
+    """
+    pieces: list[str] = []
+    cur: list[str] = []
+    last = 0
+    for n, m in enumerate(_SPACED_RUN.finditer(text)):
+        if n >= MAX_SPACED_RUNS:
+            return _SPACED_RUN.sub(_unspace_run, text)
+        start, end = m.span()
+        if cur and start - last <= 2 * _RUN_CONTEXT:
+            cur.append(text[last:start])  # close runs share one piece, gap kept verbatim
+        else:
+            if cur:
+                cur.append(text[last : last + _RUN_CONTEXT])
+                pieces.append("".join(cur))
+            cur = [text[max(0, start - _RUN_CONTEXT) : start]]
+        cur.append(_unspace_run(m))
+        last = end
+    if cur:
+        cur.append(text[last : last + _RUN_CONTEXT])
+        pieces.append("".join(cur))
+    return "\n".join(pieces)
+
+
 def _plausible_text(decoded: str) -> bool:
     """Decoded bytes that read like text: few odd symbols, some letters."""
     if len(decoded) < 6 or not any(c.isalpha() for c in decoded[:64]):
@@ -217,8 +248,12 @@ def _decoded_segments(s: str, tokens: list[str]) -> list[tuple[str, str]]:
                     kind = "base64"
                 if d is not None:
                     out.append((kind, d))
-    if "%" in s and s.count("%") >= 3 and len(_URL_ESC.findall(s)) >= 3:
-        out.append(("url", unquote(s)))
+    if "%" in s and s.count("%") >= 3:
+        for tok in s.split():  # URL-encoded payloads have no raw spaces: decode per token
+            if len(out) >= MAX_DECODED_SEGMENTS:
+                break
+            if tok.count("%") >= 3 and len(_URL_ESC.findall(tok)) >= 3:
+                out.append(("url", unquote(tok)))
     if "&" in s and ";" in s and _HTML_REF.search(s) is not None:
         out.append(("html", html.unescape(s)))
     return out
@@ -258,7 +293,7 @@ def build_views(text: str) -> list[View]:
         if leet != work.text:
             views.append(_make_view("leet", leet))
     if len(_RARE_SINGLES.intersection(uniq)) >= 4 and _SPACED_RUN.search(work.text) is not None:
-        views.append(_make_view("unspaced", _SPACED_RUN.sub(_unspace_run, work.text)))
+        views.append(_make_view("unspaced", _unspaced(work.text)))
     if not uniq.isdisjoint(_GATE_ROT13):
         views.append(_make_view("rot13", codecs.encode(work.text, "rot13")))
     for kind, decoded in _decoded_segments(s, base.tokens):
