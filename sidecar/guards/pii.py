@@ -191,7 +191,6 @@ def _ipv6(value: str) -> bool:
 # --- e-mail: anchored at '@' so a long word never costs more than one left scan ----------------
 
 _LOCAL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-")
-_EMAIL_LOCAL = re.compile(r"[A-Za-z0-9._%+-]{1,64}\Z")
 _EMAIL_DOMAIN = re.compile(
     r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?){0,8}"
     r"\.([A-Za-z]{2,24})(?![A-Za-z0-9-]|\.[A-Za-z0-9])"
@@ -245,9 +244,11 @@ def find_emails(text: str, pos: int = 0) -> Iterator[tuple[int, int]]:
         nxt = at + 1
         if at > pos and text[at - 1] in _LOCAL_CHARS:
             m_dom = _EMAIL_DOMAIN.match(text, at + 1)
-            m_local = _EMAIL_LOCAL.search(text, max(pos, at - 64), at) if m_dom else None
-            if m_dom and m_local:
-                start = m_local.start()
+            start = at
+            floor = max(pos, at - 64)
+            while start > floor and text[start - 1] in _LOCAL_CHARS:
+                start -= 1
+            if m_dom:
                 while start < at and text[start] in ".-+":
                     start += 1
                 if _in_url_authority(text, max(pos, start - 300), start, at):
@@ -281,6 +282,7 @@ PII_SPECS: tuple[PatternSpec, ...] = (
         ),
         validate=_card,
         region="number",
+        min_digits=13,
         ws_free=False,
         start=re.compile(r"[0-9]"),
         extent=re.compile(r"[0-9 -]{0,30}"),
@@ -304,6 +306,7 @@ PII_SPECS: tuple[PatternSpec, ...] = (
         re.compile(r"[0-9](?<![\w-][0-9])[0-9]{2}([- ])[0-9]{2}\1[0-9]{4}(?![\w-])"),
         validate=ssn_ok,
         region="number",
+        min_digits=9,
         ws_free=False,
         start=re.compile(r"[0-9]"),
         extent=re.compile(r"[0-9 -]{0,16}"),
@@ -316,6 +319,7 @@ PII_SPECS: tuple[PatternSpec, ...] = (
         ),
         validate=_phone,
         region="number",
+        need="+",
         ws_free=False,
         start=re.compile(r"\+"),
         extent=re.compile(r"[0-9 ().+-]{0,48}"),
@@ -328,6 +332,7 @@ PII_SPECS: tuple[PatternSpec, ...] = (
         ),
         validate=_nanp,
         region="number",
+        min_digits=10,
         ws_free=False,
         start=re.compile(r"[(0-9]"),
         extent=re.compile(r"[0-9 ().-]{0,20}"),
@@ -348,6 +353,7 @@ PII_SPECS: tuple[PatternSpec, ...] = (
         re.compile(r"[0-9](?<![\w.:][0-9])[0-9]{0,2}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}(?![\w]|\.[0-9])"),
         validate=_ipv4,
         region="number",
+        need=".",
     ),
     PatternSpec(
         "pii:ip",

@@ -14,7 +14,7 @@ match could still be open, i.e. not yet decidable from the text seen so far.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -151,7 +151,6 @@ class OutputScanner:
         if pii:
             specs.extend(s for s in PII_SPECS if ip or s.kind != "pii:ip")
         self._specs = tuple(specs)
-        self._ci = any(s.anchors_ci for s in specs)
         self._email = pii
         exact: list[tuple[str, str]] = []
         if provider_key:
@@ -163,11 +162,25 @@ class OutputScanner:
         ws_widths = [s.width for s in specs if s.ws_free] + ([EMAIL_WIDTH] if pii else [])
         self.ws_width = max(ws_widths, default=0)
         self._loose = tuple(s for s in specs if not s.ws_free)
-        self._long_gated = {
-            s: tuple(a.encode() for a in s.anchors)
-            for s in specs
-            if s.ws_free and s.anchors and not s.anchors_ci and s.min_width >= LONG_WORD
-        }
+        self._long_rows: list[tuple[int, PatternSpec, tuple[bytes, ...]]] = []
+        self._ci_rows: list[tuple[int, PatternSpec]] = []
+        self._text_rows: list[tuple[int, PatternSpec]] = []
+        self._num_rows: list[tuple[int, PatternSpec]] = []
+        self._seed_rows: list[tuple[int, PatternSpec]] = []
+        self._plain_rows: list[tuple[int, PatternSpec]] = []
+        for prio, spec in enumerate(specs):
+            if spec.region is not None:
+                self._num_rows.append((prio, spec))
+            elif spec.anchor_re is not None:
+                self._seed_rows.append((prio, spec))
+            elif not spec.anchors:
+                self._plain_rows.append((prio, spec))
+            elif spec.anchors_ci:
+                self._ci_rows.append((prio, spec))
+            elif spec.ws_free and spec.min_width >= LONG_WORD and spec.anchor_back is not None:
+                self._long_rows.append((prio, spec, tuple(a.encode() for a in spec.anchors)))
+            else:
+                self._text_rows.append((prio, spec))
         self.max_width = max(
             [self.ws_width, *(s.width for s in self._loose), *(len(v) for _, v in self._exact)]
         )
@@ -177,7 +190,11 @@ class OutputScanner:
         return resolve(self.candidates(text, 0, None))
 
     def candidates(self, text: str, pos: int, raw: list[tuple[int, int]] | None) -> list[Candidate]:
-        """Validated matches starting at or after `pos`; appends every raw regex span to `raw`."""
+        """Validated matches starting at or after `pos`; appends every raw regex span to `raw`.
+
+        Rows are grouped by their gate so one cheap check can skip a whole group: the long-token rows
+        when the text has no long word, the number rows when it has no number run.
+        """
         out: list[Candidate] = []
         for prio, (kind, value) in enumerate(self._exact):
             i = text.find(value, pos)
@@ -186,64 +203,64 @@ class OutputScanner:
                 if raw is not None:
                     raw.append((i, i + len(value)))
                 i = text.find(value, i + len(value))
-        longb = _long_words(text)
-        lower = text.lower() if self._ci else text
-        aligned = len(lower) == len(text)
-        runs: list[tuple[int, int]] | None = None
+        longb = _long_words(text) if self._long_rows or self._ci_rows else b""
+        if self._long_rows:
+            if longb:
+                for prio, spec, needles in self._long_rows:
+                    for needle in needles:
+                        if needle in longb:
+                            _collect(out, raw, prio, spec, text, _anchored_literal(spec, text, text, pos))
+                            break
+        if self._ci_rows:
+            lower = text.lower()
+            aligned = len(lower) == len(text)
+            for prio, spec in self._ci_rows:
+                if spec.value_min >= LONG_WORD and not longb:
+                    continue  # its value alone is a long whitespace-free word, and the text has none
+                for anchor in spec.anchors:
+                    if anchor in lower:
+                        matches: Iterable[re.Match[str]] = (
+                            _anchored_literal(spec, lower, text, pos)
+                            if aligned
+                            else spec.regex.finditer(text, pos)
+                        )
+                        _collect(out, raw, prio, spec, text, matches)
+                        break
+        for prio, spec in self._text_rows:
+            for anchor in spec.anchors:
+                if anchor in text:
+                    matches = (
+                        _anchored_literal(spec, text, text, pos)
+                        if spec.anchor_back is not None
+                        else spec.regex.finditer(text, pos)
+                    )
+                    _collect(out, raw, prio, spec, text, matches)
+                    break
+        if self._num_rows:
+            for start, end in _number_runs(text, pos):
+                run = text[start:end]
+                ndigits = len(run) - len(run.translate(_DROP_DIGITS))
+                for prio, spec in self._num_rows:
+                    if ndigits >= spec.min_digits and (not spec.need or spec.need in run):
+                        _collect(out, raw, prio, spec, text, spec.regex.finditer(text, start, end))
         shape: bytes | None = None
-        for prio, spec in enumerate(self._specs):
-            matches: Iterable[re.Match[str]]
-            if spec.region is not None:
-                if runs is None:
-                    runs = _number_runs(text, pos)
-                if not runs:
+        for prio, spec in self._seed_rows:
+            assert spec.anchor_re is not None
+            if spec.shape:
+                if shape is None:
+                    shape = text.encode("utf-8", "surrogatepass").translate(_SHAPE_TABLE)
+                if spec.shape not in shape:
                     continue
-                matches = _in_regions(spec, text, runs)
-            elif spec.anchor_re is not None:
-                if spec.shape:
-                    if shape is None:
-                        shape = text.encode("utf-8", "surrogatepass").translate(_SHAPE_TABLE)
-                    if spec.shape not in shape:
-                        continue
-                    if len(shape) == len(text):  # ASCII: shape offsets are text offsets
-                        seeds = _find_all(shape, spec.shape, pos)
-                    else:
-                        seeds = [m.start() for m in spec.anchor_re.finditer(text, pos)]
+                if len(shape) == len(text):  # ASCII: shape offsets are text offsets
+                    seeds = _find_all(shape, spec.shape, pos)
                 else:
                     seeds = [m.start() for m in spec.anchor_re.finditer(text, pos)]
-                if not seeds:
-                    continue
-                matches = _anchored(spec, text, pos, seeds, spec.anchor_back)
-            elif spec.anchors:
-                if spec in self._long_gated:
-                    if not longb or not any(a in longb for a in self._long_gated[spec]):
-                        continue
-                else:
-                    hay = lower if spec.anchors_ci else text
-                    for anchor in spec.anchors:
-                        if anchor in hay:
-                            break
-                    else:
-                        continue
-                if spec.anchor_back is not None and aligned:
-                    matches = _anchored_literal(spec, lower if spec.anchors_ci else text, text, pos)
-                else:
-                    matches = spec.regex.finditer(text, pos)
             else:
-                matches = spec.regex.finditer(text, pos)
-            groups = spec.group
-            for m in matches:
-                if raw is not None:
-                    raw.append(m.span())
-                if groups == (0,):
-                    s, e = m.span()
-                else:
-                    for g in groups:
-                        s, e = m.span(g)
-                        if s >= 0:
-                            break
-                if spec.validate is None or spec.validate(text[s:e]):
-                    out.append(Candidate(s, e, prio, spec.kind))
+                seeds = [m.start() for m in spec.anchor_re.finditer(text, pos)]
+            if seeds:
+                _collect(out, raw, prio, spec, text, _anchored(spec, text, pos, seeds, spec.anchor_back))
+        for prio, spec in self._plain_rows:
+            _collect(out, raw, prio, spec, text, spec.regex.finditer(text, pos))
         if self._email:
             prio = len(self._specs)
             for s, e in find_emails(text, pos):
@@ -290,6 +307,7 @@ class OutputScanner:
 LONG_WORD = 20
 """Whitespace-free detectors at least this long are gated on anchors inside words this long."""
 _LONG = b"a" * LONG_WORD
+_DROP_DIGITS = str.maketrans("", "", "0123456789")
 _SHAPE_TABLE = bytes(65 if 65 <= b <= 90 else 48 if 48 <= b <= 57 else 46 for b in range(256))
 _WS_TABLE = bytes(32 if b in b" \t\n\r\x0b\x0c" else 97 for b in range(256))
 
@@ -336,11 +354,29 @@ def _number_runs(text: str, pos: int) -> list[tuple[int, int]]:
     return runs
 
 
-def _in_regions(spec: PatternSpec, text: str, runs: list[tuple[int, int]]) -> Iterator[re.Match[str]]:
-    """`spec.regex.finditer` restricted to runs (end includes two characters of lookahead)."""
-    finditer = spec.regex.finditer
-    for start, end in runs:
-        yield from finditer(text, start, end)
+def _collect(
+    out: list[Candidate],
+    raw: list[tuple[int, int]] | None,
+    prio: int,
+    spec: PatternSpec,
+    text: str,
+    matches: Iterable[re.Match[str]],
+) -> None:
+    """Validate each match of `spec` and append it (and its raw span) as a candidate."""
+    groups = spec.group
+    validate = spec.validate
+    for m in matches:
+        if raw is not None:
+            raw.append(m.span())
+        if groups == (0,):
+            s, e = m.span()
+        else:
+            for g in groups:
+                s, e = m.span(g)
+                if s >= 0:
+                    break
+        if validate is None or validate(text[s:e]):
+            out.append(Candidate(s, e, prio, spec.kind))
 
 
 def _anchored_literal(spec: PatternSpec, hay: str, text: str, pos: int) -> list[re.Match[str]]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 import re
+import string
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from re import _parser as _sre_parser  # type: ignore[attr-defined]
@@ -52,7 +54,10 @@ class PatternSpec:
     same with a regex for the anchors; `follow` prunes anchors after which no match can reach its
     operator within `follow_window`; `region="number"` runs the regex only inside runs of number
     characters (see pii.py); and `shape` must occur in the text's shape (capitals as `A`, digits as
-    `0`, the rest `.`) for the row to run.
+    `0`, the rest `.`) for the row to run. `value_min` is the shortest whitespace-free value the row
+    can match (rows whose value is a long word are skipped for texts without long words). A number
+    row runs only on runs with at least `min_digits` digits (its regex cannot match fewer) that
+    contain `need`.
     """
 
     kind: str
@@ -72,6 +77,9 @@ class PatternSpec:
     follow_window: int = 0
     region: str | None = None
     shape: bytes = b""
+    value_min: int = 0
+    min_digits: int = 0
+    need: str = ""
     width: int = field(default=0)
     min_width: int = field(default=0)
 
@@ -115,29 +123,36 @@ def shannon_entropy(value: str) -> float:
     """Bits per character of `value`'s own character distribution."""
     if not value:
         return 0.0
-    counts: dict[str, int] = {}
-    for ch in value:
-        counts[ch] = counts.get(ch, 0) + 1
     n = len(value)
-    return -sum(c / n * math.log2(c / n) for c in counts.values())
+    return -sum(c / n * math.log2(c / n) for c in Counter(value).values())
+
+
+_PLACEHOLDER_RE = re.compile(
+    "|".join(re.escape(v) for w in _PLACEHOLDER_WORDS for v in dict.fromkeys((w, w.upper(), w.title())))
+)
 
 
 def is_placeholder(value: str) -> bool:
     """True for documentation stand-ins: `YOUR_API_KEY`, `xxxx`, `...EXAMPLE`, low variety."""
-    if any(word in value or word.upper() in value or word.title() in value for word in _PLACEHOLDER_WORDS):
-        return True
-    if _SHORT_PLACEHOLDER.search(value):
+    if _PLACEHOLDER_RE.search(value) or _SHORT_PLACEHOLDER.search(value):
         return True
     return len(value) >= 12 and len(set(value)) < 6
 
 
+_LOWER = frozenset(string.ascii_lowercase)
+_UPPER = frozenset(string.ascii_uppercase)
+_DIGIT = frozenset(string.digits)
+
+
 def _classes(value: str) -> int:
-    return (
-        any(c.islower() for c in value)
-        + any(c.isupper() for c in value)
-        + any(c.isdigit() for c in value)
-        + any(not c.isalnum() for c in value)
+    chars = set(value)
+    lower, upper, digit = (
+        not _LOWER.isdisjoint(chars),
+        not _UPPER.isdisjoint(chars),
+        not _DIGIT.isdisjoint(chars),
     )
+    other = bool(chars - _LOWER - _UPPER - _DIGIT)
+    return lower + upper + digit + other
 
 
 def _token(min_entropy: float = 3.0, min_classes: int = 2) -> Validator:
@@ -318,6 +333,7 @@ SECRET_SPECS: tuple[PatternSpec, ...] = (
         group=(1,),
         anchors=("aws",),
         anchors_ci=True,
+        value_min=32,
         anchor_back=0,
         follow=_rx(r"[=:>]"),
         follow_window=96,
@@ -438,6 +454,7 @@ SECRET_SPECS: tuple[PatternSpec, ...] = (
         group=(1,),
         anchors=("azure",),
         anchors_ci=True,
+        value_min=32,
         anchor_back=0,
         follow=_rx(r"[=:>]"),
         follow_window=96,
