@@ -4,9 +4,10 @@ Run: .venv/bin/python bench/bench_output_guards.py [--seconds S] [--breakdown]
 
 Corpus: typical assistant replies (markdown prose, lists with numbers, Python/JS/shell code, JSON,
 config) with no secrets, plus the same with one secret and one e-mail per ~2 KB. Reports CPU time
-(best and median of 9 rounds; the box is shared, so the best round is the steadier figure). The stream part replays each reply as ~4-character tokens and reports how many
-characters the redactor holds back when each token arrives (mean, p50, p99, max) and the extra
-time to first token at a given token rate.
+(best and median of 9 rounds; the box is shared, so the best round is the steadier figure). The
+stream part replays a reply as 4-character tokens and reports how many characters the redactor
+holds back after each token, how many tokens later each character is released (and what that is
+in milliseconds at a given token rate), and the CPU cost of a `feed`.
 """
 
 from __future__ import annotations
