@@ -37,6 +37,8 @@ DECODED_KINDS = frozenset({"base64", "hex", "url", "html", "rot13", "unicode_tag
 CLASSIFIER_CATEGORY = "classifier"
 ENCODED_CATEGORY = "encoded_payload"
 
+REACH = 400  # no rule match extends further than this from one of its trigger words
+MAX_WINDOWS = 24  # trigger occurrences per rule searched in windows before a full scan
 _GAP = r"[\W_]{0,4}"
 # Filler words never cross a sentence end, so "ignore X. The new instructions" is no match.
 _FILLER = r"(?:[^\w.!?\n]{1,4}\w{1,20}){0,4}[^\w.!?\n]{0,4}"
@@ -64,6 +66,7 @@ class Rule:
     regex: re.Pattern[str]
     ascii_substrings: tuple[str, ...] = ()
     word_start: bool = False  # the pattern began with \b: checked in code, see `_search`
+    long_range: bool = False  # the pattern can span more than REACH characters
 
 
 def _expand(pattern: str) -> str:
@@ -84,32 +87,56 @@ def parse_rules(lines: Iterable[str]) -> tuple[Rule, ...]:
         # pattern can start with (a C-speed scan); the boundary is checked in `_search` instead.
         word_start = pattern.startswith(r"\b")
         rx = re.compile(_expand(pattern[2:] if word_start else pattern))
-        rules.append(Rule(rule_id, category, float(weight), words, subs, rx, ascii_subs, word_start))
+        long_range = "{1,4000}" in pattern or "{0,4000}" in pattern
+        rules.append(
+            Rule(rule_id, category, float(weight), words, subs, rx, ascii_subs, word_start, long_range)
+        )
     return tuple(rules)
 
 
 @dataclass(frozen=True, slots=True)
 class LinearModel:
-    """Logistic regression over token unigram and bigram counts, windowed over long texts."""
+    """Logistic regression over token unigram and bigram counts, windowed over long texts.
+
+    Tokens map to integer ids (0 = unknown) so that a bigram is one int-keyed dict lookup,
+    id_a * (size + 1) + id_b; ids start at 1, so a key with an unknown side never collides.
+    """
 
     bias: float
-    unigrams: Mapping[str, float]
-    bigrams: Mapping[tuple[str, str], float]
+    ids: Mapping[str, int]
+    unigram_weights: Sequence[float]
+    bigram_weights: Mapping[int, float]
     window: int
     stride: int
     offset: float = 0.0
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> LinearModel:
-        bigrams = {tuple(k.split(" ", 1)): float(v) for k, v in doc["bigrams"].items()}
+        vocab = sorted(set(doc["unigrams"]) | {w for k in doc["bigrams"] for w in k.split(" ", 1)})
+        ids = {w: i for i, w in enumerate(vocab, start=1)}
+        size = len(vocab) + 1
+        uni = [0.0] * size
+        for w, v in doc["unigrams"].items():
+            uni[ids[w]] = float(v)
+        bigrams: dict[int, float] = {}
+        for k, v in doc["bigrams"].items():
+            a, b = k.split(" ", 1)
+            bigrams[ids[a] * size + ids[b]] = float(v)
         return cls(
             bias=float(doc["bias"]),
-            unigrams={k: float(v) for k, v in doc["unigrams"].items()},
-            bigrams=bigrams,  # type: ignore[arg-type]
+            ids=ids,
+            unigram_weights=uni,
+            bigram_weights=bigrams,
             window=int(doc["window"]),
             stride=int(doc["stride"]),
             offset=float(doc.get("logit_offset", 0.0)),
         )
+
+    @property
+    def unigrams(self) -> dict[str, float]:
+        """Nonzero unigram weights by token (for inspection and tests)."""
+        uw = self.unigram_weights
+        return {w: uw[i] for w, i in self.ids.items() if uw[i]}
 
     def max_logit(self, tokens: Sequence[str]) -> float:
         """Highest calibrated logit over windows of `window` tokens, one every `stride` tokens."""
@@ -117,10 +144,11 @@ class LinearModel:
         bias = self.bias - self.offset
         if n == 0:
             return bias
-        zeros = itertools.repeat(0.0)
-        uni = map(self.unigrams.get, tokens, zeros)
-        bi = itertools.chain(map(self.bigrams.get, itertools.pairwise(tokens), zeros), (0.0,))
-        contrib = list(map(operator.add, uni, bi))
+        ids = list(map(self.ids.get, tokens, itertools.repeat(0)))
+        size = len(self.unigram_weights)
+        keys = map(operator.add, map(operator.mul, ids, itertools.repeat(size)), ids[1:])
+        bi = itertools.chain(map(self.bigram_weights.get, keys, itertools.repeat(0.0)), (0.0,))
+        contrib = list(map(operator.add, map(self.unigram_weights.__getitem__, ids), bi))
         if n <= self.window:
             return bias + math.fsum(contrib)
         prefix = [0.0, *itertools.accumulate(contrib)]
@@ -131,17 +159,46 @@ class LinearModel:
         return bias + best
 
 
-def _search(rule: Rule, text: str) -> bool:
-    """Does the rule match `text`, honoring its leading word boundary?"""
-    m = rule.regex.search(text)
+def _search(rule: Rule, text: str, pos: int = 0, endpos: int | None = None) -> bool:
+    """Does the rule match text[pos:endpos], honoring its leading word boundary?"""
+    end = len(text) if endpos is None else endpos
+    m = rule.regex.search(text, pos, end)
     if not rule.word_start:
         return m is not None
     while m is not None:
         start = m.start()
         if start == 0 or not (text[start - 1].isalnum() or text[start - 1] == "_"):
             return True
-        m = rule.regex.search(text, start + 1)
+        m = rule.regex.search(text, start + 1, end)
     return False
+
+
+def _search_near(rule: Rule, text: str, anchors: Iterable[str]) -> bool:
+    """Match the rule only in windows around its trigger words, falling back to a full scan.
+
+    A rule's match lies within REACH characters of one of its trigger words, so on a long
+    text a few short windows replace a scan of the whole view. Many occurrences (dense or
+    adversarial text) or a rule with long-range parts take the full, still linear, scan.
+    """
+    if len(text) <= 4 * REACH or rule.long_range:
+        return _search(rule, text)
+    spans: list[tuple[int, int]] = []
+    for anchor in anchors:
+        at = text.find(anchor)
+        while at >= 0:
+            if len(spans) >= MAX_WINDOWS:
+                return _search(rule, text)
+            spans.append((max(0, at - REACH), at + len(anchor) + REACH))
+            at = text.find(anchor, at + 1)
+    spans.sort()
+    lo, hi = -1, -1
+    for a, b in spans:
+        if a > hi:
+            if hi > lo and _search(rule, text, lo, hi):
+                return True
+            lo = a
+        hi = max(hi, b)
+    return hi > lo and _search(rule, text, lo, hi)
 
 
 def _sigmoid(z: float) -> float:
@@ -226,11 +283,20 @@ class InjectionDetector:
     def _rule_hits(self, view: View, done: Mapping[str, float]) -> list[Rule]:
         """Rules matching this view, skipping rules an earlier view already matched."""
         rules = self._rules
-        return [
-            rules[i]
-            for i in sorted(self._candidates(view))
-            if rules[i].rule_id not in done and _search(rules[i], view.text)
-        ]
+        text = view.text
+        hits: list[Rule] = []
+        for i in sorted(self._candidates(view)):
+            rule = rules[i]
+            if rule.rule_id in done:
+                continue
+            if view.kind == "unspaced":
+                found = _search(rule, text)  # merged words: anchors are not tokens here
+            else:
+                anchors = [*(rule.words & view.words), *(s for s in rule.substrings if s in text)]
+                found = _search_near(rule, text, anchors)
+            if found:
+                hits.append(rule)
+        return hits
 
     def score_views(self, views: Sequence[View]) -> InjectionResult:
         """Score precomputed views (see `normalize.build_views`)."""
