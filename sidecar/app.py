@@ -15,21 +15,29 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sidecar.admin import create_admin_app
 from sidecar.appstate import (
     AUTH,
+    BACKGROUND,
     CONTEXT,
+    INPUT_GUARD,
     LIFECYCLE,
+    LIMITER,
     METRICS,
+    OUTPUT_GUARD,
     SETTINGS,
     STORE,
     UPSTREAM,
+    Background,
     Lifecycle,
-    RequestContext,
 )
 from sidecar.auth.apikeys import Authenticator
 from sidecar.auth.hashing import SecretHasher
 from sidecar.auth.records import SCOPES, KeySpec
 from sidecar.errors import InternalError, SidecarError
+from sidecar.guards.redact import OutputScanner
+from sidecar.limits.limiter import Limiter
 from sidecar.log import log_fields
 from sidecar.metrics import Metrics
+from sidecar.proxy.context import RequestContext
+from sidecar.proxy.guarding import InputGuard, OutputGuard
 from sidecar.proxy.relay import error_response, plain_error
 from sidecar.proxy.routes import ROUTE_OF_RESOURCE, add_routes
 from sidecar.proxy.upstream import Upstream
@@ -71,6 +79,7 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
             response = await handler(request)
         except SidecarError as exc:
             ctx.reason = ctx.reason or exc.code
+            metrics.blocked.labels(ctx.route, exc.code).inc()
             response = error_response(exc, ctx.request_id)
         except web.HTTPException as exc:
             code, message = _HTTP_CODES.get(exc.status, ("http_error", exc.reason))
@@ -118,6 +127,10 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> web.Applic
     app[METRICS] = metrics or Metrics()
     app[LIFECYCLE] = Lifecycle()
     app.on_response_prepare.append(_hide_server_version)
+    app[INPUT_GUARD] = InputGuard(settings.input, app[METRICS],
+                                  OutputScanner(provider_key=settings.upstream_key or None))
+    app[OUTPUT_GUARD] = OutputGuard(settings.output, settings.upstream_key, settings.admin.token)
+    app[BACKGROUND] = Background()
     app.cleanup_ctx.append(_services)
     add_routes(app)
     return app
@@ -135,6 +148,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
                           a.max_concurrent_verifications)
     auth = Authenticator(store, hasher, a)
     app[AUTH] = auth
+    app[LIMITER] = Limiter(store, settings.limits, app[METRICS])
     if store.is_memory and a.demo_key:
         await _print_demo_key(auth)
     stop = asyncio.Event()
@@ -148,6 +162,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         stop.set()
         await monitor
         await listener
+        if app[BACKGROUND].tasks:
+            await asyncio.wait(set(app[BACKGROUND].tasks), timeout=settings.store.timeout_s * 4)
         hasher.close()
         await upstream.close()
         await store.close()

@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from time import perf_counter
+import asyncio
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
 from sidecar.auth.apikeys import Authenticator
+from sidecar.limits.limiter import Limiter
 from sidecar.metrics import Metrics
+from sidecar.proxy.context import RequestContext
+from sidecar.proxy.guarding import InputGuard, OutputGuard
 from sidecar.proxy.upstream import Upstream
 from sidecar.settings import Settings
 from sidecar.store.redis import Store
+
+
+class Background:
+    """Tasks that must outlive their request (settlement after a client disconnect)."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
 
 @dataclass(slots=True)
@@ -21,20 +38,11 @@ class Lifecycle:
     draining: bool = False
 
 
-@dataclass(slots=True)
-class RequestContext:
-    """What one request carries along its way: id, route, timings, outcome."""
-
-    request_id: str
-    route: str
-    started: float = field(default_factory=perf_counter)
-    upstream_s: float = 0.0
-    key_id: str = ""
-    status: int = 0
-    reason: str = ""
-
-
 SETTINGS = web.AppKey("settings", Settings)
+INPUT_GUARD = web.AppKey("input_guard", InputGuard)
+OUTPUT_GUARD = web.AppKey("output_guard", OutputGuard)
+LIMITER = web.AppKey("limiter", Limiter)
+BACKGROUND = web.AppKey("background", Background)
 METRICS = web.AppKey("metrics", Metrics)
 STORE = web.AppKey("store", Store)
 UPSTREAM = web.AppKey("upstream", Upstream)

@@ -77,6 +77,42 @@ class LogSettings:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = _f("INFO", "log level")
 
 
+OUTPUT_ACTIONS = ("redact", "block", "flag", "off")
+DEFAULT_OUTPUT_ACTIONS = (("secret", "redact"), ("pii", "redact"), ("pii:ip", "off"),
+                          ("leak", "flag"))
+
+
+@dataclass(frozen=True, slots=True)
+class InputSettings:
+    max_messages: int = _f(256, "messages per chat request", min=1)
+    max_chars_per_message: int = _f(10_000, "characters of text per message", min=1)
+    max_chars_per_request: int = _f(100_000, "characters of text per request", min=1)
+    max_tokens_per_request: int = _f(32_000, "estimated prompt tokens per request", min=1)
+    sanitize: bool = _f(True, "strip control, zero-width, bidi and tag characters before forwarding")
+    injection_action: Literal["block", "flag", "off"] = _f(
+        "block", "prompt injection: block (400), flag (forward, count, log) or off")
+    injection_mode: Literal["enforce", "shadow"] = _f(
+        "enforce", "shadow: evaluate and count as blocked, but forward")
+    injection_threshold: float = _f(0.5, "score at or above which a message is an injection",
+                                    min=0.0, max=1.0)
+    injection_roles: tuple[str, ...] = _f(("user", "tool", "function"),
+                                          "message roles scanned for injection")
+    redact_pii: bool = _f(False, "redact secrets and PII in user messages before they leave")
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSettings:
+    scan: bool = _f(True, "scan model output for secrets, PII and system-prompt leaks")
+    actions: tuple[tuple[str, str], ...] = _f(
+        DEFAULT_OUTPUT_ACTIONS, "action per kind or family (secret, pii, leak, pii:email ...): "
+        "redact, block, flag or off")
+    mode: Literal["enforce", "shadow"] = _f("enforce", "shadow: count findings, change nothing")
+    detect_ip: bool = _f(False, "treat IP addresses as PII")
+    system_prompt_min_words: int = _f(8, "consecutive system-prompt words that make a leak", min=3)
+    canary: bool = _f(False, "place a per-request canary token in the system message and watch for it")
+    holdback_chars: int = _f(8192, "most characters a stream may hold back while scanning", min=64)
+
+
 @dataclass(frozen=True, slots=True)
 class AuthSettings:
     cache_ttl_s: float = _f(60.0, "how long a verified key is trusted without asking the store",
@@ -124,6 +160,8 @@ class Settings:
     admin: AdminSettings = field(default_factory=AdminSettings)
     log: LogSettings = field(default_factory=LogSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    input: InputSettings = field(default_factory=InputSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
 
     @property
@@ -170,6 +208,13 @@ def _coerce(name: str, hint: Any, raw: Any, meta: Mapping[str, Any]) -> Any:
             value = match
         elif origin is tuple and get_args(hint)[0] is LimitRule:
             return _limit_rules(name, raw)
+        elif origin is tuple and get_args(hint)[0] is str:
+            items = raw.split(",") if isinstance(raw, str) else raw
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                raise ValueError("expected a list of strings")
+            return tuple(i.strip() for i in items if i.strip())
+        elif origin is tuple:
+            return _actions(name, raw)
         elif origin in (types.UnionType, typing.Union):
             return _coerce(name, next(a for a in get_args(hint) if a is not type(None)), raw, meta)
         else:  # pragma: no cover - a field type this loader does not know is a programming error
@@ -195,6 +240,23 @@ def _limit_rules(name: str, raw: Any) -> tuple[LimitRule, ...]:
     if not isinstance(raw, list):
         raise ConfigError(f"{name}: expected a list of rules")
     return tuple(parse_limit_rule(f"{name}[{i}]", item) for i, item in enumerate(raw))
+
+
+def _actions(name: str, raw: Any) -> tuple[tuple[str, str], ...]:
+    """Output actions from a TOML table or env JSON, e.g. {"secret": "block", "pii:ip": "off"}."""
+    if isinstance(raw, str):
+        try:
+            raw = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise ConfigError(f"{name}: expected a JSON object of kind -> action") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: expected a table of kind -> action")
+    merged = dict(DEFAULT_OUTPUT_ACTIONS)
+    for kind, action in raw.items():
+        if action not in OUTPUT_ACTIONS:
+            raise ConfigError(f"{name}.{kind}: expected one of {', '.join(OUTPUT_ACTIONS)}")
+        merged[kind] = action
+    return tuple(merged.items())
 
 
 def parse_limit_rule(name: str, item: Any) -> LimitRule:

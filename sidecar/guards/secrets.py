@@ -281,7 +281,7 @@ _PRIVATE_KEY = _rx(
 )
 _PRIVATE_KEY_EXTENT = _rx(r"-----BEGIN[A-Z0-9 ]{0,70}-----" + _PEM_BODY + r"{0,8000}")
 
-SIDECAR_KEY_REGEX = r"sks_[A-Za-z0-9]{8}_[A-Za-z0-9]{43}_[A-Za-z0-9]{6}"
+SIDECAR_KEY_REGEX = r"sks_[A-Za-z0-9]{12}_[A-Za-z0-9]{43}_[A-Za-z0-9]{6}"
 """The sidecar's own key shape as assumed today; the lead may pass another via `extra_patterns`."""
 
 SECRET_SPECS: tuple[PatternSpec, ...] = (

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from time import perf_counter
 
 import aiohttp
 import orjson
 from aiohttp import web
 
-from sidecar.appstate import RequestContext
-from sidecar.errors import SidecarError, UpstreamError, UpstreamTimeout, error_body
+from sidecar.errors import OutputBlocked, SidecarError, UpstreamError, UpstreamTimeout, error_body
+from sidecar.proxy.context import RequestContext
 from sidecar.proxy.openai import DONE_EVENT, SSEDecoder, encode_event
+from sidecar.proxy.response import ResponseProcessor
 from sidecar.proxy.upstream import Upstream
 
 log = logging.getLogger("sidecar.proxy")
@@ -35,9 +37,11 @@ def _passed_headers(upstream_response: aiohttp.ClientResponse, ctx: RequestConte
 
 
 async def relay_whole(
-    upstream: Upstream, upstream_response: aiohttp.ClientResponse, ctx: RequestContext
+    upstream: Upstream, upstream_response: aiohttp.ClientResponse, ctx: RequestContext,
+    processor: ResponseProcessor | None = None, extra_headers: Mapping[str, str] | None = None,
 ) -> web.Response:
-    """A non-streamed answer: 2xx relayed, provider 4xx relayed scrubbed, anything else 502."""
+    """A non-streamed answer: 2xx relayed (after the output guards), provider 4xx relayed
+    scrubbed, anything else 502."""
     status = upstream_response.status
     if status >= 500 or 300 <= status < 400 or status < 200:
         raise UpstreamError()
@@ -45,6 +49,8 @@ async def relay_whole(
     raw = await upstream.read_limited(upstream_response)
     ctx.upstream_s += perf_counter() - started
     headers = _passed_headers(upstream_response, ctx)
+    if extra_headers:
+        headers.update(extra_headers)
     if status >= 400:
         if status == 429 and "Retry-After" in upstream_response.headers:
             headers["Retry-After"] = upstream_response.headers["Retry-After"][:32]
@@ -55,9 +61,11 @@ async def relay_whole(
     if upstream_response.content_type != "application/json":
         raise UpstreamError()
     try:
-        orjson.loads(raw)
+        obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise UpstreamError() from None
+    if processor is not None and processor.on_json(obj):
+        raw = orjson.dumps(obj)
     return web.Response(body=raw, status=status, content_type="application/json", headers=headers)
 
 
@@ -71,9 +79,15 @@ async def relay_stream(
     upstream: Upstream,
     upstream_response: aiohttp.ClientResponse,
     ctx: RequestContext,
+    processor: ResponseProcessor,
+    extra_headers: Mapping[str, str] | None = None,
 ) -> web.StreamResponse:
-    """Forward SSE events as they arrive; end in a well-formed error event if the provider fails."""
-    response = web.StreamResponse(status=200, headers=_passed_headers(upstream_response, ctx))
+    """Forward SSE events as they arrive (through the output guards); end in a well-formed
+    error event if the provider fails or the output policy blocks."""
+    headers = _passed_headers(upstream_response, ctx)
+    if extra_headers:
+        headers.update(extra_headers)
+    response = web.StreamResponse(status=200, headers=headers)
     response.content_type = "text/event-stream"
     response.headers["Cache-Control"] = "no-cache"
     await response.prepare(request)
@@ -93,13 +107,20 @@ async def relay_stream(
                 for event in decoder.feed(chunk):
                     if event == b"data: [DONE]":
                         saw_done = True
-                    out.append(event + b"\n\n")
+                    out.append(processor.on_event(event))
+                    if processor.blocked:
+                        break
                 if out:
                     await response.write(b"".join(out))
-        for event in decoder.flush():
-            saw_done = saw_done or event == b"data: [DONE]"
-            await response.write(event + b"\n\n")
-        if not saw_done:
+                if processor.blocked or saw_done:
+                    break
+        if not processor.blocked:
+            for event in decoder.flush():
+                saw_done = saw_done or event == b"data: [DONE]"
+                await response.write(processor.on_event(event))
+        if processor.blocked:
+            failure = OutputBlocked()
+        elif not saw_done:
             failure = UpstreamError("The model provider ended the stream early.")
     except TimeoutError:
         failure = UpstreamTimeout()
@@ -112,6 +133,8 @@ async def relay_stream(
         failure = SidecarError()
     if failure is not None:
         ctx.reason = failure.code
+        if not processor.blocked:
+            await response.write(processor.flush())
         await response.write(stream_error_event(failure, ctx.request_id))
     await response.write_eof()
     return response

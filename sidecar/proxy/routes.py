@@ -8,14 +8,29 @@ from __future__ import annotations
 from time import perf_counter
 from urllib.parse import quote
 
+import orjson
 from aiohttp import web
 
-from sidecar.appstate import AUTH, CONTEXT, SETTINGS, UPSTREAM, RequestContext
+from sidecar.appstate import (
+    AUTH,
+    BACKGROUND,
+    CONTEXT,
+    INPUT_GUARD,
+    LIMITER,
+    METRICS,
+    OUTPUT_GUARD,
+    SETTINGS,
+    UPSTREAM,
+)
 from sidecar.errors import InsufficientScope, NotFound
+from sidecar.limits.limiter import Admission
+from sidecar.limits.tokens import estimate_tokens
 from sidecar.model import Principal
 from sidecar.proxy.body import check_content_headers, read_body
-from sidecar.proxy.openai import parse_body
+from sidecar.proxy.context import RequestContext
+from sidecar.proxy.openai import ParsedRequest, parse_body
 from sidecar.proxy.relay import relay_stream, relay_whole
+from sidecar.proxy.response import ResponseProcessor
 
 # path -> (route name, method)
 POST_ROUTES = {
@@ -46,26 +61,78 @@ async def authorize(request: web.Request, ctx: RequestContext) -> Principal:
 
 async def handle_model_call(request: web.Request) -> web.StreamResponse:
     """POST /v1/chat/completions, /v1/completions, /v1/embeddings."""
-    settings = request.app[SETTINGS]
-    upstream = request.app[UPSTREAM]
+    app = request.app
+    settings = app[SETTINGS]
     ctx = request[CONTEXT]
     # 1. context: set by the middleware (request id, timing, error rendering).
     # 2-3. auth and scope.
-    await authorize(request, ctx)
+    principal = await authorize(request, ctx)
     # 4. parse: capped body, JSON, shape.
     check_content_headers(request)
     raw = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
     parsed = parse_body(ctx.route, raw, settings.max_json_depth)
-    # 5-7. input guards, limits, abuse: (their issues).
-    # 8. upstream.
-    headers = upstream.headers_for(request.headers, ctx.request_id)
+    # 5. input guards: validate, sanitize, injection, optional PII redaction; prepare output scan.
+    changed = app[INPUT_GUARD].check(parsed, ctx)
+    scan, canary_placed = app[OUTPUT_GUARD].prepare(parsed)
+    strip_usage = ask_for_stream_usage(parsed)
+    body = orjson.dumps(parsed.body) if changed or canary_placed or strip_usage else raw
+    # 6. limits: one script call admits against every applicable limit, reserving tokens.
+    estimate = estimate_tokens(ctx.route, parsed.body, settings.limits)
+    admission = await app[LIMITER].admit(principal, ctx.request_id, estimate)
+    # 8. upstream; 9. output guards inside the relay; 10. settlement.
+    processor = ResponseProcessor(ctx.route, scan, app[METRICS], strip_usage)
+    settled = False
+    try:
+        result = await forward(request, ctx, body, parsed.stream, processor, admission.headers)
+        settled = True
+        await settle(app, admission, processor, estimate, failed=bool(ctx.reason))
+        return result
+    except BaseException:
+        if not settled:
+            # Shielded from the client's disconnect: usage streamed so far is still charged.
+            app[BACKGROUND].start(settle(app, admission, processor, estimate, failed=True))
+        raise
+
+
+def ask_for_stream_usage(parsed: ParsedRequest) -> bool:
+    """Streams must report usage for settlement: ask the provider for it, and remember to drop
+    that extra chunk when the client did not ask for it itself."""
+    if not parsed.stream or parsed.route == "embeddings":
+        return False
+    options = parsed.body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return False
+    parsed.body["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                                     "include_usage": True}
+    return True
+
+
+async def forward(request: web.Request, ctx: RequestContext, body: bytes, stream: bool,
+                  processor: ResponseProcessor, headers: dict[str, str]) -> web.StreamResponse:
+    upstream = request.app[UPSTREAM]
     sent = perf_counter()
-    async with upstream.request("POST", request.path, raw, headers) as response:
+    async with upstream.request("POST", request.path, body,
+                                upstream.headers_for(request.headers, ctx.request_id)) as response:
         ctx.upstream_s += perf_counter() - sent
-        if parsed.stream and response.status == 200 and response.content_type == "text/event-stream":
-            # 9-10. output guards and settlement run inside the relay (their issues).
-            return await relay_stream(request, upstream, response, ctx)
-        return await relay_whole(upstream, response, ctx)
+        if stream and response.status == 200 and response.content_type == "text/event-stream":
+            return await relay_stream(request, upstream, response, ctx, processor, headers)
+        return await relay_whole(upstream, response, ctx, processor, headers)
+
+
+async def settle(app: web.Application, admission: Admission, processor: ResponseProcessor,
+                 estimate: int, *, failed: bool) -> None:
+    """Replace the reservation with what was used: the provider's usage when it reported it;
+    otherwise, after a failure, the prompt plus what was streamed (or nothing at all)."""
+    limiter = app[LIMITER]
+    metrics = app[METRICS]
+    if processor.usage_total is not None:
+        metrics.tokens.labels("total").inc(processor.usage_total)
+        await limiter.settle(admission, processor.usage_total)
+    elif failed and processor.streamed_chars:
+        prompt = estimate - admission.reserved_tokens if estimate < admission.reserved_tokens else 0
+        await limiter.settle(admission, max(prompt, 0) + (processor.streamed_chars + 3) // 4)
+    elif failed:
+        await limiter.refund(admission)
 
 
 async def handle_models(request: web.Request) -> web.StreamResponse:

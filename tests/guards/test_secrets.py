@@ -42,8 +42,12 @@ def test_short_exact_values_are_ignored() -> None:
 
 
 def test_sidecar_key_shape_is_built_in() -> None:
-    """The sidecar's own key format (assumed shape) is detected as `secret:sidecar`."""
-    key = "sk" + "s_" + rand(8) + "_" + rand(43) + "_" + rand(6)
+    """A real key of this sidecar (sidecar.auth.keyformat) is detected as `secret:sidecar`, and the
+    guard's pattern is the one the key format publishes."""
+    from sidecar.auth.keyformat import KEY_REGEX, make_key, new_key_id
+
+    assert SIDECAR_KEY_REGEX.replace("A-Za-z0-9", "0-9A-Za-z") == KEY_REGEX
+    key = make_key(new_key_id())
     assert re.fullmatch(SIDECAR_KEY_REGEX, key)
     assert [f.kind for f in OutputScanner().scan(f"key: {key}")] == ["secret:sidecar"]
 

@@ -160,7 +160,7 @@ def _secret_values() -> list[tuple[str, str]]:
         ("secret:pypi", "py" + "pi-" + "AgEIcHlwaS5vcmc" + rnd(70, B64URL)),
         ("secret:jwt", jwt()),
         ("secret:jwt", jwt()),
-        ("secret:sidecar", "sk" + "s_" + rnd(8) + "_" + rnd(43) + "_" + rnd(6)),
+        ("secret:sidecar", "sk" + "s_" + rnd(12) + "_" + rnd(43) + "_" + rnd(6)),
         ("secret:sidecar", SK + "sc-" + rnd(40)),
         ("secret:provider_key", PROVIDER_KEY),
         ("secret:admin_token", ADMIN_TOKEN),
