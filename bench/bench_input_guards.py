@@ -106,11 +106,13 @@ def main() -> int:
         every += s
         report(name, s, len(text) / 1024)
     report("all 4 KB messages", every, 4.0)
-    print("\nscaling (adversarial near-matches at 1 MB):")
+    print("\nscaling (prose, and adversarial near-matches of the rules):")
     for name, text, rounds in [
         ("4 KB prose", build(4096, PROSE, 7), args.rounds),
         ("100 KB prose", build(100_000, PROSE, 8), max(3, args.rounds // 20)),
         ("1 MB prose", build(1_000_000, PROSE, 9), 3),
+        ("4 KB adversarial near-matches", build(4096, NEAR_MISSES, 10), args.rounds),
+        ("100 KB adversarial near-matches", build(100_000, NEAR_MISSES, 10), 5),
         ("1 MB adversarial near-matches", build(1_000_000, NEAR_MISSES, 10), 3),
     ]:
         report(name, timed(guard, text, rounds), len(text) / 1024)

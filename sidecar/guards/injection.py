@@ -41,7 +41,9 @@ REACH = 400  # no rule match extends further than this from one of its trigger w
 MAX_WINDOWS = 24  # trigger occurrences per rule searched in windows before a full scan
 _GAP = r"[\W_]{0,4}"
 # Filler words never cross a sentence end, so "ignore X. The new instructions" is no match.
-_FILLER = r"(?:[^\w.!?\n]{1,4}\w{1,20}){0,4}[^\w.!?\n]{0,4}"
+# Filler words are possessive (\w{1,20}+): a word is never split to retry the next part of the
+# pattern inside it, which keeps near-miss text from costing hundreds of steps per position.
+_FILLER = r"(?:[^\w.!?\n]{1,4}\w{1,20}+){0,4}[^\w.!?\n]{0,4}"
 
 
 @dataclass(frozen=True, slots=True)
