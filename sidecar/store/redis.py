@@ -17,11 +17,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import parse_url
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
 from sidecar.settings import StoreSettings
+from sidecar.store.pipelined import PipelinedConnection
 from sidecar.store.scripts import Script, load_scripts
 
 log = logging.getLogger("sidecar.store")
@@ -36,11 +38,18 @@ class StoreError(Exception):
 class Store:
     """A connected store plus the scripts it runs."""
 
-    def __init__(self, client: Any, *, timeout_s: float, kind: str) -> None:
+    def __init__(self, client: Any, *, timeout_s: float, kind: str,
+                 fast: PipelinedConnection | None = None) -> None:
         self.client = client
         self.kind = kind  # "memory" | "redis" | "cluster"
         self.timeout_s = timeout_s
         self.scripts: dict[str, Script] = load_scripts()
+        # The request path's scripts go over one auto-pipelined connection when there is one;
+        # admin commands and pub/sub use the redis-py client.
+        self._evalsha = fast.execute if fast is not None else self._client_evalsha
+        self._script_load = (lambda src: fast.execute("SCRIPT", "LOAD", src)) if fast is not None \
+            else client.script_load
+        self.fast = fast
 
     @property
     def is_memory(self) -> bool:
@@ -52,15 +61,18 @@ class Store:
         try:
             async with asyncio.timeout(self.timeout_s):
                 try:
-                    return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+                    return await self._evalsha("EVALSHA", script.sha, len(keys), *keys, *args)
                 except NoScriptError:
                     # Emptied by SCRIPT FLUSH, a restart or a failover: load it and run it once more.
-                    await self.client.script_load(script.source)
-                    return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+                    await self._script_load(script.source)
+                    return await self._evalsha("EVALSHA", script.sha, len(keys), *keys, *args)
         except TimeoutError as exc:
             raise StoreError(f"store call {name!r} timed out") from exc
         except (RedisError, OSError) as exc:
             raise StoreError(f"store call {name!r} failed: {type(exc).__name__}") from exc
+
+    async def _client_evalsha(self, _command: str, sha: str, numkeys: int, *rest: KeyOrArg) -> Any:
+        return await self.client.evalsha(sha, numkeys, *rest)
 
     async def call(self, op: str, *args: Any) -> Any:
         """Run one plain command (`op` is a redis-py method name) within the store deadline."""
@@ -90,6 +102,8 @@ class Store:
                               socket_connect_timeout=self.timeout_s * 4)
 
     async def close(self) -> None:
+        if self.fast is not None:
+            await self.fast.close()
         close = getattr(self.client, "aclose", None) or self.client.close
         await close()
 
@@ -122,4 +136,11 @@ async def connect(settings: StoreSettings) -> Store:
     pool = aioredis.BlockingConnectionPool.from_url(
         settings.url, max_connections=settings.max_connections, timeout=settings.timeout_s, **common
     )
-    return Store(aioredis.Redis(connection_pool=pool), timeout_s=settings.timeout_s, kind="redis")
+    params = parse_url(settings.url)
+    fast = PipelinedConnection(
+        params.get("host", "localhost"), int(params.get("port", 6379)), db=int(params.get("db", 0)),
+        username=params.get("username"), password=params.get("password"),
+        use_ssl=scheme == "rediss", connect_timeout_s=settings.connect_timeout_s,
+        stale_after_s=max(1.0, 4 * settings.timeout_s))
+    return Store(aioredis.Redis(connection_pool=pool), timeout_s=settings.timeout_s, kind="redis",
+                 fast=fast)
