@@ -114,6 +114,24 @@ class OutputSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ConversationSettings:
+    ttl_s: int = _f(30 * 86400, "how long a conversation is kept after its last turn", min=60)
+    max_messages: int = _f(200, "messages kept per conversation (oldest trimmed first)", min=2)
+    max_bytes: int = _f(256 * 1024, "bytes of messages kept per conversation (oldest trimmed first)",
+                        min=1024)
+    replay_max_tokens: int = _f(8000, "estimated tokens of history put before a replayed request",
+                                min=1)
+    master_key_env: str = _f("SIDECAR_CONVERSATIONS_MASTER_KEY",
+                             "variable holding the base64 master key for encryption at rest "
+                             "(unset: stored in plain text)")
+
+
+@dataclass(frozen=True, slots=True)
+class AbuseSettings:
+    mode: Literal["enforce", "shadow"] = _f("enforce", "shadow: count suspects, never throttle or block")
+
+
+@dataclass(frozen=True, slots=True)
 class AuthSettings:
     cache_ttl_s: float = _f(60.0, "how long a verified key is trusted without asking the store",
                             min=1, max=3600)
@@ -163,6 +181,8 @@ class Settings:
     input: InputSettings = field(default_factory=InputSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    conversations: ConversationSettings = field(default_factory=ConversationSettings)
+    abuse: AbuseSettings = field(default_factory=AbuseSettings)
 
     @property
     def upstream_key(self) -> Secret:
