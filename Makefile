@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: run test lint bench train soak clean
+.PHONY: run test lint bench train image clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -34,6 +34,11 @@ bench: $(STAMP)
 train: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[train]'
 	$(PY) tools/train_injection.py
+
+## image: build the container image (needs docker with BuildKit)
+IMAGE ?= ai-security-sidecar:dev
+image:
+	docker build -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

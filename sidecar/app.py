@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from time import perf_counter
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from sidecar.admin import create_admin_app
 from sidecar.appstate import (
@@ -35,7 +35,7 @@ from sidecar.errors import InternalError, SidecarError
 from sidecar.guards.redact import OutputScanner
 from sidecar.limits.limiter import Limiter
 from sidecar.log import log_fields
-from sidecar.metrics import Metrics
+from sidecar.metrics import Metrics, scrape_registry
 from sidecar.proxy.context import RequestContext
 from sidecar.proxy.guarding import InputGuard, OutputGuard
 from sidecar.proxy.relay import error_response, plain_error
@@ -50,6 +50,7 @@ access_log = logging.getLogger("sidecar.access")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SERVER_NAME = "ai-security-sidecar"
 PROXY_APP = web.AppKey("proxy_app", web.Application)
+SCRAPE = web.AppKey("scrape", CollectorRegistry)
 
 
 def new_request_id() -> str:
@@ -193,13 +194,15 @@ async def _readyz(request: web.Request) -> web.Response:
     if proxy[LIFECYCLE].draining:
         return web.json_response({"status": "draining"}, status=503)
     if STORE not in proxy or not await proxy[STORE].healthy():
+        if proxy[SETTINGS].limits.on_store_error == "allow":
+            # Fail-open was chosen: taking the pod out of its Service would defeat it.
+            return web.json_response({"status": "degraded"})
         return web.json_response({"status": "store_unavailable"}, status=503)
     return web.json_response({"status": "ready"})
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    registry = request.app[PROXY_APP][METRICS].registry
-    return web.Response(body=generate_latest(registry),
+    return web.Response(body=generate_latest(request.app[SCRAPE]),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -216,6 +219,7 @@ def create_health_app(proxy_app: web.Application) -> web.Application:
     """The metrics/health listener: /metrics, /healthz (liveness), /readyz (store usable)."""
     app = web.Application()
     app[PROXY_APP] = proxy_app
+    app[SCRAPE] = scrape_registry(proxy_app[METRICS].registry)
     app.on_response_prepare.append(_hide_server_version)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)

@@ -6,11 +6,23 @@ callers. No per-key label; a tenant label only where configured (not yet).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
                     10, 30, 60, 120)
 _FAST_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+
+def scrape_registry(registry: CollectorRegistry) -> CollectorRegistry:
+    """What /metrics serves: this process's registry, or, with --workers N (prometheus_client
+    multiprocess mode, PROMETHEUS_MULTIPROC_DIR set), the sum over every worker's files."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return registry
+    merged = CollectorRegistry()
+    multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+    return merged
 
 
 class Metrics:
@@ -32,6 +44,9 @@ class Metrics:
                                     ["op"], registry=r)
         self.sanitized = Counter("sidecar_sanitized_requests_total",
                                  "Requests whose text the sanitizer changed", registry=r)
+        self.abuse_suspects = Counter("sidecar_abuse_suspects_total",
+                                      "Requests whose key shows model-extraction signals, by signal",
+                                      ["signal"], registry=r)
         self.degraded_requests = Counter("sidecar_degraded_requests_total",
                                          "Requests let through by the fail-open fallback",
                                          ["feature"], registry=r)

@@ -14,8 +14,10 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 
 from aiohttp import web
+from prometheus_client import multiprocess
 
 from sidecar.app import create_admin, create_app, create_health_app
 from sidecar.appstate import LIFECYCLE
@@ -128,7 +130,22 @@ def serve(settings: Settings) -> int:
     return _serve_workers(settings, run_mock)
 
 
+def _metrics_dir() -> str:
+    """A clean directory for prometheus_client's multiprocess files (workers inherit it)."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        os.makedirs(path, exist_ok=True)
+        for name in os.listdir(path):
+            if name.endswith(".db"):
+                os.unlink(os.path.join(path, name))
+    else:
+        path = tempfile.mkdtemp(prefix="sidecar-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
+
+
 def _serve_workers(settings: Settings, run_mock: bool) -> int:
+    metrics_dir = _metrics_dir()
     ctx = multiprocessing.get_context("spawn")
     mock = None
     if run_mock:
@@ -151,6 +168,8 @@ def _serve_workers(settings: Settings, run_mock: bool) -> int:
     for worker in workers:
         worker.join()
         status = status or (worker.exitcode or 0)
+        if worker.pid is not None:
+            multiprocess.mark_process_dead(worker.pid, metrics_dir)  # type: ignore[no-untyped-call]
     if mock is not None:
         mock.terminate()
         mock.join(5)

@@ -33,6 +33,8 @@ class ResponseProcessor:
         self.metrics = metrics
         self.strip_usage_chunk = strip_usage_chunk
         self.usage_total: int | None = None
+        self.usage_prompt = 0
+        self.usage_completion = 0
         self.streamed_chars = 0
         self.blocked = False
         self._redactors: dict[tuple[int, int], StreamRedactor] = {}
@@ -87,6 +89,9 @@ class ResponseProcessor:
             total = usage.get("total_tokens")
             if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
                 self.usage_total = total
+                prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+                self.usage_prompt = prompt if isinstance(prompt, int) and prompt >= 0 else 0
+                self.usage_completion = completion if isinstance(completion, int) and completion >= 0 else 0
 
     # -- streams --------------------------------------------------------------------------------
     def on_event(self, event: bytes) -> bytes:

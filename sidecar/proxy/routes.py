@@ -126,7 +126,8 @@ async def settle(app: web.Application, admission: Admission, processor: Response
     limiter = app[LIMITER]
     metrics = app[METRICS]
     if processor.usage_total is not None:
-        metrics.tokens.labels("total").inc(processor.usage_total)
+        metrics.tokens.labels("prompt").inc(processor.usage_prompt)
+        metrics.tokens.labels("completion").inc(processor.usage_completion)
         await limiter.settle(admission, processor.usage_total)
     elif failed and processor.streamed_chars:
         prompt = estimate - admission.reserved_tokens if estimate < admission.reserved_tokens else 0
