@@ -1,4 +1,4 @@
-"""Command line: serve, keys, mock-upstream, check-config (DESIGN.md section 9)."""
+"""Command line: serve, keys, scan, mock-upstream, check-config (DESIGN.md section 9)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import orjson
 
 from sidecar.errors import ConfigError
 from sidecar.keys_cli import add_keys_parser
+from sidecar.scan_cli import add_scan_parser
 from sidecar.settings import Settings, describe, load_settings
 
 
@@ -56,6 +57,12 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     return run_keys_command(_settings(args.config), args)
 
 
+def _cmd_scan(args: argparse.Namespace) -> int:
+    from sidecar.scan_cli import run_scan
+
+    return run_scan(_settings(args.config), args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sidecar", description="Security sidecar for LLM traffic")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     mock.add_argument("--latency-ms", type=float, default=0.0)
     mock.set_defaults(func=_cmd_mock_upstream)
     add_keys_parser(sub, _cmd_keys)
+    add_scan_parser(sub, _cmd_scan)
     return parser
 
 
