@@ -40,8 +40,16 @@ _INVISIBLE = re.compile(f"[{_INVISIBLE_CLASS}]+")
 # Characters we strip that str.isprintable() still calls printable (letters and marks that
 # render blank). Every other stripped character is Cc/Cf, i.e. "not printable".
 _PRINTABLE_INVISIBLES = (
-    "\u034f", "\u115f", "\u1160", "\u17b4", "\u17b5", "\u180b", "\u180c", "\u180d",
-    "\u3164", "\uffa0",
+    "\u034f",
+    "\u115f",
+    "\u1160",
+    "\u17b4",
+    "\u17b5",
+    "\u180b",
+    "\u180c",
+    "\u180d",
+    "\u3164",
+    "\uffa0",
 )
 
 

@@ -59,9 +59,7 @@ def _message_text_len(i: int, content: Any, limits: InputLimits) -> tuple[int, i
     if not isinstance(content, list):
         raise _bad(f"messages[{i}].content must be a string or a list of content parts")
     if 0 < limits.max_parts_per_message < len(content):
-        raise _bad(
-            f"messages[{i}].content has more than {limits.max_parts_per_message} content parts"
-        )
+        raise _bad(f"messages[{i}].content has more than {limits.max_parts_per_message} content parts")
     chars = tokens = 0
     for j, part in enumerate(content):
         if not isinstance(part, Mapping) or not isinstance(part.get("type"), str):
@@ -86,9 +84,7 @@ def validate_chat(messages: Sequence[Any], limits: InputLimits) -> None:
     if not messages:
         raise _bad("messages must not be empty")
     if 0 < limits.max_messages < len(messages):
-        raise InputRejected(
-            "input_too_long", f"too many messages: the limit is {limits.max_messages}"
-        )
+        raise InputRejected("input_too_long", f"too many messages: the limit is {limits.max_messages}")
     total_chars = total_tokens = 0
     for i, msg in enumerate(messages):
         if not isinstance(msg, Mapping):
