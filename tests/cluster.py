@@ -68,7 +68,7 @@ class RedisClusterNodes:
             [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
              "--cluster-config-file", f"nodes-{port}.conf",
              "--cluster-node-timeout", str(self.node_timeout_ms), "--save", "",
-             "--appendonly", "no", "--dir", str(node_dir)],
+             "--appendonly", "no", "--dir", str(node_dir), "--logfile", "redis.log"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def _wait(self, what: str, ok: callable, timeout_s: float = 30.0) -> None:  # type: ignore[valid-type]
