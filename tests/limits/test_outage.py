@@ -77,7 +77,7 @@ async def _until_store_used(limiter: Limiter, deadline_s: float) -> float:
 @pytest.mark.parametrize("fault", ["stop", "freeze"])
 async def test_allow_policy_admits_within_the_fallback_share_and_recovers(
         own_redis: RedisProcess, fault: str) -> None:
-    """Redis down with `allow`: 10 of 100/min admitted locally, fast, counted; the store is used again after."""
+    """Redis down with `allow`: 10 of 100/min admitted locally, fast, counted; the store is used again."""
     metrics = Metrics()
     limiter = await _limiter(own_redis.url, "allow", metrics)
     await limiter.admit(principal(), "before")
