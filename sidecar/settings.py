@@ -129,6 +129,51 @@ class ConversationSettings:
 @dataclass(frozen=True, slots=True)
 class AbuseSettings:
     mode: Literal["enforce", "shadow"] = _f("enforce", "shadow: count suspects, never throttle or block")
+    enabled: bool = _f(True, "record and judge model-extraction signals (one store call per request)")
+    on_store_error: Literal["deny", "allow"] = _f(
+        "allow", "store down: allow (skip the abuse check, counted) or deny (503)")
+    window_s: int = _f(600, "sliding window of the per-window signals (a whole number of buckets)",
+                       min=10, max=86400)
+    bucket_s: int = _f(60, "time bucket of the window; window_s / bucket_s buckets are read per "
+                       "request", min=1, max=3600)
+    cooldown_s: float = _f(300.0, "how long a throttle or block lasts (the daily cap: to day's end)",
+                           min=0.1, max=86400)
+    throttle_per_minute: int = _f(6, "requests per minute a throttled key (or tenant) may still make",
+                                  min=0, max=100_000)
+    key_requests: int = _f(1200, "volume: requests per key per window (0 = off)", min=0)
+    key_distinct: int = _f(600, "distinct normalized prompts per key per window (0 = off)", min=0)
+    key_template: int = _f(24, "templated probing: distinct prompts of one key in one similarity "
+                           "bucket per window (0 = off)", min=0)
+    key_embedding_inputs: int = _f(20_000, "embedding inputs per key per window (0 = off)", min=0)
+    key_output_tokens: int = _f(400_000, "completion tokens per key per window (0 = off)", min=0)
+    key_daily_requests: int = _f(20_000, "requests per key per UTC day (0 = off)", min=0)
+    tenant_requests: int = _f(12_000, "volume: requests per tenant per window (0 = off)", min=0)
+    tenant_distinct: int = _f(6000, "distinct normalized prompts per tenant per window (0 = off)",
+                              min=0)
+    tenant_template: int = _f(240, "distinct prompts of a tenant in one similarity bucket per "
+                              "window (0 = off)", min=0)
+    tenant_embedding_inputs: int = _f(200_000, "embedding inputs per tenant per window (0 = off)",
+                                      min=0)
+    tenant_output_tokens: int = _f(4_000_000, "completion tokens per tenant per window (0 = off)",
+                                   min=0)
+    tenant_daily_requests: int = _f(200_000, "requests per tenant per UTC day (0 = off)", min=0)
+    volume_policy: Literal["off", "flag", "throttle", "block"] = _f(
+        "flag", "request volume over its threshold: off, flag, throttle or block")
+    distinct_policy: Literal["off", "flag", "throttle", "block"] = _f(
+        "flag", "distinct prompts over their threshold: off, flag, throttle or block")
+    template_policy: Literal["off", "flag", "throttle", "block"] = _f(
+        "flag", "templated probing: off, flag, throttle or block")
+    embeddings_policy: Literal["off", "flag", "throttle", "block"] = _f(
+        "flag", "embedding harvesting: off, flag, throttle or block")
+    output_policy: Literal["off", "flag", "throttle", "block"] = _f(
+        "flag", "output-token volume: off, flag, throttle or block")
+    daily_policy: Literal["off", "flag", "throttle", "block"] = _f(
+        "flag", "daily request cap: off, flag, throttle or block")
+
+    def __post_init__(self) -> None:
+        if self.window_s % self.bucket_s or not 1 <= self.window_s // self.bucket_s <= 60:
+            raise ConfigError("abuse.window_s: must be 1 to 60 whole buckets of abuse.bucket_s, "
+                              f"got {self.window_s} s / {self.bucket_s} s")
 
 
 @dataclass(frozen=True, slots=True)
