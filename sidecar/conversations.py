@@ -247,7 +247,7 @@ def decode_cursor(cursor: str) -> tuple[int, str] | None:
     if not 0 < len(cursor) <= 256:
         return None
     try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        text = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
     except (binascii.Error, ValueError):
         return None
     ms, _, conversation_id = text.partition(":")

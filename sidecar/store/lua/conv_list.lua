@@ -9,7 +9,8 @@
 -- ARGV[2] limit   conversations per page (>= 1)
 -- ARGV[3] cursor_ms  '' for the first page, else the `updated` (ms) of the last item shown
 -- ARGV[4] cursor_id  '' for the first page, else the id of the last item shown
--- Returns {more (1 | 0), then 6 per conversation: id, created, updated, count, bytes, key_id}
+-- Returns {more (1 | 0), then 6 per conversation: id, created, updated (the index score, ms),
+--          count, bytes, key_id}
 
 local index = KEYS[1]
 local ttl_ms = tonumber(ARGV[1])
@@ -46,7 +47,7 @@ for i = 1, #rows, 2 do
       shown = shown + 1
       out[#out + 1] = id
       out[#out + 1] = m[1]
-      out[#out + 1] = m[2]
+      out[#out + 1] = string.format('%d', score)  -- the index's time: what cursors compare
       out[#out + 1] = m[3] or '0'
       out[#out + 1] = m[4] or '0'
       out[#out + 1] = m[5] or ''
