@@ -1,0 +1,190 @@
+"""Model-extraction and abuse signals per key and per tenant, judged in one store call.
+
+`check` runs `abuse.lua` once per request, designed to go out in the same pipelined write as
+the limiter's admission (`asyncio.gather`), so together they cost one round trip. The script
+records the request in time buckets (requests, distinct prompts in HyperLogLogs, templated
+probing in min-hash buckets, embedding inputs, output tokens, a daily count) and compares the
+window's sums with the thresholds of `AbuseSettings`. Each signal has a policy: `flag` counts
+the suspect (`sidecar_abuse_suspects_total{signal}`) and logs one line per key and signal per
+window, without any prompt text; `throttle` and `block` start a cool-down on the key (or the
+tenant) that the script itself enforces. In `shadow` mode nothing is ever throttled or
+blocked, but suspects are counted and logged as in enforce mode.
+
+A store failure never blocks a request unless `on_store_error = "deny"`; every skipped check
+is counted (`sidecar_degraded_requests_total{feature="abuse"}`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sidecar.errors import AbuseDetected, RateLimitExceeded, StoreUnavailable
+from sidecar.guards.fingerprint import Features
+from sidecar.log import log_fields
+from sidecar.metrics import Metrics
+from sidecar.model import Principal
+from sidecar.settings import AbuseSettings
+from sidecar.store.redis import Store, StoreError
+
+log = logging.getLogger("sidecar.abuse")
+
+BREAKER_S = 0.5   # after a store failure, skip the abuse check this long (then probe once)
+MAX_BUCKETS = 8   # LSH bucket ids sent per request (fingerprint makes at most 4)
+_POLICY = {"off": 0, "flag": 1, "throttle": 2, "block": 3}
+_ALLOW = "allow"
+
+
+@dataclass(frozen=True, slots=True)
+class AbuseVerdict:
+    """What the abuse check decided for one request.
+
+    `action` is what the proxy must do: "allow", "throttle" (answer 429) or "block" (403).
+    `signals` are the tripped signals ("key:template", "tenant:volume", ...), `score` the
+    highest value/threshold ratio of any signal (1.0 = at a threshold). In shadow mode
+    `action` is always "allow" and `shadow_action` says what enforce mode would have done.
+    """
+
+    action: str = _ALLOW
+    signals: tuple[str, ...] = ()
+    score: float = 0.0
+    retry_after_s: int = 0
+    shadow_action: str = ""
+    degraded: bool = False  # the store did not answer; nothing was judged
+
+
+ALLOW = AbuseVerdict()
+
+
+def key_prefix(principal: Principal) -> str:
+    """Where a key's abuse state lives (the key's lineage: rotated keys share it)."""
+    return f"abuse:{{t:{principal.tenant}}}:k:{principal.limit_id}:"
+
+
+def tenant_prefix(tenant: str) -> str:
+    """Where a tenant's abuse state lives (same hash tag as its keys: one Cluster slot)."""
+    return f"abuse:{{t:{tenant}}}:tenant:"
+
+
+def enforce(verdict: AbuseVerdict) -> None:
+    """Raise the error the proxy answers with for a throttled or blocked request."""
+    if verdict.action == _ALLOW:
+        return
+    headers = {"Retry-After": str(verdict.retry_after_s)}
+    if verdict.action == "block":
+        raise AbuseDetected(headers=headers)
+    raise RateLimitExceeded(
+        "Requests from this API key are slowed down because of suspected abuse. "
+        f"Retry after {verdict.retry_after_s} s.", headers=headers)
+
+
+class AbuseService:
+    """Records and judges extraction signals; one instance per process."""
+
+    def __init__(self, store: Store, settings: AbuseSettings, metrics: Metrics, *,
+                 breaker_s: float = BREAKER_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.settings = settings
+        self.metrics = metrics
+        s = settings
+        self._nbuckets = s.window_s // s.bucket_s
+        # Everything but the per-request values, encoded once.
+        self._head = (s.mode, s.bucket_s, self._nbuckets, int(s.cooldown_s * 1000),
+                      s.throttle_per_minute)
+        self._tail = (
+            s.key_requests, s.key_distinct, s.key_template, s.key_embedding_inputs,
+            s.key_output_tokens, s.key_daily_requests,
+            s.tenant_requests, s.tenant_distinct, s.tenant_template, s.tenant_embedding_inputs,
+            s.tenant_output_tokens, s.tenant_daily_requests,
+            *(_POLICY[p] for p in (s.volume_policy, s.distinct_policy, s.template_policy,
+                                   s.embeddings_policy, s.output_policy, s.daily_policy)),
+        )
+        self._output_on = s.enabled and (s.key_output_tokens > 0 or s.tenant_output_tokens > 0) \
+            and s.output_policy != "off"
+        self._breaker_s = breaker_s
+        self._clock = clock
+        self._open_until = 0.0
+        self._probing = False
+
+    async def check(self, principal: Principal, features: Features) -> AbuseVerdict:
+        """Record one request and judge its key and tenant (one store call)."""
+        if not self.settings.enabled:
+            return ALLOW
+        if not self._use_store():
+            return self._degrade()
+        keys = (key_prefix(principal), tenant_prefix(principal.tenant))
+        args = (*self._head, features.prompt_hash, features.inputs, *self._tail,
+                *features.buckets[:MAX_BUCKETS])
+        try:
+            reply = await self.store.run("abuse", keys, args)
+        except StoreError:
+            self._failed("abuse_check")
+            return self._degrade()
+        finally:
+            self._probing = False
+        self._open_until = 0.0
+        return self._verdict(principal, reply)
+
+    async def record_output(self, principal: Principal, tokens: int) -> None:
+        """Add a response's completion tokens to its key and tenant (call after the response)."""
+        if not self._output_on or tokens <= 0 or not self._use_store():
+            return
+        keys = (key_prefix(principal), tenant_prefix(principal.tenant))
+        try:
+            await self.store.run("abuse_output", keys,
+                                 (self.settings.bucket_s, self._nbuckets, int(tokens)))
+        except StoreError:
+            self._failed("abuse_output")
+        finally:
+            self._probing = False
+
+    # -- reply ------------------------------------------------------------------------------
+    def _verdict(self, principal: Principal, reply: Any) -> AbuseVerdict:
+        action = _text(reply[0])
+        retry_ms = int(reply[1])
+        score = int(reply[2]) / 1000
+        signals = tuple(_text(reply[3]).split(",")) if reply[3] else ()
+        if reply[4]:
+            self._report(principal, _text(reply[4]).split(","), score)
+        retry_s = max(1, math.ceil(retry_ms / 1000)) if action != _ALLOW else 0
+        if self.settings.mode == "shadow":
+            return AbuseVerdict(_ALLOW, signals, score, 0, action if action != _ALLOW else "")
+        return AbuseVerdict(action, signals, score, retry_s)
+
+    def _report(self, principal: Principal, fresh: list[str], score: float) -> None:
+        """Count and log a suspect once per key (or tenant) and signal per window."""
+        for signal in fresh:
+            self.metrics.abuse_suspects.labels(signal).inc()
+            level, _, name = signal.partition(":")
+            log_fields(log, logging.WARNING, "abuse suspect", signal=name, scope=level,
+                       tenant=principal.tenant,
+                       key_id=principal.key_id if level == "key" else None,
+                       score=score, mode=self.settings.mode)
+
+    # -- store failure policy ---------------------------------------------------------------
+    def _use_store(self) -> bool:
+        if not self._open_until:
+            return True
+        if self._probing or self._clock() < self._open_until:
+            return False
+        self._probing = True  # this call is the one probe of the half-open breaker
+        return True
+
+    def _failed(self, op: str) -> None:
+        self.metrics.store_errors.labels(op).inc()
+        self._open_until = self._clock() + self._breaker_s
+
+    def _degrade(self) -> AbuseVerdict:
+        if self.settings.on_store_error == "deny":
+            raise StoreUnavailable(headers={"Retry-After": "1"})
+        self.metrics.degraded_requests.labels("abuse").inc()
+        return AbuseVerdict(degraded=True)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
