@@ -61,6 +61,10 @@ async def _start_site(runner: web.AppRunner, listen: str, reuse_port: bool) -> N
 
 async def run_listeners(settings: Settings, *, reuse_port: bool, run_mock: bool) -> int:
     """Serve until SIGTERM/SIGINT, then drain and return the exit status."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before listening: no signal may go unhandled
+        loop.add_signal_handler(sig, stop.set)
     mock_runner: web.AppRunner | None = None
     if run_mock:
         port = free_port()
@@ -90,10 +94,6 @@ async def run_listeners(settings: Settings, *, reuse_port: bool, run_mock: bool)
                metrics=settings.metrics.listen, upstream=settings.upstream.url,
                store=settings.store.url.split("@")[-1])
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
 
     log_fields(log, logging.INFO, "draining", grace_s=settings.shutdown_grace_s)
@@ -109,6 +109,8 @@ async def run_listeners(settings: Settings, *, reuse_port: bool, run_mock: bool)
 
 
 def _worker(settings: Settings, run_mock: bool) -> None:
+    # A SIGTERM while the worker is still starting (nothing accepted yet) ends it cleanly.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     setup_logging(settings.log.level)
     _install_event_loop_policy()
     sys.exit(asyncio.run(run_listeners(settings, reuse_port=True, run_mock=run_mock)))
@@ -157,7 +159,10 @@ def _serve_workers(settings: Settings, run_mock: bool) -> int:
     for worker in workers:
         worker.start()
 
+    stopping: list[int] = []
+
     def forward(signum: int, _frame: object) -> None:
+        stopping.append(signum)
         for worker in workers:
             if worker.pid is not None and worker.is_alive():
                 os.kill(worker.pid, signum)
@@ -167,7 +172,10 @@ def _serve_workers(settings: Settings, run_mock: bool) -> int:
     status = 0
     for worker in workers:
         worker.join()
-        status = status or (worker.exitcode or 0)
+        code = worker.exitcode or 0
+        if stopping and code == -signal.SIGTERM:
+            code = 0  # stopped by our SIGTERM before it had started serving: nothing was lost
+        status = status or code
         if worker.pid is not None:
             multiprocess.mark_process_dead(worker.pid, metrics_dir)  # type: ignore[no-untyped-call]
     if mock is not None:

@@ -50,6 +50,7 @@ class Store:
         self._script_load = (lambda src: fast.execute("SCRIPT", "LOAD", src)) if fast is not None \
             else client.script_load
         self.fast = fast
+        self._loading: dict[str, asyncio.Future[Any]] = {}
 
     @property
     def is_memory(self) -> bool:
@@ -63,13 +64,22 @@ class Store:
                 try:
                     return await self._evalsha("EVALSHA", script.sha, len(keys), *keys, *args)
                 except NoScriptError:
-                    # Emptied by SCRIPT FLUSH, a restart or a failover: load it and run it once more.
-                    await self._script_load(script.source)
+                    # Emptied by SCRIPT FLUSH, a restart or a failover: load it (once, however many
+                    # callers saw NOSCRIPT at the same time) and run it once more.
+                    await self._reload(script)
                     return await self._evalsha("EVALSHA", script.sha, len(keys), *keys, *args)
         except TimeoutError as exc:
             raise StoreError(f"store call {name!r} timed out") from exc
         except (RedisError, OSError) as exc:
             raise StoreError(f"store call {name!r} failed: {type(exc).__name__}") from exc
+
+    async def _reload(self, script: Script) -> None:
+        pending = self._loading.get(script.name)
+        if pending is None:
+            pending = asyncio.ensure_future(self._script_load(script.source))
+            self._loading[script.name] = pending
+            pending.add_done_callback(lambda _: self._loading.pop(script.name, None))
+        await asyncio.shield(pending)
 
     async def _client_evalsha(self, _command: str, sha: str, numkeys: int, *rest: KeyOrArg) -> Any:
         return await self.client.evalsha(sha, numkeys, *rest)
@@ -131,6 +141,9 @@ async def connect(settings: StoreSettings) -> Store:
     }
     if scheme.endswith("+cluster"):
         url = urlunsplit((scheme.removesuffix("+cluster"), *parts[1:]))
+        # One retry on a dropped connection: redis-py's cluster client sees the server close
+        # fresh connections now and then; our scripts are idempotent per request id.
+        common["retry"] = Retry(NoBackoff(), 1)
         client: Any = RedisCluster.from_url(url, max_connections=settings.max_connections, **common)
         return Store(client, timeout_s=settings.timeout_s, kind="cluster")
     pool = aioredis.BlockingConnectionPool.from_url(

@@ -56,8 +56,8 @@ async def test_readyz_follows_the_store(tmp_path_factory: pytest.TempPathFactory
     redis = RedisProcess(tmp_path_factory.mktemp("redis-ready"))
     redis.start()
     sidecar = SidecarProcess({"SIDECAR_STORE_URL": redis.url, "SIDECAR_STORE_TIMEOUT_S": "0.2"})
-    await sidecar.start()
     try:
+        await sidecar.start()
         async with aiohttp.ClientSession() as session:
             redis.stop()
             async with session.get(sidecar.metrics_url + "/readyz") as response:
@@ -68,8 +68,8 @@ async def test_readyz_follows_the_store(tmp_path_factory: pytest.TempPathFactory
             async with session.get(sidecar.metrics_url + "/readyz") as response:
                 assert response.status == 200
     finally:
-        status, _ = await sidecar.stop()
         redis.stop()
+        status, _ = await sidecar.stop()
     assert status == 0
 
 
