@@ -25,7 +25,7 @@ from tests.abuse.workloads import (
 )
 
 # Bounds asserted here and reported in docs/abuse.md.
-TEMPLATE_FLAG_BOUND = 150     # requests of a five-template scraper before it is flagged
+TEMPLATE_FLAG_BOUND = 200     # requests of a five-template scraper before it is flagged (94-159)
 EMBEDDING_FLAG_BOUND = 200    # requests of 100 inputs before harvesting is flagged
 
 
