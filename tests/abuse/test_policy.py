@@ -127,7 +127,7 @@ async def test_every_key_has_a_ttl_and_the_tenant_tag(make_service: ServiceFacto
         await service.check(P, fingerprint(text, 3))
     await service.record_output(P, 500)
     client = redis.Redis.from_url(redis_url)
-    keys = client.keys("*")
+    keys: list[bytes] = client.keys("*")  # type: ignore[assignment]
     assert len(keys) >= 8
     assert all(k.startswith(b"abuse:{t:acme}:") for k in keys)
     assert all(client.pttl(k) > 0 for k in keys)
