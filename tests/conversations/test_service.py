@@ -3,8 +3,9 @@ caps (oldest trimmed first), TTLs, idempotent turns, keys and their hash tags.""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-import redis
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -80,7 +81,8 @@ async def test_byte_cap_trims_oldest_first(make_service: ServiceFactory,
     assert conversation is not None
     texts = [m.payload["content"][0] for m in conversation.messages]
     assert texts == [str(n) for n in range(10 - len(texts), 10)] and len(texts) >= 2
-    stored = redis_proc.client().hgetall(conversation_key("t1", "c1"))
+    client: Any = redis_proc.client()
+    stored = client.hgetall(conversation_key("t1", "c1"))
     sizes = {int(k[2:]): len(v) for k, v in stored.items() if k.startswith(b"m:")}
     assert conversation.summary.bytes == sum(sizes.values()) <= 1024
     one = max(sizes.values())
@@ -97,7 +99,7 @@ async def test_every_key_has_a_ttl_and_the_tenant_hash_tag(make_service: Service
             await service.append(tenant, "k", conv, [user("x"), assistant("y")], f"req_{conv}")
         await service.list(tenant)
         await service.delete(tenant, "b")
-    client = redis_proc.client()
+    client: Any = redis_proc.client()
     keys = list(client.scan_iter(count=1000))
     assert len(keys) == 6  # two conversations and one index per tenant
     for key in keys:
@@ -135,7 +137,7 @@ async def test_listing_with_equal_update_times_pages_without_gaps(make_service: 
                                                                    redis_proc: RedisProcess) -> None:
     """Conversations sharing one `updated` time still page exactly once each."""
     service = await make_service()
-    client = redis_proc.client()
+    client: Any = redis_proc.client()
     ids = [f"c{n}" for n in range(5)]
     for conv in ids:
         await service.append("t1", "k", conv, [user("x")], "req_" + conv)

@@ -53,7 +53,7 @@ def build_machine(redis_proc: RedisProcess, encrypted: bool) -> type[RuleBasedSt
 
         @rule(tenant=st.sampled_from(TENANTS), conv=st.sampled_from(IDS), key=st.integers(0, 1),
               flags=st.lists(st.booleans(), min_size=1, max_size=3))
-        def store(self, tenant: str, conv: str, key: int, flags: list[bool]) -> None:
+        def store_turn(self, tenant: str, conv: str, key: int, flags: list[bool]) -> None:
             texts = [(self.text(tenant, conv), flag) for flag in flags]
             messages = [NewMessage.of({"role": "user", "content": t}, 0.9 if f else 0.1, f)
                         for t, f in texts]
@@ -107,7 +107,7 @@ def build_machine(redis_proc: RedisProcess, encrypted: bool) -> type[RuleBasedSt
 
         @invariant()
         def every_key_is_a_live_tenant_key_with_a_ttl(self) -> None:
-            client = redis_proc.client()
+            client: Any = redis_proc.client()
             for key in client.scan_iter(count=1000):
                 text = key.decode()
                 assert any(f"{{t:{t}}}" in text for t in TENANTS)
