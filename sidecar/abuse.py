@@ -104,6 +104,9 @@ class AbuseService:
             *(_POLICY[p] for p in (s.volume_policy, s.distinct_policy, s.template_policy,
                                    s.embeddings_policy, s.output_policy, s.daily_policy)),
         )
+        self._tenant_on = any((s.tenant_requests, s.tenant_distinct, s.tenant_template,
+                               s.tenant_embedding_inputs, s.tenant_output_tokens,
+                               s.tenant_daily_requests))
         self._output_on = s.enabled and (s.key_output_tokens > 0 or s.tenant_output_tokens > 0) \
             and s.output_policy != "off"
         self._breaker_s = breaker_s
@@ -117,7 +120,7 @@ class AbuseService:
             return ALLOW
         if not self._use_store():
             return self._degrade()
-        keys = (key_prefix(principal), tenant_prefix(principal.tenant))
+        keys = self._keys(principal)
         args = (*self._head, features.prompt_hash, features.inputs, *self._tail,
                 *features.buckets[:MAX_BUCKETS])
         try:
@@ -134,7 +137,7 @@ class AbuseService:
         """Add a response's completion tokens to its key and tenant (call after the response)."""
         if not self._output_on or tokens <= 0 or not self._use_store():
             return
-        keys = (key_prefix(principal), tenant_prefix(principal.tenant))
+        keys = self._keys(principal)
         try:
             await self.store.run("abuse_output", keys,
                                  (self.settings.bucket_s, self._nbuckets, int(tokens)))
@@ -142,6 +145,10 @@ class AbuseService:
             self._failed("abuse_output")
         finally:
             self._probing = False
+
+    def _keys(self, principal: Principal) -> tuple[str, str]:
+        tenant = tenant_prefix(principal.tenant) if self._tenant_on else ""
+        return key_prefix(principal), tenant
 
     # -- reply ------------------------------------------------------------------------------
     def _verdict(self, principal: Principal, reply: Any) -> AbuseVerdict:

@@ -134,7 +134,7 @@ class AbuseSettings:
         "allow", "store down: allow (skip the abuse check, counted) or deny (503)")
     window_s: int = _f(600, "sliding window of the per-window signals (a whole number of buckets)",
                        min=10, max=86400)
-    bucket_s: int = _f(60, "time bucket of the window; window_s / bucket_s buckets are read per "
+    bucket_s: int = _f(120, "time bucket of the window; window_s / bucket_s buckets are read per "
                        "request", min=1, max=3600)
     cooldown_s: float = _f(300.0, "how long a throttle or block lasts (the daily cap: to day's end)",
                            min=0.1, max=86400)

@@ -67,7 +67,7 @@ def _shingle_hashes(view: str) -> list[int]:
     if view.isascii():
         words: Iterable[bytes] = view.encode("ascii").translate(_PUNCT).split()
     else:
-        words = (w.encode() for w in tokenize(view))
+        words = (w.encode("utf-8", "surrogatepass") for w in tokenize(view))
     out: list[int] = []
     add = out.append
     prev = 0
@@ -116,5 +116,5 @@ def fingerprint(text: str, inputs: int = 0) -> Features:
     normalized = normalize_prompt(text)
     if not normalized:
         return Features("", (), max(0, inputs))
-    digest = hashlib.blake2b(normalized.encode(), digest_size=8).hexdigest()
+    digest = hashlib.blake2b(normalized.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
     return Features(digest, lsh_buckets(normalized), max(0, inputs))

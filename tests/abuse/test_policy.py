@@ -158,3 +158,17 @@ async def test_disabled_service_touches_nothing(make_service: ServiceFactory,
     assert await service.check(P, fingerprint("hi")) == AbuseVerdict()
     await service.record_output(P, 100)
     assert redis.Redis.from_url(redis_url).keys("*") == []
+
+
+TENANT_OFF = {f"tenant_{name}": 0 for name in ("requests", "distinct", "template", "embedding_inputs",
+                                                "output_tokens", "daily_requests")}
+
+
+async def test_tenant_off_tracks_only_the_key(make_service: ServiceFactory, redis_url: str) -> None:
+    """With every tenant threshold off only the key's state is kept, and key signals still trip."""
+    service = await make_service(key_output_tokens=1000, **TENANT_OFF)
+    await service.check(P, fingerprint("first"))
+    await service.record_output(P, 1500)
+    assert (await service.check(P, fingerprint("second"))).signals == ("key:output",)
+    keys: list[bytes] = redis.Redis.from_url(redis_url).keys("*")  # type: ignore[assignment]
+    assert keys and all(k.startswith(b"abuse:{t:acme}:k:scraper:") for k in keys)

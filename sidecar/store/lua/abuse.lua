@@ -4,7 +4,8 @@
 -- Per entity (the key, then the tenant) under prefix P, all keys with a TTL:
 --   P..'w:'..b     hash per time bucket b = floor(now_s / bucket_s): n requests, e embedding
 --                  inputs, o output tokens (abuse_output.lua), d prompts new to the bucket,
---                  'b'..id distinct prompts that fell into LSH bucket id
+--                  'b'..id distinct prompts that fell into LSH bucket id, x/X the kept
+--                  exact distinct count (see distinct())
 --   P..'h:'..b     HyperLogLog of prompt hashes of bucket b (PFCOUNT over the window = distinct)
 --   P..'day:'..d   requests on UTC day d (Redis time)
 --   P..'cool'      hash a = "throttle" | "block", s = signals: a cool-down in force (PTTL left)
@@ -12,7 +13,8 @@
 --   P..'rep'       hash signal -> window epoch it was last reported in (report once a window)
 --
 -- KEYS[1] key prefix     e.g. abuse:{t:acme}:k:<key id>:
--- KEYS[2] tenant prefix  e.g. abuse:{t:acme}:tenant:   (same hash tag: same Cluster slot)
+-- KEYS[2] tenant prefix  e.g. abuse:{t:acme}:tenant:   (same hash tag: same Cluster slot);
+--                        "" when every tenant threshold is off (the tenant is not tracked)
 -- ARGV[1] mode           "enforce" | "shadow" (shadow: judge and report, never cool down)
 -- ARGV[2] bucket_s       seconds per bucket
 -- ARGV[3] nbuckets       buckets per window (the current, partial one included)
@@ -51,7 +53,8 @@ local day = math.floor(now_s / 86400)
 local window_s = bucket_s * nbuckets
 local ttl_s = window_s + bucket_s
 local shadow = mode == 'shadow'
-local entities = {{prefix = KEYS[1], level = 'key', thr = 7}, {prefix = KEYS[2], level = 'tenant', thr = 13}}
+local entities = {{prefix = KEYS[1], level = 'key', thr = 7}}
+if KEYS[2] ~= '' then entities[2] = {prefix = KEYS[2], level = 'tenant', thr = 13} end
 
 -- 1. A cool-down in force: block at once, or admit up to throttle_rpm a minute. Neither records.
 local throttled = {}
@@ -80,13 +83,13 @@ end
 -- 2. Record this request in the current bucket and the day, for both entities.
 local function record(prefix)
   local w = prefix .. 'w:' .. cur
+  local h = prefix .. 'h:' .. cur
   local new = 0
-  if phash ~= '' then
-    local h = prefix .. 'h:' .. cur
-    new = redis.call('PFADD', h, phash)
-    if new == 1 then redis.call('EXPIRE', h, ttl_s) end
+  if phash ~= '' then new = redis.call('PFADD', h, phash) else redis.call('PFADD', h) end
+  if redis.call('HINCRBY', w, 'n', 1) == 1 then
+    redis.call('EXPIRE', w, ttl_s)
+    redis.call('EXPIRE', h, ttl_s)
   end
-  if redis.call('HINCRBY', w, 'n', 1) == 1 then redis.call('EXPIRE', w, ttl_s) end
   if inputs > 0 then redis.call('HINCRBY', w, 'e', inputs) end
   if new == 1 then
     redis.call('HINCRBY', w, 'd', 1)
@@ -117,11 +120,24 @@ local function window(prefix)
   return n, d, template, e, o
 end
 
--- Exact distinct count over the window's HyperLogLogs (only asked when the bound reaches it).
-local function distinct(prefix)
+-- Distinct prompts over the window, exactly (PFCOUNT over the window's HyperLogLogs), asked
+-- only when the cheap bound (the sum of prompts new to their bucket) reaches the threshold.
+-- A multi-key PFCOUNT merges registers (~100 us for a dense HyperLogLog), so its answer is kept
+-- in the current bucket (x: bound at which to ask again, X: the count; x = -1: over the
+-- threshold). Within one bucket the window's buckets are fixed and the count only grows, by at
+-- most as much as the bound, so the kept answer stays right until the bound has grown by the
+-- gap to the threshold; the next bucket asks afresh.
+local function distinct(prefix, bound, limit)
+  local w = prefix .. 'w:' .. cur
+  local kept = redis.call('HMGET', w, 'x', 'X')
+  local again = tonumber(kept[1])
+  if again and (again == -1 or bound < again) then return tonumber(kept[2]) end
   local keys = {}
   for b = 0, nbuckets - 1 do keys[#keys + 1] = prefix .. 'h:' .. (cur - b) end
-  return redis.call('PFCOUNT', unpack(keys))
+  local exact = redis.call('PFCOUNT', unpack(keys))
+  if exact >= limit then again = -1 else again = bound + limit - exact end
+  redis.call('HSET', w, 'x', again, 'X', exact)
+  return exact
 end
 
 local function forget_window(prefix)
@@ -145,7 +161,7 @@ for i, ent in ipairs(entities) do
     local policy = tonumber(ARGV[19 + s])
     if limit > 0 and policy > 0 then
       local v = values[s]
-      if s == 2 and v >= limit then v = distinct(ent.prefix) end
+      if s == 2 and v >= limit then v = distinct(ent.prefix, v, limit) end
       if v * 1000 / limit > score then score = math.floor(v * 1000 / limit) end
       if v >= limit then
         local name = ent.level .. ':' .. NAMES[s]

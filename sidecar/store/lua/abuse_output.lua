@@ -2,7 +2,7 @@
 -- Called once after a response (off the request's critical path); abuse.lua reads the sum.
 --
 -- KEYS[1] key prefix     e.g. abuse:{t:acme}:k:<key id>:
--- KEYS[2] tenant prefix  e.g. abuse:{t:acme}:tenant:
+-- KEYS[2] tenant prefix  e.g. abuse:{t:acme}:tenant:  ("": the tenant is not tracked)
 -- ARGV[1] bucket_s       seconds per bucket (as abuse.lua)
 -- ARGV[2] nbuckets       buckets per window (as abuse.lua)
 -- ARGV[3] tokens         completion tokens of the response (integer, > 0)
@@ -15,9 +15,11 @@ local t = redis.call('TIME')
 local cur = math.floor(tonumber(t[1]) / bucket_s)
 local ttl_s = bucket_s * (nbuckets + 1)
 local out = 0
-for i = 2, 1, -1 do
-  local w = KEYS[i] .. 'w:' .. cur
-  out = redis.call('HINCRBY', w, 'o', tokens)
-  if redis.call('TTL', w) < 0 then redis.call('EXPIRE', w, ttl_s) end
+for i = #KEYS, 1, -1 do
+  if KEYS[i] ~= '' then
+    local w = KEYS[i] .. 'w:' .. cur
+    out = redis.call('HINCRBY', w, 'o', tokens)
+    if redis.call('TTL', w) < 0 then redis.call('EXPIRE', w, ttl_s) end
+  end
 end
 return out
