@@ -133,6 +133,10 @@ def main() -> None:
                 client.config_resetstat()
                 asyncio.run(measure(url, "check", 32, args.seconds / 2, settings, keys))
                 print(f"redis time per abuse.lua call ({label}): {script_usec(url):.1f} us")
+            client.flushall()
+            client.config_resetstat()
+            asyncio.run(measure(url, "admit", 32, args.seconds / 2, AbuseSettings()))
+            print(f"redis time per admit.lua call (for comparison): {script_usec(url):.1f} us")
         finally:
             if proc is not None:
                 proc.terminate()
