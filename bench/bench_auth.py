@@ -7,6 +7,7 @@ processes, then measures p50/p99 of valid requests idle and during the attack (i
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import statistics
 import subprocess
@@ -80,10 +81,9 @@ async def main() -> None:
          process([sys.executable, "-m", "sidecar", "mock-upstream", "--port", str(mock_port)]), \
          process([sys.executable, "-m", "sidecar", "serve"], env=env):
         wait_http(f"http://127.0.0.1:{metrics}/readyz")
-        created = subprocess.run([sys.executable, "-m", "sidecar", "keys", "create", "--tenant", "bench",
-                                  "--json"], env={**os.environ, **env}, capture_output=True, check=True)
-        import json
-
+        created = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "sidecar", "keys", "create", "--tenant", "bench",
+                             "--json"], env={**os.environ, **env}, capture_output=True, check=True)
         record = json.loads(created.stdout)
         key, key_id = record["key"], record["key_id"]
         url = f"http://127.0.0.1:{port}/v1/models"

@@ -12,8 +12,10 @@ from time import perf_counter
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from sidecar.abuse import AbuseService
 from sidecar.admin import create_admin_app
 from sidecar.appstate import (
+    ABUSE,
     AUTH,
     BACKGROUND,
     CONTEXT,
@@ -37,6 +39,7 @@ from sidecar.limits.limiter import Limiter
 from sidecar.log import log_fields
 from sidecar.metrics import Metrics, scrape_registry
 from sidecar.proxy.context import RequestContext
+from sidecar.proxy.conversations_api import add_conversation_routes, setup_conversations
 from sidecar.proxy.guarding import InputGuard, OutputGuard
 from sidecar.proxy.relay import error_response, plain_error
 from sidecar.proxy.routes import ROUTE_OF_RESOURCE, add_routes
@@ -133,7 +136,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> web.Applic
     app[OUTPUT_GUARD] = OutputGuard(settings.output, settings.upstream_key, settings.admin.token)
     app[BACKGROUND] = Background()
     app.cleanup_ctx.append(_services)
+    setup_conversations(app)
     add_routes(app)
+    add_conversation_routes(app)
     return app
 
 
@@ -150,6 +155,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     auth = Authenticator(store, hasher, a)
     app[AUTH] = auth
     app[LIMITER] = Limiter(store, settings.limits, app[METRICS])
+    app[ABUSE] = AbuseService(store, settings.abuse, app[METRICS])
     if store.is_memory and a.demo_key:
         await _print_demo_key(auth)
     stop = asyncio.Event()

@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from sidecar.abuse import AbuseService
 from sidecar.auth.apikeys import Authenticator
 from sidecar.limits.limiter import Limiter
 from sidecar.metrics import Metrics
@@ -42,6 +43,7 @@ SETTINGS = web.AppKey("settings", Settings)
 INPUT_GUARD = web.AppKey("input_guard", InputGuard)
 OUTPUT_GUARD = web.AppKey("output_guard", OutputGuard)
 LIMITER = web.AppKey("limiter", Limiter)
+ABUSE = web.AppKey("abuse", AbuseService)
 BACKGROUND = web.AppKey("background", Background)
 METRICS = web.AppKey("metrics", Metrics)
 STORE = web.AppKey("store", Store)

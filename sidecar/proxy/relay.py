@@ -17,6 +17,7 @@ from aiohttp import web
 
 from sidecar.errors import OutputBlocked, SidecarError, UpstreamError, UpstreamTimeout, error_body
 from sidecar.proxy.context import RequestContext
+from sidecar.proxy.conversations_api import ReplyCollector
 from sidecar.proxy.openai import DONE_EVENT, SSEDecoder, encode_event
 from sidecar.proxy.response import ResponseProcessor
 from sidecar.proxy.upstream import Upstream
@@ -39,6 +40,7 @@ def _passed_headers(upstream_response: aiohttp.ClientResponse, ctx: RequestConte
 async def relay_whole(
     upstream: Upstream, upstream_response: aiohttp.ClientResponse, ctx: RequestContext,
     processor: ResponseProcessor | None = None, extra_headers: Mapping[str, str] | None = None,
+    collector: ReplyCollector | None = None,
 ) -> web.Response:
     """A non-streamed answer: 2xx relayed (after the output guards), provider 4xx relayed
     scrubbed, anything else 502."""
@@ -66,6 +68,8 @@ async def relay_whole(
         raise UpstreamError() from None
     if processor is not None and processor.on_json(obj):
         raw = orjson.dumps(obj)
+    if collector is not None:
+        collector.from_json(obj)
     return web.Response(body=raw, status=status, content_type="application/json", headers=headers)
 
 
@@ -81,6 +85,7 @@ async def relay_stream(
     ctx: RequestContext,
     processor: ResponseProcessor,
     extra_headers: Mapping[str, str] | None = None,
+    collector: ReplyCollector | None = None,
 ) -> web.StreamResponse:
     """Forward SSE events as they arrive (through the output guards); end in a well-formed
     error event if the provider fails or the output policy blocks."""
@@ -91,6 +96,11 @@ async def relay_stream(
     response.content_type = "text/event-stream"
     response.headers["Cache-Control"] = "no-cache"
     await response.prepare(request)
+    async def write(data: bytes) -> None:
+        if collector is not None:
+            collector.feed(data)  # what the client receives is what a conversation stores
+        await response.write(data)
+
     decoder = SSEDecoder()
     saw_done = False
     failure: SidecarError | None = None
@@ -111,13 +121,13 @@ async def relay_stream(
                     if processor.blocked:
                         break
                 if out:
-                    await response.write(b"".join(out))
+                    await write(b"".join(out))
                 if processor.blocked or saw_done:
                     break
         if not processor.blocked:
             for event in decoder.flush():
                 saw_done = saw_done or event == b"data: [DONE]"
-                await response.write(processor.on_event(event))
+                await write(processor.on_event(event))
         if processor.blocked:
             failure = OutputBlocked()
         elif not saw_done:
@@ -134,8 +144,8 @@ async def relay_stream(
     if failure is not None:
         ctx.reason = failure.code
         if not processor.blocked:
-            await response.write(processor.flush())
-        await response.write(stream_error_event(failure, ctx.request_id))
+            await write(processor.flush())
+        await write(stream_error_event(failure, ctx.request_id))
     await response.write_eof()
     return response
 

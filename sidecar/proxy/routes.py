@@ -5,13 +5,16 @@ The order of the checks is written out once, here, as plain sequential code.
 
 from __future__ import annotations
 
+import asyncio
 from time import perf_counter
 from urllib.parse import quote
 
 import orjson
 from aiohttp import web
 
+from sidecar.abuse import enforce
 from sidecar.appstate import (
+    ABUSE,
     AUTH,
     BACKGROUND,
     CONTEXT,
@@ -22,12 +25,21 @@ from sidecar.appstate import (
     SETTINGS,
     UPSTREAM,
 )
-from sidecar.errors import InsufficientScope, NotFound
+from sidecar.errors import InsufficientScope, NotFound, SidecarError
+from sidecar.guards.fingerprint import Features, fingerprint
 from sidecar.limits.limiter import Admission
 from sidecar.limits.tokens import estimate_tokens
 from sidecar.model import Principal
 from sidecar.proxy.body import check_content_headers, read_body
 from sidecar.proxy.context import RequestContext
+from sidecar.proxy.conversations_api import (
+    CONVERSATION_RESOURCES,
+    ReplyCollector,
+    begin_turn,
+    conversation_request,
+    finish_turn,
+    message_text,
+)
 from sidecar.proxy.openai import ParsedRequest, parse_body
 from sidecar.proxy.relay import relay_stream, relay_whole
 from sidecar.proxy.response import ResponseProcessor
@@ -38,7 +50,8 @@ POST_ROUTES = {
     "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
 }
-ROUTE_OF_RESOURCE = {**POST_ROUTES, "/v1/models": "models", "/v1/models/{model}": "models"}
+ROUTE_OF_RESOURCE = {**POST_ROUTES, "/v1/models": "models", "/v1/models/{model}": "models",
+                     **CONVERSATION_RESOURCES}
 
 
 def presented_key(request: web.Request) -> str | None:
@@ -71,27 +84,73 @@ async def handle_model_call(request: web.Request) -> web.StreamResponse:
     check_content_headers(request)
     raw = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
     parsed = parse_body(ctx.route, raw, settings.max_json_depth)
+    conversation = conversation_request(request.headers, ctx.route)
     # 5. input guards: validate, sanitize, injection, optional PII redaction; prepare output scan.
     changed = app[INPUT_GUARD].check(parsed, ctx)
+    turn = await begin_turn(app, principal, conversation, parsed) if conversation else None
+    changed = changed or bool(turn and turn.replayed)
     scan, canary_placed = app[OUTPUT_GUARD].prepare(parsed)
     strip_usage = ask_for_stream_usage(parsed)
     body = orjson.dumps(parsed.body) if changed or canary_placed or strip_usage else raw
-    # 6. limits: one script call admits against every applicable limit, reserving tokens.
+    # 6-7. limits and abuse: two scripts issued together, so they share one write and one
+    # round trip on the store's pipelined connection.
     estimate = estimate_tokens(ctx.route, parsed.body, settings.limits)
-    admission = await app[LIMITER].admit(principal, ctx.request_id, estimate)
+    admission = await admit_and_judge(app, principal, ctx, parsed, estimate)
     # 8. upstream; 9. output guards inside the relay; 10. settlement.
     processor = ResponseProcessor(ctx.route, scan, app[METRICS], strip_usage)
+    collector = ReplyCollector() if turn else None
     settled = False
     try:
-        result = await forward(request, ctx, body, parsed.stream, processor, admission.headers)
+        result = await forward(request, ctx, body, parsed.stream, processor, admission.headers,
+                               collector)
         settled = True
-        await settle(app, admission, processor, estimate, failed=bool(ctx.reason))
+        await settle(app, principal, admission, processor, estimate, failed=bool(ctx.reason))
+        if turn and collector and not ctx.reason and result.status == 200:
+            # Stored as the client received it (after output redaction); never fails the reply.
+            await finish_turn(app, turn, ctx.request_id, collector)
         return result
     except BaseException:
         if not settled:
             # Shielded from the client's disconnect: usage streamed so far is still charged.
-            app[BACKGROUND].start(settle(app, admission, processor, estimate, failed=True))
+            app[BACKGROUND].start(settle(app, principal, admission, processor, estimate,
+                                         failed=True))
         raise
+
+
+async def admit_and_judge(app: web.Application, principal: Principal, ctx: RequestContext,
+                          parsed: ParsedRequest, estimate: int) -> Admission:
+    """Admission and the model-extraction check together; an abuse refusal wins."""
+    admitted, verdict = await asyncio.gather(
+        app[LIMITER].admit(principal, ctx.request_id, estimate),
+        app[ABUSE].check(principal, request_features(parsed)), return_exceptions=True)
+    if isinstance(verdict, BaseException):
+        if isinstance(admitted, Admission):
+            await app[LIMITER].refund(admitted)
+        raise verdict
+    try:
+        enforce(verdict)
+    except SidecarError:
+        if isinstance(admitted, Admission):
+            await app[LIMITER].refund(admitted)
+        raise
+    if isinstance(admitted, BaseException):
+        raise admitted
+    return admitted
+
+
+def request_features(parsed: ParsedRequest) -> Features:
+    """What the extraction signals look at: the caller's own question, not system prompts or
+    history (or every app would look templated); for embeddings, the first inputs."""
+    body = parsed.body
+    if parsed.route == "chat":
+        users = [m for m in body["messages"] if isinstance(m, dict) and m.get("role") == "user"]
+        return fingerprint(message_text(users[-1]) if users else "")
+    if parsed.route == "completions":
+        prompt = body["prompt"]
+        return fingerprint(prompt if isinstance(prompt, str) else " ".join(map(str, prompt[:16])))
+    inputs = body["input"]
+    items = [inputs] if isinstance(inputs, str) else inputs
+    return fingerprint("\n".join(str(i) for i in items[:16]), inputs=len(items))
 
 
 def ask_for_stream_usage(parsed: ParsedRequest) -> bool:
@@ -108,19 +167,20 @@ def ask_for_stream_usage(parsed: ParsedRequest) -> bool:
 
 
 async def forward(request: web.Request, ctx: RequestContext, body: bytes, stream: bool,
-                  processor: ResponseProcessor, headers: dict[str, str]) -> web.StreamResponse:
+                  processor: ResponseProcessor, headers: dict[str, str],
+                  collector: ReplyCollector | None = None) -> web.StreamResponse:
     upstream = request.app[UPSTREAM]
     sent = perf_counter()
     async with upstream.request("POST", request.path, body,
                                 upstream.headers_for(request.headers, ctx.request_id)) as response:
         ctx.upstream_s += perf_counter() - sent
         if stream and response.status == 200 and response.content_type == "text/event-stream":
-            return await relay_stream(request, upstream, response, ctx, processor, headers)
-        return await relay_whole(upstream, response, ctx, processor, headers)
+            return await relay_stream(request, upstream, response, ctx, processor, headers, collector)
+        return await relay_whole(upstream, response, ctx, processor, headers, collector)
 
 
-async def settle(app: web.Application, admission: Admission, processor: ResponseProcessor,
-                 estimate: int, *, failed: bool) -> None:
+async def settle(app: web.Application, principal: Principal, admission: Admission,
+                 processor: ResponseProcessor, estimate: int, *, failed: bool) -> None:
     """Replace the reservation with what was used: the provider's usage when it reported it;
     otherwise, after a failure, the prompt plus what was streamed (or nothing at all)."""
     limiter = app[LIMITER]
@@ -129,6 +189,8 @@ async def settle(app: web.Application, admission: Admission, processor: Response
         metrics.tokens.labels("prompt").inc(processor.usage_prompt)
         metrics.tokens.labels("completion").inc(processor.usage_completion)
         await limiter.settle(admission, processor.usage_total)
+        if processor.usage_completion:
+            app[BACKGROUND].start(app[ABUSE].record_output(principal, processor.usage_completion))
     elif failed and processor.streamed_chars:
         prompt = estimate - admission.reserved_tokens if estimate < admission.reserved_tokens else 0
         await limiter.settle(admission, max(prompt, 0) + (processor.streamed_chars + 3) // 4)

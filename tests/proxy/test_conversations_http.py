@@ -1,0 +1,58 @@
+"""Conversations end to end through the request path: turns stored, listed and replayed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+from aiohttp.test_utils import TestServer
+
+from tests.conftest import SidecarFactory
+
+CHAT = "/v1/chat/completions"
+
+
+def chat(content: str, stream: bool = False) -> dict[str, Any]:
+    return {"model": "mock-echo", "stream": stream,
+            "messages": [{"role": "system", "content": "Be brief."},
+                         {"role": "user", "content": content}]}
+
+
+async def test_turns_are_stored_and_replayed(make_sidecar: SidecarFactory, mock_upstream: TestServer,
+                                             session: aiohttp.ClientSession) -> None:
+    """A plain and a streamed turn are stored as the client got them (redacted), and a replayed
+    request reaches the provider with that history before the new message."""
+    sidecar = await make_sidecar()
+    conv = {"X-Conversation-Id": "support-42"}
+    async with session.post(sidecar.make_url(CHAT), json=chat("first, mail me at a@example.com"),
+                            headers=conv) as response:
+        assert response.status == 200
+    async with session.post(sidecar.make_url(CHAT), json=chat("second question", stream=True),
+                            headers=conv) as response:
+        assert response.status == 200
+        await response.read()
+    async with session.get(sidecar.make_url("/v1/conversations/support-42")) as response:
+        stored = await response.json()
+    contents = [m["content"] for m in stored["messages"]]
+    assert contents == ["first, mail me at a@example.com", "first, mail me at [REDACTED:pii:email]",
+                        "second question", "second question"]
+    async with session.post(sidecar.make_url(CHAT), json=chat("third"),
+                            headers={**conv, "X-Conversation-Replay": "true"}) as response:
+        assert response.status == 200
+    async with session.get(mock_upstream.make_url("/_mock/requests")) as response:
+        sent = (await response.json())["requests"][-1]["body"]["messages"]
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert sent[-1]["content"] == "third" and sent[2]["content"].endswith("[REDACTED:pii:email]")
+    async with session.get(sidecar.make_url("/v1/conversations")) as response:
+        listing = await response.json()
+    assert [c["id"] for c in listing["data"]] == ["support-42"]
+
+
+async def test_bad_conversation_id_is_400(make_sidecar: SidecarFactory,
+                                          session: aiohttp.ClientSession) -> None:
+    """An id outside 1-128 characters of [A-Za-z0-9._-] is refused before anything is sent."""
+    sidecar = await make_sidecar()
+    async with session.post(sidecar.make_url(CHAT), json=chat("hi"),
+                            headers={"X-Conversation-Id": "bad id/../x"}) as response:
+        assert response.status == 400
+        assert (await response.json())["error"]["code"] == "invalid_request"
