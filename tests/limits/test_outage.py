@@ -137,6 +137,9 @@ async def test_deny_policy_answers_store_unavailable_quickly_and_recovers(
 async def test_script_flush_under_load_fails_no_admission(own_redis: RedisProcess) -> None:
     """SCRIPT FLUSH every 100 ms while admitting: every admission gets a decision, none a store error."""
     limiter = await _limiter(own_redis.url, "deny", Metrics())
+    # This test is about NOSCRIPT recovery, not latency: a generous deadline keeps a busy CI
+    # machine's scheduling delays from counting as store errors.
+    limiter.store.timeout_s = 2.0
     limiter.settings = LimitsSettings(key=(rule(60, requests=10**6),))
     limiter._plans.clear()
     stop = asyncio.Event()
@@ -161,5 +164,5 @@ async def test_script_flush_under_load_fails_no_admission(own_redis: RedisProces
     finally:
         stop.set()
         await task
-    assert outcomes == ["ok"] * (50 * round_)
+    assert outcomes.count("ok") == len(outcomes) == 50 * round_, sorted(set(outcomes))[:5]
     await limiter.store.close()
