@@ -140,6 +140,8 @@ def main() -> None:
         wait_http(f"http://127.0.0.1:{metrics_port}/readyz")
         wait_http(f"http://127.0.0.1:{pass_port}/")
         headers = bench_headers(env)
+        print("sidecar: every guard on (injection, output scanning), abuse checks, and a key with a "
+              "request limit and a token budget (admission + settlement per request)", flush=True)
         for c in conns:
             for name, url in (("direct", mock), ("aiohttp pass-through", f"http://127.0.0.1:{pass_port}"),
                               ("sidecar", f"http://127.0.0.1:{side_port}")):
@@ -148,9 +150,14 @@ def main() -> None:
 
 
 def bench_headers(env: dict[str, str]) -> dict[str, str]:
-    """Headers every benchmark request carries (the demo API key once keys exist)."""
-    key = os.environ.get("SIDECAR_BENCH_KEY")
-    return {"Authorization": f"Bearer {key}"} if key else {}
+    """A key for the benchmark, created like an operator would, with limits that never refuse
+    (so every request pays for admission and settlement)."""
+    limits = ['{"window_s": 60, "requests": 1000000000}', '{"window_s": 60, "tokens": 1000000000000}']
+    created = subprocess.run(
+        [PY, "-m", "sidecar", "keys", "create", "--tenant", "bench", "--json",
+         *(arg for rule in limits for arg in ("--limit", rule))],
+        env={**os.environ, **env}, capture_output=True, text=True, check=True)
+    return {"Authorization": f"Bearer {json.loads(created.stdout)['key']}"}
 
 
 def print_table(rows: list[tuple[str, int, dict[str, float]]]) -> None:

@@ -104,6 +104,10 @@ async def handle_model_call(request: web.Request) -> web.StreamResponse:
         result = await forward(request, ctx, body, parsed.stream, processor, admission.headers,
                                collector)
         settled = True
+        if not result.prepared:
+            # Send the answer before settling: the client does not wait for the bookkeeping.
+            await result.prepare(request)
+            await result.write_eof()
         await settle(app, principal, admission, processor, estimate, failed=bool(ctx.reason))
         if turn and collector and not ctx.reason and result.status == 200:
             # Stored as the client received it (after output redaction); never fails the reply.
@@ -188,9 +192,9 @@ async def settle(app: web.Application, principal: Principal, admission: Admissio
     if processor.usage_total is not None:
         metrics.tokens.labels("prompt").inc(processor.usage_prompt)
         metrics.tokens.labels("completion").inc(processor.usage_completion)
-        await limiter.settle(admission, processor.usage_total)
-        if processor.usage_completion:
-            app[BACKGROUND].start(app[ABUSE].record_output(principal, processor.usage_completion))
+        # Both scripts leave in one write on the pipelined connection.
+        await asyncio.gather(limiter.settle(admission, processor.usage_total),
+                             app[ABUSE].record_output(principal, processor.usage_completion))
     elif failed and processor.streamed_chars:
         prompt = estimate - admission.reserved_tokens if estimate < admission.reserved_tokens else 0
         await limiter.settle(admission, max(prompt, 0) + (processor.streamed_chars + 3) // 4)
