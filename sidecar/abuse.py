@@ -29,6 +29,7 @@ from sidecar.log import log_fields
 from sidecar.metrics import Metrics
 from sidecar.model import Principal
 from sidecar.settings import AbuseSettings
+from sidecar.store.breaker import CircuitBreaker
 from sidecar.store.redis import Store, StoreError
 
 log = logging.getLogger("sidecar.abuse")
@@ -109,10 +110,7 @@ class AbuseService:
                                s.tenant_daily_requests))
         self._output_on = s.enabled and (s.key_output_tokens > 0 or s.tenant_output_tokens > 0) \
             and s.output_policy != "off"
-        self._breaker_s = breaker_s
-        self._clock = clock
-        self._open_until = 0.0
-        self._probing = False
+        self._breaker = CircuitBreaker(breaker_s, clock)
 
     async def check(self, principal: Principal, features: Features) -> AbuseVerdict:
         """Record one request and judge its key and tenant (one store call)."""
@@ -129,8 +127,8 @@ class AbuseService:
             self._failed("abuse_check")
             return self._degrade()
         finally:
-            self._probing = False
-        self._open_until = 0.0
+            self._breaker.done()
+        self._breaker.succeeded()
         return self._verdict(principal, reply)
 
     async def record_output(self, principal: Principal, tokens: int) -> None:
@@ -144,7 +142,7 @@ class AbuseService:
         except StoreError:
             self._failed("abuse_output")
         finally:
-            self._probing = False
+            self._breaker.done()
 
     def _keys(self, principal: Principal) -> tuple[str, str]:
         tenant = tenant_prefix(principal.tenant) if self._tenant_on else ""
@@ -175,16 +173,11 @@ class AbuseService:
 
     # -- store failure policy ---------------------------------------------------------------
     def _use_store(self) -> bool:
-        if not self._open_until:
-            return True
-        if self._probing or self._clock() < self._open_until:
-            return False
-        self._probing = True  # this call is the one probe of the half-open breaker
-        return True
+        return self._breaker.allow()
 
     def _failed(self, op: str) -> None:
         self.metrics.store_errors.labels(op).inc()
-        self._open_until = self._clock() + self._breaker_s
+        self._breaker.failed()
 
     def _degrade(self) -> AbuseVerdict:
         if self.settings.on_store_error == "deny":

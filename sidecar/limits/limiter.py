@@ -23,6 +23,7 @@ from sidecar.limits.rules import Check, Plan, build_plan
 from sidecar.metrics import Metrics
 from sidecar.model import Principal
 from sidecar.settings import LimitsSettings
+from sidecar.store.breaker import CircuitBreaker
 from sidecar.store.redis import Store, StoreError
 
 SLACK_MS = 1000        # every window key lives window + 1 s
@@ -68,10 +69,7 @@ class Limiter:
         self.metrics = metrics
         self.fallback = FallbackLimiter(settings.fallback_share)
         self.shadow_refusals = 0  # admitted requests a shadow rule would have refused
-        self._breaker_s = breaker_s
-        self._clock = clock
-        self._open_until = 0.0
-        self._probing = False
+        self._breaker = CircuitBreaker(breaker_s, clock)
         self._plans: dict[tuple[str, str, Any], Plan] = {}
 
     # -- policy -----------------------------------------------------------------------------
@@ -104,7 +102,7 @@ class Limiter:
             self._store_failed("limits_admit")
             return self._degrade(plan, request_id, cost)
         finally:
-            self._probing = False
+            self._breaker.done()
         self._store_ok()
         return self._decide(plan, request_id, cost, reply)
 
@@ -181,32 +179,26 @@ class Limiter:
             self._store_failed(op)
             return
         finally:
-            self._probing = False
+            self._breaker.done()
         self._store_ok()
 
     # -- store failure policy ---------------------------------------------------------------
     @property
     def degraded(self) -> bool:
         """True while the store is considered down (the breaker is open)."""
-        return self._open_until > 0.0
+        return self._breaker.is_open
 
     def _use_store(self) -> bool:
-        if not self._open_until:
-            return True
-        if self._probing or self._clock() < self._open_until:
-            return False
-        self._probing = True  # this call is the one probe of the half-open breaker
-        return True
+        return self._breaker.allow()
 
     def _store_failed(self, op: str) -> None:
         self.metrics.store_errors.labels(op).inc()
-        self._open_until = self._clock() + self._breaker_s
+        self._breaker.failed()
         if self.settings.on_store_error == "allow":
             self.metrics.degraded.set(1)
 
     def _store_ok(self) -> None:
-        if self._open_until:
-            self._open_until = 0.0
+        if self._breaker.succeeded():
             self.metrics.degraded.set(0)
 
     def _degrade(self, plan: Plan, request_id: str, cost: int) -> Admission:
