@@ -104,13 +104,16 @@ async def handle_model_call(request: web.Request) -> web.StreamResponse:
         result = await forward(request, ctx, body, parsed.stream, processor, admission.headers,
                                collector)
         settled = True
-        if not result.prepared:
-            # Send the answer before settling: the client does not wait for the bookkeeping.
-            await result.prepare(request)
-            await result.write_eof()
-        await settle(app, principal, admission, processor, estimate, failed=bool(ctx.reason))
+        # Settlement is bookkeeping the client need not wait for (its store calls have their
+        # own deadline; shutdown waits for them).
+        app[BACKGROUND].start(settle(app, principal, admission, processor, estimate,
+                                     failed=bool(ctx.reason)))
         if turn and collector and not ctx.reason and result.status == 200:
-            # Stored as the client received it (after output redaction); never fails the reply.
+            # Stored as the client received it (after output redaction), before the next turn
+            # can ask for it; never fails the reply.
+            if not result.prepared:
+                await result.prepare(request)
+                await result.write_eof()
             await finish_turn(app, turn, ctx.request_id, collector)
         return result
     except BaseException:
