@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from sidecar.guards.pii import find_emails, iban_ok, luhn_ok, ssn_ok
-from sidecar.guards.redact import OutputScanner
+from sidecar.guards.pii import NUMBER_RUN, find_emails, iban_ok, luhn_ok, ssn_ok
+from sidecar.guards.redact import OutputScanner, _aligned_bytes, _number_runs
 
 SCANNER = OutputScanner()
 
@@ -114,3 +116,14 @@ def test_phone_formats(phone: str) -> None:
     """International and national phone formats are found as one span."""
     text = f"call {phone} now"
     assert [(f.kind, text[f.start : f.end]) for f in SCANNER.scan(text)] == [("pii:phone", phone)]
+
+
+@given(st.text(alphabet="0123456789 ().+/-aZ\n\u00e9\u4e2d", max_size=80), st.integers(0, 10))
+def test_number_runs_prefilter_finds_every_run(text: str, pos: int) -> None:
+    """The byte class-map search finds exactly the number runs the `NUMBER_RUN` regex finds."""
+    pos = min(pos, len(text))
+    expected = []
+    for m in NUMBER_RUN.finditer(text, pos):
+        s = m.start() - (m.start() > pos and text[m.start() - 1] in "(+")
+        expected.append((s, m.end() + 2))
+    assert _number_runs(text, pos, _aligned_bytes(text)) == expected
