@@ -182,6 +182,7 @@ def settings_for(upstream_url: str, store_url: str, **env: str) -> Settings:
         "SIDECAR_UPSTREAM_URL": upstream_url,
         "SIDECAR_STORE_URL": store_url,
         "SIDECAR_UPSTREAM_KEY_ENV": "TEST_PROVIDER_KEY",
+        "SIDECAR_STORE_TIMEOUT_S": "2",  # behaviour, not latency, is under test here
         **CHEAP_ARGON2,
     }
     base.update(env)

@@ -39,7 +39,9 @@ class SidecarProcess:
     async def start(self, timeout_s: float = 20.0) -> None:
         env = {**os.environ, "SIDECAR_LISTEN": f"127.0.0.1:{self.port}",
                "SIDECAR_METRICS_LISTEN": f"127.0.0.1:{self.metrics_port}",
-               "SIDECAR_ADMIN_LISTEN": f"127.0.0.1:{self.admin_port}", **CHEAP_ARGON2, **self.env}
+               "SIDECAR_ADMIN_LISTEN": f"127.0.0.1:{self.admin_port}",
+               # Tests of behaviour, not latency: a busy CI machine must not turn into 503s.
+               "SIDECAR_STORE_TIMEOUT_S": "2", **CHEAP_ARGON2, **self.env}
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "sidecar", "serve", *self.args, env=env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
