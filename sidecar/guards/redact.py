@@ -162,7 +162,7 @@ class OutputScanner:
         ws_widths = [s.width for s in specs if s.ws_free] + ([EMAIL_WIDTH] if pii else [])
         self.ws_width = max(ws_widths, default=0)
         self._loose = tuple(s for s in specs if not s.ws_free)
-        self._long_rows: list[tuple[int, PatternSpec, tuple[bytes, ...]]] = []
+        self._long_rows: list[tuple[int, PatternSpec, bytes, tuple[bytes, ...]]] = []
         self._ci_rows: list[tuple[int, PatternSpec]] = []
         self._text_rows: list[tuple[int, PatternSpec]] = []
         self._num_rows: list[tuple[int, PatternSpec]] = []
@@ -178,7 +178,8 @@ class OutputScanner:
             elif spec.anchors_ci:
                 self._ci_rows.append((prio, spec))
             elif spec.ws_free and spec.min_width >= LONG_WORD and spec.anchor_back is not None:
-                self._long_rows.append((prio, spec, tuple(a.encode() for a in spec.anchors)))
+                needles = tuple(a.encode() for a in spec.anchors)
+                self._long_rows.append((prio, spec, _common_prefix(needles), needles))
             else:
                 self._text_rows.append((prio, spec))
         self.max_width = max(
@@ -207,7 +208,9 @@ class OutputScanner:
         longb = _long_words(view) if self._long_rows or self._ci_rows else b""
         if self._long_rows:
             if longb:
-                for prio, spec, needles in self._long_rows:
+                for prio, spec, common, needles in self._long_rows:
+                    if common not in longb:
+                        continue  # one check for a family of anchors (`gh?_`, `gl…-`, `A…`)
                     for needle in needles:
                         if needle in longb:
                             _collect(out, raw, prio, spec, text, _anchored_literal(spec, text, text, pos))
@@ -234,13 +237,16 @@ class OutputScanner:
                     _collect(out, raw, prio, spec, text, spec.regex.finditer(text, pos))
                     break
         if self._num_rows:
-            for start, end in _number_runs(text, pos, view):
-                run = text[start:end]
-                ndigits = len(run) - len(run.translate(_DROP_DIGITS))
+            cls = view.translate(_NUM_TABLE)
+            for start, end in _number_runs(text, pos, cls):
+                ndigits = cls.count(b"1", start, end)
                 for prio, spec in self._num_rows:
-                    if ndigits >= spec.min_digits and (not spec.need or spec.need in run):
+                    if ndigits >= spec.min_digits and (
+                        not spec.need or text.find(spec.need, start, end) != -1
+                    ):
                         _collect(out, raw, prio, spec, text, spec.regex.finditer(text, start, end))
         shape: bytes | None = None
+        seeds_of: dict[re.Pattern[str], list[int]] = {}
         for prio, spec in self._seed_rows:
             assert spec.anchor_re is not None
             if spec.shape:
@@ -249,8 +255,11 @@ class OutputScanner:
                 if spec.shape not in shape:
                     continue
                 seeds = _find_all(shape, spec.shape, pos)  # aligned: shape offsets are text offsets
-            else:
-                seeds = [m.start() for m in spec.anchor_re.finditer(text, pos)]
+            else:  # rows sharing a seed regex (the two IPv6 rows) share its pass
+                found = seeds_of.get(spec.anchor_re)
+                if found is None:
+                    found = seeds_of[spec.anchor_re] = [m.start() for m in spec.anchor_re.finditer(text, pos)]
+                seeds = found
             if seeds:
                 _collect(out, raw, prio, spec, text, _anchored(spec, text, pos, seeds, spec.anchor_back))
         for prio, spec in self._plain_rows:
@@ -301,7 +310,6 @@ class OutputScanner:
 LONG_WORD = 20
 """Whitespace-free detectors at least this long are gated on anchors inside words this long."""
 _LONG = b"a" * LONG_WORD
-_DROP_DIGITS = str.maketrans("", "", "0123456789")
 _SHAPE_TABLE = bytes(65 if 65 <= b <= 90 else 48 if 48 <= b <= 57 else 46 for b in range(256))
 _WS_TABLE = bytes(32 if b in b" \t\n\r\x0b\x0c" else 97 for b in range(256))
 _NUM_TABLE = bytes(49 if 48 <= b <= 57 else 48 if b in b" ().+/-" else 46 for b in range(256))
@@ -330,6 +338,16 @@ def _long_words(b: bytes) -> bytes:
     return b" ".join(parts)
 
 
+def _common_prefix(needles: tuple[bytes, ...]) -> bytes:
+    """The longest prefix shared by all `needles` (possibly empty: then the check always passes)."""
+    first = min(needles)
+    last = max(needles)
+    n = 0
+    while n < len(first) and first[n] == last[n]:
+        n += 1
+    return first[:n]
+
+
 def _find_all(hay: bytes, needle: bytes, pos: int) -> list[int]:
     out = []
     i = hay.find(needle, pos)
@@ -344,15 +362,15 @@ def _aligned_bytes(text: str) -> bytes:
     return text.encode("ascii", "replace")
 
 
-def _number_runs(text: str, pos: int, aligned: bytes) -> list[tuple[int, int]]:
+def _number_runs(text: str, pos: int, cls: bytes) -> list[tuple[int, int]]:
     """`NUMBER_RUN` spans from `pos`, widened by a leading `(`/`+` and two lookahead characters.
 
-    The search runs on a class map of the aligned bytes (digits `1`, other number characters `0`,
-    the rest `.`) where a run starts with a literal, so the regex engine skips between digits in C
-    instead of testing a character class at every position.
+    The search runs on `cls`, the class map of the aligned bytes (`_NUM_TABLE`: digits `1`, other
+    number characters `0`, the rest `.`), where a run starts with a literal, so the regex engine
+    skips between digits in C instead of testing a character class at every position.
     """
     runs: list[tuple[int, int]] = []
-    for m in _NUM_CLASS_RUN.finditer(aligned.translate(_NUM_TABLE), pos):
+    for m in _NUM_CLASS_RUN.finditer(cls, pos):
         s = m.start()
         if s > pos and text[s - 1] in "(+":
             s -= 1
