@@ -422,19 +422,33 @@ def _anchored_literal(spec: PatternSpec, hay: str, text: str, pos: int) -> list[
 
 def _at_seeds(spec: PatternSpec, text: str, pos: int, hay: str) -> list[re.Match[str]]:
     """`_anchored` for rows whose matches start exactly at an anchor (the common case), minus the
-    per-seed bookkeeping: sorted anchor positions, one `match` each, leftmost non-overlapping."""
+    per-seed bookkeeping: sorted anchor positions, one `match` each, leftmost non-overlapping.
+
+    With `follow_chars`, when the text has few operator characters (prose), anchors are searched
+    only within `follow_window` before one (`_follow_ranges`): the others could not match anyway.
+    """
     seeds: list[int] = []
     find = hay.find
-    for anchor in spec.anchors:
-        i = find(anchor, pos)
-        while i != -1:
-            seeds.append(i)
-            i = find(anchor, i + 1)
+    follow = spec.follow
+    window = spec.follow_window
+    ranges = _follow_ranges(spec.follow_chars, window, text, pos) if spec.follow_chars else None
+    if ranges is None:
+        for anchor in spec.anchors:
+            i = find(anchor, pos)
+            while i != -1:
+                seeds.append(i)
+                i = find(anchor, i + 1)
+    else:
+        for lo, hi in ranges:
+            for anchor in spec.anchors:
+                end = hi + len(anchor) - 1  # occurrences that start before `hi`
+                i = find(anchor, lo, end)
+                while i != -1:
+                    seeds.append(i)
+                    i = find(anchor, i + 1, end)
     if not seeds:
         return []
     seeds.sort()
-    follow = spec.follow
-    window = spec.follow_window
     out: list[re.Match[str]] = []
     last_end = -1
     match = spec.regex.match
@@ -446,6 +460,43 @@ def _at_seeds(spec: PatternSpec, text: str, pos: int, hay: str) -> list[re.Match
             out.append(m)
             last_end = m.end()
     return out
+
+
+_FOLLOW_DENSITY = 256
+"""Windowed anchor search is used while operators are rarer than one per this many characters."""
+_FOLLOW_HEAD = 4096
+"""How much text a quick `count` looks at first to give up on windows at once."""
+
+
+def _follow_ranges(chars: str, window: int, text: str, pos: int) -> list[tuple[int, int]] | None:
+    """Merged ranges `[lo, hi)` of starts with one of `chars` within `window`; None when dense.
+
+    A start `s` qualifies when an operator lies in `[s, s + window)`, i.e. `s` is in
+    `(q - window, q]` for an operator at `q`. Operators are found with `str.find` (memchr speed). In
+    code (operators on every line) one pass per anchor is cheaper than many small windows, so this
+    gives up after a few operators per KB.
+    """
+    head = pos + _FOLLOW_HEAD
+    if sum(text.count(c, pos, head) for c in chars) > _FOLLOW_HEAD // _FOLLOW_DENSITY + 4:
+        return None  # dense from the start (code): skip the per-operator loop
+    limit = (len(text) - pos) // _FOLLOW_DENSITY + 4
+    ops: list[int] = []
+    for c in chars:
+        q = text.find(c, pos)
+        while q != -1:
+            ops.append(q)
+            if len(ops) > limit:
+                return None
+            q = text.find(c, q + 1)
+    ops.sort()
+    ranges: list[tuple[int, int]] = []
+    for q in ops:
+        lo = max(pos, q - window + 1)
+        if ranges and lo <= ranges[-1][1]:
+            ranges[-1] = (ranges[-1][0], q + 1)
+        else:
+            ranges.append((lo, q + 1))
+    return ranges
 
 
 def _anchored(

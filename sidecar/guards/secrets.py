@@ -52,9 +52,12 @@ class PatternSpec:
     a tuple gives one distance per anchor; with `back_chars` the start is found by stepping back over
     those characters (at most `anchor_back`) instead of trying every distance. `anchor_re` does the
     same with a regex for the anchors; `follow` prunes anchors after which no match can reach its
-    operator within `follow_window`; `region="number"` runs the regex only inside runs of number
-    characters (see pii.py); and `shape` must occur in the text's shape (capitals as `A`, digits as
-    `0`, the rest `.`) for the row to run. `value_min` is the shortest whitespace-free value the row
+    operator within `follow_window` (checked at each anchor); `follow_chars` says every match has one
+    of these characters within `follow_window` of its start, so when they are rare the scanner
+    searches anchors only near them;
+    `region="number"` runs the regex only inside runs of number characters (see pii.py); and
+    `shape` must occur in the text's shape (capitals as `A`, digits as `0`, the rest `.`) for the
+    row to run. `value_min` is the shortest whitespace-free value the row
     can match (rows whose value is a long word are skipped for texts without long words). A number
     row runs only on runs with at least `min_digits` digits (its regex cannot match fewer) that
     contain `need`.
@@ -75,6 +78,7 @@ class PatternSpec:
     back_chars: str = ""
     follow: re.Pattern[str] | None = None
     follow_window: int = 0
+    follow_chars: str = ""
     region: str | None = None
     shape: bytes = b""
     value_min: int = 0
@@ -260,6 +264,9 @@ _GENERIC = _rx(
     r"(?:([\"'`])([^\s\"'`]{8,120}+)\1|([^\s\"'`,;)(\[\]{}<>]{8,120}+)(?![^\s\"'`,;)(\[\]{}<>]))",
     re.IGNORECASE,
 )
+GENERIC_REACH = 11 + 24 + 2 + 4 + 1
+"""A `secret:generic` match has its operator within this many characters of its start: keyword
+(<= 11, `credentials`), name tail (<= 24), quotes (<= 2), blanks (<= 4), then the operator itself."""
 _AWS_SECRET = _rx(
     r"aws[A-Za-z0-9_.-]{0,30}?(?:secret|sk)[A-Za-z0-9_.-]{0,24}[\"']?[ \t]{0,4}(?:=>|[:=])[ \t]{0,4}"
     r"[\"']?([A-Za-z0-9/+]{40}+)(?![A-Za-z0-9/+])",
@@ -485,6 +492,8 @@ SECRET_SPECS: tuple[PatternSpec, ...] = (
         anchors=("pass", "pwd", "secret", "token", "key", "credential"),
         anchors_ci=True,
         anchor_back=0,
+        follow_window=GENERIC_REACH,
+        follow_chars="=:",
         validate=_assigned_secret,
         ws_free=False,
         start=_rx(_GENERIC_KEYWORDS, re.IGNORECASE),

@@ -167,3 +167,49 @@ def test_findings_are_sorted_and_do_not_overlap() -> None:
     findings = OutputScanner().scan(text)
     assert [f.kind for f in findings] == ["secret:github", "secret:generic"]
     assert all(a.end <= b.start for a, b in itertools.pairwise(findings))
+
+
+def _generic_values(text: str, scanner: OutputScanner) -> list[str]:
+    return [text[f.start : f.end] for f in scanner.scan(text) if f.kind == "secret:generic"]
+
+
+@pytest.mark.parametrize(
+    "assignment",
+    [
+        "credentials" + "a" * 24 + "\"'" + "    " + ": {v}",  # operator at the farthest reach
+        "password: {v}",
+        "API_KEY  =  '{v}'",
+        'db.passphrase => "{v}"',
+        "token:={v}",
+    ],
+)
+def test_assignment_in_long_prose_is_found_where_operators_are_rare(assignment: str) -> None:
+    """A `password=`-style assignment is found in a long answer with few `:`/`=` (windowed search)."""
+    value = "Zq7" + rand(14) + "!x"
+    prose = "The token bucket keeps one key per client and refills it slowly. " * 200
+    line = assignment.format(v=value)
+    text = prose + line + "\n" + prose
+    assert _generic_values(text, OutputScanner()) == [value]
+    assert _generic_values(line, OutputScanner()) == [value]
+
+
+def test_windowed_and_full_anchor_search_agree() -> None:
+    """Seeded random texts mixing keywords, operators and values give the same generic findings
+    whether operators are rare (windowed anchor search) or padded out to be dense (full search)."""
+    rng = random.Random(5)
+    pieces = ["password", "Secret", "api_key", "token", "key", "pwd", "credentials", ":", "=", "=>", " ",
+              "  ", "\t", "'", '"', "]", "_x", ".y", "-", "\n", "word ", "Zq7" + rand(12), "ab"]  # fmt: skip
+    scanner = OutputScanner(pii=False)
+
+    def generic(text: str, at: int) -> list[tuple[int, int]]:
+        return [(f.start - at, f.end - at) for f in scanner.scan(text) if f.kind == "secret:generic"]
+
+    found = 0
+    for _ in range(300):
+        core = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 30)))
+        sparse = "x" * 3000 + "\n" + core + "\n" + "y" * 3000  # few operators: windows
+        dense = ":=" * 3000 + "\n" + core + "\n" + ":=" * 3000  # many operators: full search
+        got = generic(sparse, 3001)
+        assert got == generic(dense, 6001), core
+        found += bool(got)
+    assert found > 10
