@@ -25,7 +25,7 @@ replays = st.one_of(st.none(), st.sampled_from(["true", "false", " TRUE ", "Fals
 routes = st.sampled_from(["chat", "completions", "embeddings", "models"])
 
 
-@fuzz(500)
+@fuzz(300)
 @given(st.one_of(st.none(), ids), replays, routes)
 def test_conversation_headers_pass_only_when_well_formed(
     conversation_id: str | None, replay: str | None, route: str,

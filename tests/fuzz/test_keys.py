@@ -42,7 +42,7 @@ key_like = st.one_of(st.text(max_size=120), st.from_regex(KEY_REGEX, fullmatch=T
                      mutated_keys(), st.text(ALPHABET + "_", min_size=60, max_size=80))
 
 
-@fuzz(400)
+@fuzz(250)
 @given(key_like)
 def test_parse_key_accepts_only_checksummed_keys(raw: str) -> None:
     """parse_key never raises; it returns a key only for the exact format with a valid checksum."""

@@ -129,7 +129,7 @@ def test_any_environment_gives_settings_or_config_error(env: dict[str, str]) -> 
     check(None, env)
 
 
-@fuzz(300)
+@fuzz(200)
 @given(st.one_of(toml_documents(), st.text(max_size=300).map(lambda t: tame(t).encode())))
 def test_any_toml_file_gives_settings_or_config_error(tmp_path: Path, document: bytes) -> None:
     """Any UTF-8 TOML document gives valid Settings or one ConfigError line, never a crash."""

@@ -40,14 +40,14 @@ def decode(chunks: list[bytes], max_event_bytes: int = 1024 * 1024) -> list[byte
     return events + decoder.flush()
 
 
-@fuzz(300)
+@fuzz(200)
 @given(streams, st.lists(st.integers(min_value=0, max_value=700), max_size=20))
 def test_chunking_never_changes_the_events(stream: bytes, points: list[int]) -> None:
     """However the provider's bytes are split into chunks, the decoded events are the same."""
     assert decode(cut(stream, points)) == decode([stream])
 
 
-@fuzz(300)
+@fuzz(200)
 @given(streams, st.lists(st.integers(min_value=0, max_value=700), max_size=20),
        st.integers(min_value=1, max_value=200))
 def test_only_oversize_raises(stream: bytes, points: list[int], limit: int) -> None:
@@ -62,7 +62,7 @@ def test_only_oversize_raises(stream: bytes, points: list[int], limit: int) -> N
     assert all(isinstance(e, bytes) and e for e in events)
 
 
-@fuzz(300)
+@fuzz(200)
 @given(st.binary(max_size=400))
 def test_event_data_never_raises(event: bytes) -> None:
     """event_data returns bytes or None for any event; a plain `data: X` event gives X."""
