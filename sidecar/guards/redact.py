@@ -236,25 +236,22 @@ class OutputScanner:
                 if anchor in text:
                     _collect(out, raw, prio, spec, text, spec.regex.finditer(text, pos))
                     break
+        cls = view.translate(_CLASS_TABLE) if self._num_rows or self._seed_rows else b""
         if self._num_rows:
-            cls = view.translate(_NUM_TABLE)
             for start, end in _number_runs(text, pos, cls):
-                ndigits = cls.count(b"1", start, end)
+                ndigits = cls.count(b"0", start, end)
                 for prio, spec in self._num_rows:
                     if ndigits >= spec.min_digits and (
                         not spec.need or text.find(spec.need, start, end) != -1
                     ):
                         _collect(out, raw, prio, spec, text, spec.regex.finditer(text, start, end))
-        shape: bytes | None = None
         seeds_of: dict[re.Pattern[str], list[int]] = {}
         for prio, spec in self._seed_rows:
             assert spec.anchor_re is not None
             if spec.shape:
-                if shape is None:
-                    shape = view.translate(_SHAPE_TABLE)
-                if spec.shape not in shape:
+                if spec.shape not in cls:
                     continue
-                seeds = _find_all(shape, spec.shape, pos)  # aligned: shape offsets are text offsets
+                seeds = _find_all(cls, spec.shape, pos)  # aligned: class offsets are text offsets
             else:  # rows sharing a seed regex (the two IPv6 rows) share its pass
                 found = seeds_of.get(spec.anchor_re)
                 if found is None:
@@ -310,10 +307,13 @@ class OutputScanner:
 LONG_WORD = 20
 """Whitespace-free detectors at least this long are gated on anchors inside words this long."""
 _LONG = b"a" * LONG_WORD
-_SHAPE_TABLE = bytes(65 if 65 <= b <= 90 else 48 if 48 <= b <= 57 else 46 for b in range(256))
 _WS_TABLE = bytes(32 if b in b" \t\n\r\x0b\x0c" else 97 for b in range(256))
-_NUM_TABLE = bytes(49 if 48 <= b <= 57 else 48 if b in b" ().+/-" else 46 for b in range(256))
-_NUM_CLASS_RUN = re.compile(rb"1[01]{5,}")
+_CLASS_TABLE = bytes(
+    65 if 65 <= b <= 90 else 48 if 48 <= b <= 57 else 49 if b in b" ().+/-" else 46 for b in range(256)
+)
+"""One byte class per character: capitals `A`, digits `0`, other number characters `1`, the rest `.`
+(the rows' `shape` and the number runs both read it)."""
+_NUM_CLASS_RUN = re.compile(rb"0[01]{5,}")
 """`NUMBER_RUN` (`[0-9][0-9 ().+/-]{5,}`) over the class map: the same spans, found faster."""
 
 
@@ -365,8 +365,8 @@ def _aligned_bytes(text: str) -> bytes:
 def _number_runs(text: str, pos: int, cls: bytes) -> list[tuple[int, int]]:
     """`NUMBER_RUN` spans from `pos`, widened by a leading `(`/`+` and two lookahead characters.
 
-    The search runs on `cls`, the class map of the aligned bytes (`_NUM_TABLE`: digits `1`, other
-    number characters `0`, the rest `.`), where a run starts with a literal, so the regex engine
+    The search runs on `cls`, the class map of the aligned bytes (`_CLASS_TABLE`: digits `0`, other
+    number characters `1`), where a run starts with a literal, so the regex engine
     skips between digits in C instead of testing a character class at every position.
     """
     runs: list[tuple[int, int]] = []

@@ -56,8 +56,8 @@ class PatternSpec:
     of these characters within `follow_window` of its start, so when they are rare the scanner
     searches anchors only near them;
     `region="number"` runs the regex only inside runs of number characters (see pii.py); and
-    `shape` must occur in the text's shape (capitals as `A`, digits as `0`, the rest `.`) for the
-    row to run. `value_min` is the shortest whitespace-free value the row
+    `shape` must occur in the text's class map (capitals as `A`, digits as `0`, ` ().+/-` as `1`,
+    the rest `.`) for the row to run. `value_min` is the shortest whitespace-free value the row
     can match (rows whose value is a long word are skipped for texts without long words). A number
     row runs only on runs with at least `min_digits` digits (its regex cannot match fewer) that
     contain `need`.

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar.guards.pii import NUMBER_RUN, find_emails, iban_ok, luhn_ok, ssn_ok
-from sidecar.guards.redact import _NUM_TABLE, OutputScanner, _aligned_bytes, _number_runs
+from sidecar.guards.redact import _CLASS_TABLE, OutputScanner, _aligned_bytes, _number_runs
 
 SCANNER = OutputScanner()
 
@@ -126,4 +126,4 @@ def test_number_runs_prefilter_finds_every_run(text: str, pos: int) -> None:
     for m in NUMBER_RUN.finditer(text, pos):
         s = m.start() - (m.start() > pos and text[m.start() - 1] in "(+")
         expected.append((s, m.end() + 2))
-    assert _number_runs(text, pos, _aligned_bytes(text).translate(_NUM_TABLE)) == expected
+    assert _number_runs(text, pos, _aligned_bytes(text).translate(_CLASS_TABLE)) == expected
