@@ -36,7 +36,7 @@ from sidecar.auth.records import SCOPES, KeySpec
 from sidecar.errors import InternalError, SidecarError
 from sidecar.guards.redact import OutputScanner
 from sidecar.limits.limiter import Limiter
-from sidecar.log import log_fields
+from sidecar.log import log_fields, quiet_parser_errors
 from sidecar.metrics import Metrics, scrape_registry
 from sidecar.proxy.context import RequestContext
 from sidecar.proxy.conversations_api import add_conversation_routes, setup_conversations
@@ -126,6 +126,7 @@ async def _hide_server_version(request: web.Request, response: web.StreamRespons
 
 def create_app(settings: Settings, metrics: Metrics | None = None) -> web.Application:
     """The proxy app; its cleanup context opens and closes the store and the upstream session."""
+    quiet_parser_errors()
     app = web.Application(middlewares=[context_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = metrics or Metrics()

@@ -36,6 +36,25 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+class _NoParserTracebacks(logging.Filter):
+    """aiohttp logs every request its HTTP parser refuses (too many headers, a bad request line)
+    with a full traceback: one unauthenticated client could flood the logs. Keep one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[0] is not None and \
+                record.exc_info[0].__name__ in _PARSER_ERRORS:
+            record.msg = f"{record.getMessage()}: {record.exc_info[0].__name__}"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+_PARSER_ERRORS = frozenset({"BadHttpMessage", "BadStatusLine", "LineTooLong", "InvalidHeader",
+                            "BadHttpMethod", "TransferEncodingError", "ContentLengthError",
+                            "HttpProcessingError", "InvalidURLError"})
+
+
 def setup_logging(level: str) -> None:
     """Send every logger's records to stderr as JSON lines; silence aiohttp's own access log."""
     handler = logging.StreamHandler(sys.stderr)
@@ -44,6 +63,14 @@ def setup_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").disabled = True
+    quiet_parser_errors()
+
+
+def quiet_parser_errors() -> None:
+    """One line, no traceback, for each request aiohttp's parser refuses (idempotent)."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _NoParserTracebacks) for f in server_log.filters):
+        server_log.addFilter(_NoParserTracebacks())
     logging.Formatter.converter = time.gmtime
 
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import orjson
 
@@ -392,15 +393,32 @@ def load_settings(path: str | None = None, env: Mapping[str, str] | None = None)
             raise ConfigError(f"config file {path}: cannot be read ({exc.strerror})") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: not valid TOML ({exc})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path}: not valid UTF-8") from None
+        except RecursionError:
+            raise ConfigError(f"config file {path}: nested too deeply") from None
     settings: Settings = _build(Settings, "", file_values, env)
     _check_relations(settings)
     return settings
 
 
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
 def _check_listen(name: str, value: str) -> None:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
+    if not sep or not _PORT.fullmatch(port) or int(port) > 65535 or not host:
         raise ConfigError(f"{name}: expected host:port, got {value!r}")
+
+
+def _split_url(name: str, url: str) -> SplitResult:
+    """urlsplit, with its ValueErrors (a bad IPv6 literal, a port out of range) as ConfigError."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parses and range-checks the port
+    except ValueError:
+        raise ConfigError(f"{name}: not a valid URL") from None
+    return parts
 
 
 def is_loopback_host(host: str) -> bool:
@@ -417,14 +435,14 @@ def _check_relations(s: Settings) -> None:
     _check_listen("listen", s.listen)
     _check_listen("metrics.listen", s.metrics.listen)
     _check_listen("admin.listen", s.admin.listen)
-    scheme = urlsplit(s.store.url).scheme
+    scheme = _split_url("store.url", s.store.url).scheme
     if scheme not in {"memory", "redis", "rediss", "redis+cluster", "rediss+cluster"}:
         raise ConfigError(
             "store.url: expected memory://, redis://, rediss:// or redis+cluster://, "
             f"got scheme {scheme or '(none)'!r}"
         )
     if s.upstream.url:
-        parts = urlsplit(s.upstream.url)
+        parts = _split_url("upstream.url", s.upstream.url)
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             raise ConfigError("upstream.url: expected an http(s) URL such as https://api.openai.com")
         if parts.scheme == "http" and not (

@@ -81,16 +81,20 @@ class SSEDecoder:
     def feed(self, chunk: bytes) -> list[bytes]:
         """Return the events completed by `chunk` (each without its blank-line terminator)."""
         buffer = self._buffer + chunk
+        held = b""
         if b"\r" in buffer:
+            if buffer.endswith(b"\r"):  # its LF may come with the next chunk: decide then
+                buffer, held = buffer[:-1], b"\r"
             buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        *events, self._buffer = buffer.split(b"\n\n")
+        *events, rest = buffer.split(b"\n\n")
+        self._buffer = rest + held
         if len(self._buffer) > self.max_event_bytes:
             raise ValueError("SSE event larger than the allowed maximum")
         return [e for e in events if e]
 
     def flush(self) -> list[bytes]:
         """The unterminated rest at end of stream, if it holds anything."""
-        rest, self._buffer = self._buffer.strip(b"\n"), b""
+        rest, self._buffer = self._buffer.replace(b"\r", b"\n").strip(b"\n"), b""
         return [rest] if rest else []
 
 

@@ -43,17 +43,8 @@ plausible = st.sampled_from([
 ])
 
 
-def tame(value: str) -> str:
-    """`value` without the triggers of the bugs pinned by the xfail tests below (brackets in a
-    URL; non-ASCII digits), so the properties keep guarding against every other crash.
-    Drop this once those bugs are fixed."""
-    if "://" in value:
-        value = value.replace("[", "(").replace("]", ")")
-    return "".join("7" if ch.isdigit() and not ch.isascii() else ch for ch in value)
-
-
 env_values = st.one_of(plausible, st.text(max_size=40),
-                       st.builds(lambda a, b: a + b, plausible, st.text(max_size=8))).map(tame)
+                       st.builds(lambda a, b: a + b, plausible, st.text(max_size=8)))
 
 
 def toml_string(text: str) -> str:
@@ -130,7 +121,7 @@ def test_any_environment_gives_settings_or_config_error(env: dict[str, str]) -> 
 
 
 @fuzz(200)
-@given(st.one_of(toml_documents(), st.text(max_size=300).map(lambda t: tame(t).encode())))
+@given(st.one_of(toml_documents(), st.text(max_size=300).map(lambda t: t.encode())))
 def test_any_toml_file_gives_settings_or_config_error(tmp_path: Path, document: bytes) -> None:
     """Any UTF-8 TOML document gives valid Settings or one ConfigError line, never a crash."""
     path = tmp_path / "sidecar.toml"
@@ -138,7 +129,7 @@ def test_any_toml_file_gives_settings_or_config_error(tmp_path: Path, document: 
     check(str(path), {})
 
 
-KNOWN_BUGS = [
+FOUND_BY_FUZZING = [
     ("listen with a superscript digit in the port", None, {"SIDECAR_LISTEN": "127.0.0.1:8\u00b2"}),
     ("admin.listen with a superscript digit", None, {"SIDECAR_ADMIN_LISTEN": "h:\u00b9"}),
     ("store.url with an unclosed IPv6 bracket", None, {"SIDECAR_STORE_URL": "redis://[::1"}),
@@ -148,12 +139,7 @@ KNOWN_BUGS = [
 ]
 
 
-@pytest.mark.parametrize(("case", "document", "env"), KNOWN_BUGS, ids=[c[0] for c in KNOWN_BUGS])
-@pytest.mark.xfail(strict=True, raises=(ValueError, RecursionError), reason=(
-    "BUG in sidecar/settings.py: _check_listen calls int() on str.isdigit() ports (true for '²'); "
-    "_check_relations calls urlsplit() unguarded (ValueError 'Invalid IPv6 URL'); load_settings "
-    "catches only OSError/TOMLDecodeError around tomllib.load (UnicodeDecodeError, RecursionError "
-    "escape)"))
+@pytest.mark.parametrize(("case", "document", "env"), FOUND_BY_FUZZING, ids=[c[0] for c in FOUND_BY_FUZZING])
 def test_known_crashes_become_config_errors(
     tmp_path: Path, case: str, document: bytes | None, env: dict[str, str],
 ) -> None:
