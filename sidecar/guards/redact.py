@@ -165,12 +165,12 @@ class OutputScanner:
         self._long_rows: list[tuple[int, PatternSpec, bytes, tuple[bytes, ...]]] = []
         self._ci_rows: list[tuple[int, PatternSpec]] = []
         self._text_rows: list[tuple[int, PatternSpec]] = []
-        self._num_rows: list[tuple[int, PatternSpec]] = []
+        self._num_rows: list[tuple[int, PatternSpec, frozenset[str]]] = []
         self._seed_rows: list[tuple[int, PatternSpec]] = []
         self._plain_rows: list[tuple[int, PatternSpec]] = []
         for prio, spec in enumerate(specs):
             if spec.region is not None:
-                self._num_rows.append((prio, spec))
+                self._num_rows.append((prio, spec, frozenset(spec.need_any)))
             elif spec.anchor_re is not None:
                 self._seed_rows.append((prio, spec))
             elif not spec.anchors:
@@ -240,9 +240,12 @@ class OutputScanner:
         if self._num_rows:
             for start, end in _number_runs(text, pos, cls):
                 ndigits = cls.count(b"0", start, end)
-                for prio, spec in self._num_rows:
-                    if ndigits >= spec.min_digits and (
-                        not spec.need or text.find(spec.need, start, end) != -1
+                run = text[start:end]
+                for prio, spec, any_of in self._num_rows:
+                    if (
+                        ndigits >= spec.min_digits
+                        and (not spec.need or spec.need in run)
+                        and (not any_of or not any_of.isdisjoint(run))
                     ):
                         _collect(out, raw, prio, spec, text, spec.regex.finditer(text, start, end))
         seeds_of: dict[re.Pattern[str], list[int]] = {}

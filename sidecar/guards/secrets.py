@@ -60,7 +60,7 @@ class PatternSpec:
     the rest `.`) for the row to run. `value_min` is the shortest whitespace-free value the row
     can match (rows whose value is a long word are skipped for texts without long words). A number
     row runs only on runs with at least `min_digits` digits (its regex cannot match fewer) that
-    contain `need`.
+    contain `need` and, when `need_any` is set, one of its characters (e.g. an SSN's separator).
     """
 
     kind: str
@@ -84,6 +84,7 @@ class PatternSpec:
     value_min: int = 0
     min_digits: int = 0
     need: str = ""
+    need_any: str = ""
     width: int = field(default=0)
     min_width: int = field(default=0)
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.guards.pii import NUMBER_RUN, find_emails, iban_ok, luhn_ok, ssn_ok
+from sidecar.guards.pii import NUMBER_RUN, PII_SPECS, find_emails, iban_ok, luhn_ok, ssn_ok
 from sidecar.guards.redact import _CLASS_TABLE, OutputScanner, _aligned_bytes, _number_runs
 
 SCANNER = OutputScanner()
@@ -127,3 +127,17 @@ def test_number_runs_prefilter_finds_every_run(text: str, pos: int) -> None:
         s = m.start() - (m.start() > pos and text[m.start() - 1] in "(+")
         expected.append((s, m.end() + 2))
     assert _number_runs(text, pos, _aligned_bytes(text).translate(_CLASS_TABLE)) == expected
+
+
+@given(st.text(alphabet="0123456789 ().+/-,aZ\n", max_size=60))
+def test_number_row_gates_hold_for_every_raw_match(text: str) -> None:
+    """Every raw match of a number row has the digits and characters its gate requires, so the gate
+    never hides a match (or a raw span the stream must not cut)."""
+    for spec in PII_SPECS:
+        if spec.region != "number":
+            continue
+        for m in spec.regex.finditer(text):
+            span = m.group(0)
+            assert sum(c.isdigit() for c in span) >= spec.min_digits
+            assert spec.need in span
+            assert not spec.need_any or any(c in span for c in spec.need_any)
