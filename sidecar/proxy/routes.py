@@ -28,7 +28,7 @@ from sidecar.appstate import (
 from sidecar.errors import InsufficientScope, NotFound, SidecarError
 from sidecar.guards.fingerprint import Features, fingerprint
 from sidecar.limits.limiter import Admission
-from sidecar.limits.tokens import estimate_tokens
+from sidecar.limits.tokens import estimate_tokens, prompt_tokens
 from sidecar.model import Principal
 from sidecar.proxy.body import check_content_headers, read_body
 from sidecar.proxy.context import RequestContext
@@ -95,6 +95,7 @@ async def handle_model_call(request: web.Request) -> web.StreamResponse:
     # 6-7. limits and abuse: two scripts issued together, so they share one write and one
     # round trip on the store's pipelined connection.
     estimate = estimate_tokens(ctx.route, parsed.body, settings.limits)
+    prompt_estimate = prompt_tokens(ctx.route, parsed.body)
     admission = await admit_and_judge(app, principal, ctx, parsed, estimate)
     # 8. upstream; 9. output guards inside the relay; 10. settlement.
     processor = ResponseProcessor(ctx.route, scan, app[METRICS], strip_usage)
@@ -106,7 +107,7 @@ async def handle_model_call(request: web.Request) -> web.StreamResponse:
         settled = True
         # Settlement is bookkeeping the client need not wait for (its store calls have their
         # own deadline; shutdown waits for them).
-        app[BACKGROUND].start(settle(app, principal, admission, processor, estimate,
+        app[BACKGROUND].start(settle(app, principal, admission, processor, prompt_estimate,
                                      failed=bool(ctx.reason)))
         if turn and collector and not ctx.reason and result.status == 200:
             # Stored as the client received it (after output redaction), before the next turn
@@ -119,7 +120,7 @@ async def handle_model_call(request: web.Request) -> web.StreamResponse:
     except BaseException:
         if not settled:
             # Shielded from the client's disconnect: usage streamed so far is still charged.
-            app[BACKGROUND].start(settle(app, principal, admission, processor, estimate,
+            app[BACKGROUND].start(settle(app, principal, admission, processor, prompt_estimate,
                                          failed=True))
         raise
 
@@ -187,7 +188,7 @@ async def forward(request: web.Request, ctx: RequestContext, body: bytes, stream
 
 
 async def settle(app: web.Application, principal: Principal, admission: Admission,
-                 processor: ResponseProcessor, estimate: int, *, failed: bool) -> None:
+                 processor: ResponseProcessor, prompt_estimate: int, *, failed: bool) -> None:
     """Replace the reservation with what was used: the provider's usage when it reported it;
     otherwise, after a failure, the prompt plus what was streamed (or nothing at all)."""
     limiter = app[LIMITER]
@@ -199,8 +200,8 @@ async def settle(app: web.Application, principal: Principal, admission: Admissio
         await asyncio.gather(limiter.settle(admission, processor.usage_total),
                              app[ABUSE].record_output(principal, processor.usage_completion))
     elif failed and processor.streamed_chars:
-        prompt = estimate - admission.reserved_tokens if estimate < admission.reserved_tokens else 0
-        await limiter.settle(admission, max(prompt, 0) + (processor.streamed_chars + 3) // 4)
+        used = prompt_estimate + (processor.streamed_chars + 3) // 4
+        await limiter.settle(admission, min(used, admission.reserved_tokens or used))
     elif failed:
         await limiter.refund(admission)
 
