@@ -434,7 +434,9 @@ def _at_seeds(spec: PatternSpec, text: str, pos: int, hay: str) -> list[re.Match
     find = hay.find
     follow = spec.follow
     window = spec.follow_window
-    ranges = _follow_ranges(spec.follow_chars, window, text, pos) if spec.follow_chars else None
+    ranges = None
+    if spec.follow_chars and len(text) - pos >= _FOLLOW_MIN_TEXT:
+        ranges = _follow_ranges(spec.follow_chars, window, text, pos)
     if ranges is None:
         for anchor in spec.anchors:
             i = find(anchor, pos)
@@ -467,6 +469,8 @@ def _at_seeds(spec: PatternSpec, text: str, pos: int, hay: str) -> list[re.Match
 
 _FOLLOW_DENSITY = 256
 """Windowed anchor search is used while operators are rarer than one per this many characters."""
+_FOLLOW_MIN_TEXT = 1024
+"""Shorter texts (a stream's buffer) are searched whole: windows would only add overhead."""
 _FOLLOW_HEAD = 4096
 """How much text a quick `count` looks at first to give up on windows at once."""
 
