@@ -72,6 +72,10 @@ class Store:
             raise StoreError(f"store call {name!r} timed out") from exc
         except (RedisError, OSError) as exc:
             raise StoreError(f"store call {name!r} failed: {type(exc).__name__}") from exc
+        except (AttributeError, TypeError, IndexError, KeyError) as exc:
+            # redis-py's cluster client can trip over its own state mid-failover (seen: a
+            # connection whose writer is None). Whatever it is, it is the store failing.
+            raise StoreError(f"store call {name!r} failed: {type(exc).__name__}") from exc
 
     async def _reload(self, script: Script) -> None:
         pending = self._loading.get(script.name)
@@ -91,7 +95,7 @@ class Store:
                 return await getattr(self.client, op)(*args)
         except TimeoutError as exc:
             raise StoreError(f"store op {op!r} timed out") from exc
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, AttributeError, TypeError, IndexError) as exc:
             raise StoreError(f"store op {op!r} failed: {type(exc).__name__}") from exc
 
     async def healthy(self) -> bool:
