@@ -16,7 +16,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from re import _parser as _sre_parser  # type: ignore[attr-defined]
+from typing import Any, NamedTuple, Protocol
 
 from sidecar.guards.pii import EMAIL_WIDTH, PII_SPECS, find_emails
 from sidecar.guards.secrets import SECRET_SPECS, PatternSpec, spec_from_regex
@@ -163,7 +164,7 @@ class OutputScanner:
         self.ws_width = max(ws_widths, default=0)
         self._loose = tuple(s for s in specs if not s.ws_free)
         self._long_rows: list[tuple[int, PatternSpec, bytes, tuple[bytes, ...]]] = []
-        self._ci_rows: list[tuple[int, PatternSpec]] = []
+        self._ci_rows: list[tuple[int, PatternSpec, bool]] = []
         self._text_rows: list[tuple[int, PatternSpec]] = []
         self._num_rows: list[tuple[int, PatternSpec, frozenset[str]]] = []
         self._seed_rows: list[tuple[int, PatternSpec]] = []
@@ -176,8 +177,14 @@ class OutputScanner:
             elif not spec.anchors:
                 self._plain_rows.append((prio, spec))
             elif spec.anchors_ci:
-                self._ci_rows.append((prio, spec))
-            elif spec.ws_free and spec.min_width >= LONG_WORD and spec.anchor_back is not None:
+                long_value = spec.value_min >= LONG_WORD and _token_chars_only(spec, spec.group[0])
+                self._ci_rows.append((prio, spec, long_value))
+            elif (
+                spec.ws_free
+                and spec.min_width >= LONG_WORD
+                and spec.anchor_back is not None
+                and _token_chars_only(spec, None)
+            ):
                 needles = tuple(a.encode() for a in spec.anchors)
                 self._long_rows.append((prio, spec, _common_prefix(needles), needles))
             else:
@@ -218,8 +225,8 @@ class OutputScanner:
         if self._ci_rows:
             lower = text.lower()
             aligned = len(lower) == len(text)
-            for prio, spec in self._ci_rows:
-                if spec.value_min >= LONG_WORD and not longb:
+            for prio, spec, long_value in self._ci_rows:
+                if long_value and not longb:
                     continue  # its value alone is a long whitespace-free word, and the text has none
                 if aligned:  # the anchor search itself is the gate: no separate `in` pass
                     _collect(out, raw, prio, spec, text, _anchored_literal(spec, lower, text, pos))
@@ -308,9 +315,12 @@ class OutputScanner:
 
 
 LONG_WORD = 20
-"""Whitespace-free detectors at least this long are gated on anchors inside words this long."""
+"""Token detectors at least this long are gated on anchors inside token-character runs this long."""
 _LONG = b"a" * LONG_WORD
-_WS_TABLE = bytes(32 if b in b" \t\n\r\x0b\x0c" else 97 for b in range(256))
+_TOKEN_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.:/?&%+=~")
+"""Every character a long-token row can consume (checked per row by `_token_chars_only`). `?` is
+also how the aligned view shows any non-ASCII character, so case-insensitive classes stay covered."""
+_WORD_TABLE = bytes(97 if b in _TOKEN_CHARS else 32 for b in range(256))
 _CLASS_TABLE = bytes(
     65 if 65 <= b <= 90 else 48 if 48 <= b <= 57 else 49 if b in b" ().+/-" else 46 for b in range(256)
 )
@@ -321,12 +331,14 @@ _NUM_CLASS_RUN = re.compile(rb"0[01]{5,}")
 
 
 def _long_words(b: bytes) -> bytes:
-    """The whitespace-free runs of at least `LONG_WORD` characters of the aligned text, space-joined.
+    """The runs of at least `LONG_WORD` token characters (`_TOKEN_CHARS`) of the aligned text,
+    space-joined.
 
-    One `translate` (C speed) stands in for a word split: prose rarely has such runs, so the
-    long-token detectors usually cost nothing at all.
+    One `translate` (C speed) stands in for a word split: prose rarely has such runs, and code's
+    long words are mostly broken up by brackets, quotes and commas, so the long-token detectors
+    usually cost little.
     """
-    t = b.translate(_WS_TABLE)
+    t = b.translate(_WORD_TABLE)
     i = t.find(_LONG)
     if i == -1:
         return b""
@@ -339,6 +351,67 @@ def _long_words(b: bytes) -> bytes:
         parts.append(b[i:j])
         i = t.find(_LONG, j)
     return b" ".join(parts)
+
+
+def _token_chars_only(spec: PatternSpec, group: int | None) -> bool:
+    """True when every character `spec` can consume (in capture `group`, or anywhere) is in
+    `_TOKEN_CHARS`, so its match (or value) lies inside one run of token characters."""
+    parsed: Any = _sre_parser.parse(spec.regex.pattern, spec.regex.flags)
+    if group is not None and group != 0:
+        found = _find_group(list(parsed), group)
+        return found is not None and _consumes_tokens(found)
+    return _consumes_tokens(list(parsed))
+
+
+def _find_group(items: list[Any], group: int) -> list[Any] | None:
+    for op, av in items:
+        name = str(op)
+        if name == "SUBPATTERN":
+            if av[0] == group:
+                return list(av[3])
+            sub = _find_group(list(av[3]), group)
+        elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            sub = _find_group(list(av[2]), group)
+        elif name == "BRANCH":
+            sub = next((g for b in av[1] if (g := _find_group(list(b), group)) is not None), None)
+        else:
+            continue
+        if sub is not None:
+            return sub
+    return None
+
+
+def _consumes_tokens(items: list[Any]) -> bool:
+    """Walk a parsed regex: literals and classes must stay inside `_TOKEN_CHARS` (zero-width
+    assertions and back-references consume nothing new); anything else counts as unknown."""
+    for op, av in items:
+        name = str(op)
+        if name == "LITERAL":
+            if av not in _TOKEN_CHARS:
+                return False
+        elif name == "IN":
+            for iop, iav in av:
+                iname = str(iop)
+                if iname == "LITERAL":
+                    if iav not in _TOKEN_CHARS:
+                        return False
+                elif iname == "RANGE":
+                    if not all(c in _TOKEN_CHARS for c in range(iav[0], iav[1] + 1)):
+                        return False
+                else:
+                    return False
+        elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            if not _consumes_tokens(list(av[2])):
+                return False
+        elif name == "SUBPATTERN":
+            if not _consumes_tokens(list(av[3])):
+                return False
+        elif name == "BRANCH":
+            if not all(_consumes_tokens(list(b)) for b in av[1]):
+                return False
+        elif name not in ("ASSERT", "ASSERT_NOT", "AT", "GROUPREF"):
+            return False
+    return True
 
 
 def _common_prefix(needles: tuple[bytes, ...]) -> bytes:

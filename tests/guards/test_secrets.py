@@ -213,3 +213,13 @@ def test_windowed_and_full_anchor_search_agree() -> None:
         assert got == generic(dense, 6001), core
         found += bool(got)
     assert found > 10
+
+
+@pytest.mark.parametrize("wrap", ['fetch("{k}", {{}})', "«{k}»", "[{k}]", "é{k}é", "(x,{k};y)", "`{k}`"])
+def test_token_found_between_brackets_quotes_and_non_ascii(wrap: str) -> None:
+    """A provider key wrapped in brackets, quotes or non-ASCII letters is still caught (the long-token
+    gate splits words at such characters)."""
+    key = "sk-proj-" + rand(40)
+    text = "x = 1\n" + wrap.format(k=key) + "\n"
+    found = [(f.kind, text[f.start : f.end]) for f in OutputScanner().scan(text)]
+    assert ("secret:openai", key) in found
