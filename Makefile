@@ -30,6 +30,10 @@ bench: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(PY) bench/run_bench.py
 
+## soak: a bounded mixed-traffic soak (default 3 minutes, loopback only): RSS, fds, errors over time
+soak: $(STAMP)
+	$(PY) bench/soak.py
+
 ## train: fit the injection classifier offline and export its weights into the package
 train: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[train]'
