@@ -6,8 +6,9 @@ flag (count and log), shadow (count as blocked, change nothing) or modify the bo
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from time import perf_counter
@@ -28,6 +29,7 @@ from sidecar.proxy.openai import ParsedRequest
 from sidecar.settings import InputSettings, OutputSettings
 
 log = logging.getLogger("sidecar.guards")
+VERDICT_CACHE_SIZE = 20_000  # injection verdicts kept by message content (~2 MB)
 
 
 def _text_of(content: Any) -> str:
@@ -65,6 +67,7 @@ class InputGuard:
             self.detector = base if base.threshold == settings.injection_threshold else \
                 InjectionDetector(threshold=settings.injection_threshold)
         self.roles = frozenset(settings.injection_roles)
+        self._verdicts: OrderedDict[bytes, InjectionResult] = OrderedDict()
         self.redactor = redactor
         self._duration = metrics.guard_duration
 
@@ -130,9 +133,18 @@ class InputGuard:
         started = perf_counter()
         result: InjectionResult | None
         if parsed.route == "chat":
-            result = self.detector.scan_messages(parsed.body["messages"], self.roles)
+            result = None
+            for index, message in enumerate(parsed.body["messages"]):
+                if not isinstance(message, dict) or message.get("role") not in self.roles:
+                    continue
+                text = _text_of(message.get("content"))
+                if text:
+                    scored = self._score(text)
+                    if result is None or scored.score > result.score:
+                        result = InjectionResult(scored.score, scored.categories, index,
+                                                 scored.detected)
         else:
-            result = max((self.detector.score_text(t) for t in _texts(parsed.body.get("prompt"))),
+            result = max((self._score(t) for t in _texts(parsed.body.get("prompt"))),
                          key=lambda r: r.score, default=None)
         self._duration.labels("injection").observe(perf_counter() - started)
         if result is None or not result.detected:
@@ -149,6 +161,21 @@ class InputGuard:
         else:
             log_fields(log, logging.WARNING, "prompt injection blocked", **fields)
             raise PromptInjectionDetected()
+
+    def _score(self, text: str) -> InjectionResult:
+        """The detector's verdict on one text, remembered by content: chat apps resend the whole
+        history with every turn, so only the newest messages cost a scan."""
+        assert self.detector is not None
+        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        cached = self._verdicts.get(digest)
+        if cached is not None:
+            self._verdicts.move_to_end(digest)
+            return cached
+        result = self.detector.score_text(text)
+        self._verdicts[digest] = result
+        if len(self._verdicts) > VERDICT_CACHE_SIZE:
+            self._verdicts.popitem(last=False)
+        return result
 
     def _redact_user_text(self, body: dict[str, Any]) -> bool:
         changed = False

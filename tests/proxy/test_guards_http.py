@@ -187,3 +187,20 @@ async def test_usage_chunk_is_stripped_unless_asked(make_sidecar: SidecarFactory
         text = await response.text()
     assert (await last_upstream_body(session, mock_upstream))["stream_options"] == {"include_usage": True}
     assert '"usage"' not in text and text.rstrip().endswith("data: [DONE]")
+
+
+async def test_remembered_verdicts_still_block(make_sidecar: SidecarFactory,
+                                               session: aiohttp.ClientSession) -> None:
+    """Verdicts are remembered by message content (histories are resent every turn): the same
+    injection, resent inside a longer history, is blocked again, and a clean history passes."""
+    sidecar = await make_sidecar()
+    history = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi!"}]
+    for messages, status in (
+        ([*history, {"role": "user", "content": INJECTION}], 400),
+        ([*history, {"role": "user", "content": INJECTION},
+          {"role": "assistant", "content": "no"}, {"role": "user", "content": "ok then"}], 400),
+        ([*history, {"role": "user", "content": "what's the weather?"}], 200),
+    ):
+        async with session.post(sidecar.make_url(CHAT),
+                                json={"model": "mock-gpt", "messages": messages}) as response:
+            assert response.status == status
