@@ -10,7 +10,7 @@ and a keyword-list baseline. Caveat printed with the table: the rules were writt
 person who had read samples of these data sets, so the rule layer is not "unseen" in the
 strict sense; the classifier columns are.
 
-    python tools/eval_injection.py [--data DIR] [--threshold T] [--folds-limit N]
+    python tools/eval_injection.py [--data DIR] [--threshold T] [--C C] [--json FILE]
 """
 
 from __future__ import annotations
@@ -75,14 +75,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=tr.DATA_DIR)
     ap.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
     ap.add_argument("--json", type=Path, help="also write per-row scores here")
+    ap.add_argument("--C", type=float, default=tr.C, help="inverse L2 strength (sweeps; default: shipped)")
     args = ap.parse_args(argv)
+    tr.C = args.C  # fit() reads the module constant
     rows = tr.load_rows(args.data)
     for path in sorted(CASES.glob("injection_*.jsonl")):
         if path in tr.SYNTHETIC:
             continue  # training-only rows
         with path.open(encoding="utf-8") as fh:
-            for line in fh:
-                row = json.loads(line)
+            for raw in fh:
+                row = json.loads(raw)
                 row["file"] = "own:" + path.stem
                 rows.append(row)
     rules_only = InjectionDetector(threshold=args.threshold, use_classifier=False)

@@ -90,8 +90,8 @@ def sample_weights(rows: Sequence[dict[str, Any]]) -> list[float]:
 
 def fit(rows: Sequence[dict[str, Any]], feats: Sequence[Counter[str]]) -> dict[str, Any]:
     """Fit logistic regression; return the JSON document the runtime loads."""
-    from sklearn.feature_extraction import DictVectorizer
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.feature_extraction import DictVectorizer  # type: ignore[import-untyped]
+    from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
 
     df: Counter[str] = Counter()
     for f in feats:
