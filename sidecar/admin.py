@@ -24,6 +24,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TOKEN_DIGEST = web.AppKey("token_digest", bytes)
 PROXY = web.AppKey("proxy", web.Application)
 MAX_ADMIN_BODY = 64 * 1024
+# Query parameters each route takes; anything else is refused, not silently ignored.
+_QUERY = {("GET", "/admin/keys"): frozenset({"tenant"})}
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -46,6 +48,11 @@ async def admin_middleware(request: web.Request, handler: Handler) -> web.Stream
             digest = hashlib.sha256(token.strip().encode()).digest()
             if scheme.lower() != "bearer" or not hmac.compare_digest(digest, request.app[TOKEN_DIGEST]):
                 return _error(401, "invalid_admin_token", "A valid admin token is required.")
+        allowed = _QUERY.get((request.method, request.path), frozenset())
+        unknown = set(request.query) - allowed
+        if unknown:
+            raise KeyRequestError("query: unknown parameter (allowed: "
+                                  f"{', '.join(sorted(allowed)) or 'none'})")
         return await handler(request)
     except KeyRequestError as exc:
         return _error(400, "invalid_request", str(exc))
