@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import hypothesis
 import pytest
 import redis
 from aiohttp import web
@@ -28,6 +29,11 @@ from sidecar.settings import Settings, load_settings
 from sidecar.store.redis import connect
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+# In CI every property test draws the same examples: a red build is never a matter of luck.
+hypothesis.settings.register_profile("ci", derandomize=True, database=None, deadline=None)
+if os.environ.get("CI"):
+    hypothesis.settings.load_profile("ci")
 
 
 def free_port() -> int:
