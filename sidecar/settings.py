@@ -296,13 +296,19 @@ def _coerce(name: str, hint: Any, raw: Any, meta: Mapping[str, Any]) -> Any:
     return value
 
 
+def _from_env_json(name: str, raw: Any, what: str) -> Any:
+    """A structured value arrives from TOML as is, or from the environment as JSON text."""
+    if not isinstance(raw, str):
+        return raw
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ConfigError(f"{name}: expected a JSON {what}") from None
+
+
 def _limit_rules(name: str, raw: Any) -> tuple[LimitRule, ...]:
     """Rules from a TOML array of tables, or from JSON in an environment variable."""
-    if isinstance(raw, str):
-        try:
-            raw = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise ConfigError(f"{name}: expected a JSON list of rules") from None
+    raw = _from_env_json(name, raw, "list of rules")
     if not isinstance(raw, list):
         raise ConfigError(f"{name}: expected a list of rules")
     return tuple(parse_limit_rule(f"{name}[{i}]", item) for i, item in enumerate(raw))
@@ -310,11 +316,7 @@ def _limit_rules(name: str, raw: Any) -> tuple[LimitRule, ...]:
 
 def _actions(name: str, raw: Any) -> tuple[tuple[str, str], ...]:
     """Output actions from a TOML table or env JSON, e.g. {"secret": "block", "pii:ip": "off"}."""
-    if isinstance(raw, str):
-        try:
-            raw = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise ConfigError(f"{name}: expected a JSON object of kind -> action") from None
+    raw = _from_env_json(name, raw, "object of kind -> action")
     if not isinstance(raw, dict):
         raise ConfigError(f"{name}: expected a table of kind -> action")
     merged = dict(DEFAULT_OUTPUT_ACTIONS)

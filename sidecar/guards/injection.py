@@ -224,7 +224,7 @@ def load_model() -> LinearModel:
     return LinearModel.from_json(json.loads(raw.read_text(encoding="utf-8")))
 
 
-def _message_text(content: Any) -> str:
+def content_text(content: Any) -> str:
     """Text of a message content: a string, or the text parts of a content-part list joined."""
     if isinstance(content, str):
         return content
@@ -335,7 +335,7 @@ class InjectionDetector:
         for i, msg in enumerate(messages):
             if msg.get("role") not in roles:
                 continue
-            text = _message_text(msg.get("content"))
+            text = content_text(msg.get("content"))
             if not text:
                 continue
             res = self.score_text(text)

@@ -505,11 +505,9 @@ def _at_seeds(spec: PatternSpec, text: str, pos: int, hay: str) -> list[re.Match
     """
     seeds: list[int] = []
     find = hay.find
-    follow = spec.follow
-    window = spec.follow_window
     ranges = None
     if spec.follow_chars and len(text) - pos >= _FOLLOW_MIN_TEXT:
-        ranges = _follow_ranges(spec.follow_chars, window, text, pos)
+        ranges = _follow_ranges(spec.follow_chars, spec.follow_window, text, pos)
     if ranges is None:
         for anchor in spec.anchors:
             i = find(anchor, pos)
@@ -527,17 +525,7 @@ def _at_seeds(spec: PatternSpec, text: str, pos: int, hay: str) -> list[re.Match
     if not seeds:
         return []
     seeds.sort()
-    out: list[re.Match[str]] = []
-    last_end = -1
-    match = spec.regex.match
-    for s in seeds:
-        if s < last_end or (follow is not None and follow.search(text, s, s + window) is None):
-            continue
-        m = match(text, s)
-        if m is not None:
-            out.append(m)
-            last_end = m.end()
-    return out
+    return _matches_at(spec, text, seeds)
 
 
 _FOLLOW_DENSITY = 256
@@ -546,6 +534,23 @@ _FOLLOW_MIN_TEXT = 1024
 """Shorter texts (a stream's buffer) are searched whole: windows would only add overhead."""
 _FOLLOW_HEAD = 4096
 """How much text a quick `count` looks at first to give up on windows at once."""
+
+
+def _matches_at(spec: PatternSpec, text: str, starts: Iterable[int]) -> list[re.Match[str]]:
+    """Non-overlapping matches of `spec` starting exactly at the sorted `starts`, keeping only
+    those followed by the spec's operator (`follow`) within its window."""
+    follow, window = spec.follow, spec.follow_window
+    out: list[re.Match[str]] = []
+    last_end = -1
+    match = spec.regex.match
+    for s in starts:
+        if s < last_end or (follow is not None and follow.search(text, s, s + window) is None):
+            continue
+        m = match(text, s)
+        if m is not None:
+            out.append(m)
+            last_end = m.end()
+    return out
 
 
 def _follow_ranges(chars: str, window: int, text: str, pos: int) -> list[tuple[int, int]] | None:
@@ -603,19 +608,7 @@ def _anchored(
             starts.add(seed)
         else:
             starts.update(range(max(pos, seed - b), seed + 1))
-    follow = spec.follow
-    window = spec.follow_window
-    out: list[re.Match[str]] = []
-    last_end = -1
-    match = spec.regex.match
-    for s in sorted(starts):
-        if s < last_end or (follow is not None and follow.search(text, s, s + window) is None):
-            continue
-        m = match(text, s)
-        if m is not None:
-            out.append(m)
-            last_end = m.end()
-    return out
+    return _matches_at(spec, text, sorted(starts))
 
 
 class CombinedScanner:

@@ -99,7 +99,11 @@ def completion_cap(route: str, body: Mapping[str, Any], default_max_tokens: int)
     return int(cap) * choices
 
 
-def estimate_tokens(route: str, body: Mapping[str, Any], settings: LimitsSettings) -> int:
-    """Tokens to reserve for a request: prompt estimate + completion cap, capped by the settings."""
-    estimate = prompt_tokens(route, body) + completion_cap(route, body, settings.default_max_tokens)
+def estimate_tokens(route: str, body: Mapping[str, Any], settings: LimitsSettings,
+                    prompt: int | None = None) -> int:
+    """Tokens to reserve for a request: prompt estimate + completion cap, capped by the settings.
+    Pass `prompt` when the caller already has the prompt estimate (it is not computed twice)."""
+    if prompt is None:
+        prompt = prompt_tokens(route, body)
+    estimate = prompt + completion_cap(route, body, settings.default_max_tokens)
     return min(estimate, settings.max_reserved_tokens)

@@ -40,7 +40,7 @@ from sidecar.conversations import (
     valid_conversation_id,
 )
 from sidecar.errors import InvalidRequest, NotFound, StoreUnavailable
-from sidecar.guards.injection import InjectionDetector, default_detector
+from sidecar.guards.injection import InjectionDetector, content_text, default_detector
 from sidecar.guards.validate import estimate_tokens
 from sidecar.log import log_fields
 from sidecar.metrics import Metrics
@@ -159,13 +159,8 @@ def new_messages(messages: Iterable[Any]) -> list[dict[str, Any]]:
 
 def message_text(message: Mapping[str, Any]) -> str:
     """All the text of a chat message: content (string or text parts) and tool-call arguments."""
-    content = message.get("content")
-    parts: list[str] = []
-    if isinstance(content, str):
-        parts.append(content)
-    elif isinstance(content, list):
-        parts.extend(p["text"] for p in content
-                     if isinstance(p, dict) and isinstance(p.get("text"), str))
+    text = content_text(message.get("content"))
+    parts: list[str] = [text] if text else []
     for call in message.get("tool_calls") or ():
         function = call.get("function") if isinstance(call, dict) else None
         if isinstance(function, dict) and isinstance(function.get("arguments"), str):

@@ -15,7 +15,12 @@ from time import perf_counter
 from typing import Any
 
 from sidecar.errors import InputTooLong, InvalidRequest, PromptInjectionDetected
-from sidecar.guards.injection import InjectionDetector, InjectionResult, default_detector
+from sidecar.guards.injection import (
+    InjectionDetector,
+    InjectionResult,
+    content_text,
+    default_detector,
+)
 from sidecar.guards.leaks import CanaryScanner, SystemPromptLeak, insert_canary, make_canary
 from sidecar.guards.redact import CombinedScanner, OutputDecision, OutputScanner, Scanner, apply_actions
 from sidecar.guards.sanitize import sanitize_messages, sanitize_text
@@ -30,15 +35,6 @@ from sidecar.settings import InputSettings, OutputSettings
 
 log = logging.getLogger("sidecar.guards")
 VERDICT_CACHE_SIZE = 20_000  # injection verdicts kept by message content (~2 MB)
-
-
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(p.get("text", "") for p in content
-                         if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return ""
 
 
 def _texts(value: Any) -> Iterable[str]:
@@ -137,7 +133,7 @@ class InputGuard:
             for index, message in enumerate(parsed.body["messages"]):
                 if not isinstance(message, dict) or message.get("role") not in self.roles:
                     continue
-                text = _text_of(message.get("content"))
+                text = content_text(message.get("content"))
                 if text:
                     scored = self._score(text)
                     if result is None or scored.score > result.score:
@@ -237,7 +233,7 @@ class OutputGuard:
         if parsed.route == "chat":
             system = [m for m in parsed.body["messages"]
                       if isinstance(m, dict) and m.get("role") in ("system", "developer")]
-            system_text = "\n".join(_text_of(m.get("content")) for m in system)
+            system_text = "\n".join(content_text(m.get("content")) for m in system)
             if system_text.strip():
                 scanners.append(SystemPromptLeak(system_text,
                                                  min_words=self.settings.system_prompt_min_words))

@@ -94,8 +94,8 @@ async def handle_model_call(request: web.Request) -> web.StreamResponse:
     body = orjson.dumps(parsed.body) if changed or canary_placed or strip_usage else raw
     # 6-7. limits and abuse: two scripts issued together, so they share one write and one
     # round trip on the store's pipelined connection.
-    estimate = estimate_tokens(ctx.route, parsed.body, settings.limits)
     prompt_estimate = prompt_tokens(ctx.route, parsed.body)
+    estimate = estimate_tokens(ctx.route, parsed.body, settings.limits, prompt_estimate)
     admission = await admit_and_judge(app, principal, ctx, parsed, estimate)
     # 8. upstream; 9. output guards inside the relay; 10. settlement.
     processor = ResponseProcessor(ctx.route, scan, app[METRICS], strip_usage)
