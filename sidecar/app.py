@@ -109,11 +109,12 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 def _account(request: web.Request, ctx: RequestContext, metrics: Metrics) -> None:
     total = perf_counter() - ctx.started
-    metrics.requests.labels(ctx.route, str(ctx.status)).inc()
-    metrics.request_duration.labels(ctx.route).observe(total)
+    series = metrics.route(ctx.route)
+    series.answered(ctx.status).inc()
+    series.duration.observe(total)
     if ctx.upstream_s:
-        metrics.upstream_duration.labels(ctx.route).observe(ctx.upstream_s)
-    metrics.overhead.labels(ctx.route).observe(max(total - ctx.upstream_s, 0.0))
+        series.upstream.observe(ctx.upstream_s)
+    series.overhead.observe(max(total - ctx.upstream_s, 0.0))
     log_fields(access_log, logging.INFO, "request", request_id=ctx.request_id,
                method=request.method, route=ctx.route, status=ctx.status,
                duration_ms=round(total * 1000, 3), upstream_ms=round(ctx.upstream_s * 1000, 3),

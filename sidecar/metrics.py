@@ -7,12 +7,35 @@ callers. No per-key label; a tenant label only where configured (not yet).
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
                     10, 30, 60, 120)
 _FAST_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+
+class RouteMetrics:
+    """A route's per-request series, resolved once: `labels()` costs a lock and a tuple per call,
+    and every request touches four of them."""
+
+    __slots__ = ("_codes", "_requests", "_route", "duration", "overhead", "upstream")
+
+    def __init__(self, metrics: Metrics, route: str) -> None:
+        self._requests = metrics.requests
+        self._codes: dict[int, Any] = {}
+        self.duration = metrics.request_duration.labels(route)
+        self.overhead = metrics.overhead.labels(route)
+        self.upstream = metrics.upstream_duration.labels(route)
+        self._route = route
+
+    def answered(self, status: int) -> Any:
+        """The request counter of one status code (statuses are a small, bounded set)."""
+        child = self._codes.get(status)
+        if child is None:
+            child = self._codes[status] = self._requests.labels(self._route, str(status))
+        return child
 
 
 def scrape_registry(registry: CollectorRegistry) -> CollectorRegistry:
@@ -67,3 +90,13 @@ class Metrics:
                               registry=r, multiprocess_mode="max")
         self.inflight = Gauge("sidecar_inflight_requests", "Requests in flight", registry=r,
                               multiprocess_mode="livesum")
+        self._routes: dict[str, RouteMetrics] = {}
+        self.prompt_tokens = self.tokens.labels("prompt")
+        self.completion_tokens = self.tokens.labels("completion")
+
+    def route(self, route: str) -> RouteMetrics:
+        """The per-request series of a route (routes are a fixed, small set)."""
+        found = self._routes.get(route)
+        if found is None:
+            found = self._routes[route] = RouteMetrics(self, route)
+        return found

@@ -23,11 +23,19 @@ async def read_body(request: web.Request, max_bytes: int, timeout_s: float) -> b
     declared = request.content_length
     if declared is not None and declared > max_bytes:
         raise BodyTooLarge(f"The request body is larger than {max_bytes} bytes.")
+    content = request.content
+    if content.is_eof():
+        # The whole body came with the headers (the usual case for a chat request): take it
+        # without a deadline or an iterator.
+        data = content.read_nowait()
+        if len(data) > max_bytes:
+            raise BodyTooLarge(f"The request body is larger than {max_bytes} bytes.")
+        return data
     chunks: list[bytes] = []
     size = 0
     try:
         async with asyncio.timeout(timeout_s):
-            async for chunk in request.content.iter_any():
+            async for chunk in content.iter_any():
                 size += len(chunk)
                 if size > max_bytes:
                     raise BodyTooLarge(f"The request body is larger than {max_bytes} bytes.")

@@ -65,7 +65,8 @@ class InputGuard:
         self.roles = frozenset(settings.injection_roles)
         self._verdicts: OrderedDict[bytes, InjectionResult] = OrderedDict()
         self.redactor = redactor
-        self._duration = metrics.guard_duration
+        self._validate_timer = metrics.guard_duration.labels("validate_sanitize")
+        self._injection_timer = metrics.guard_duration.labels("injection")
 
     def check(self, parsed: ParsedRequest, ctx: RequestContext) -> bool:
         """Validate and guard the body in place; True when the body changed (re-encode it)."""
@@ -90,7 +91,7 @@ class InputGuard:
                 changed = self._sanitize_plain(body, field)
         if changed:
             self.metrics.sanitized.inc()
-        self._duration.labels("validate_sanitize").observe(perf_counter() - started)
+        self._validate_timer.observe(perf_counter() - started)
         if self.detector is not None and parsed.route != "embeddings":
             self._injection(parsed, ctx)
         if self.settings.redact_pii and parsed.route == "chat":
@@ -142,7 +143,7 @@ class InputGuard:
         else:
             result = max((self._score(t) for t in _texts(parsed.body.get("prompt"))),
                          key=lambda r: r.score, default=None)
-        self._duration.labels("injection").observe(perf_counter() - started)
+        self._injection_timer.observe(perf_counter() - started)
         if result is None or not result.detected:
             return
         fields = {"request_id": ctx.request_id, "key_id": ctx.key_id, "route": ctx.route,

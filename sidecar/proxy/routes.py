@@ -194,8 +194,8 @@ async def settle(app: web.Application, principal: Principal, admission: Admissio
     limiter = app[LIMITER]
     metrics = app[METRICS]
     if processor.usage_total is not None:
-        metrics.tokens.labels("prompt").inc(processor.usage_prompt)
-        metrics.tokens.labels("completion").inc(processor.usage_completion)
+        metrics.prompt_tokens.inc(processor.usage_prompt)
+        metrics.completion_tokens.inc(processor.usage_completion)
         # Both scripts leave in one write on the pipelined connection.
         await asyncio.gather(limiter.settle(admission, processor.usage_total),
                              app[ABUSE].record_output(principal, processor.usage_completion))
