@@ -30,7 +30,7 @@ from sidecar.metrics import Metrics
 from sidecar.model import Principal
 from sidecar.settings import AbuseSettings
 from sidecar.store.breaker import CircuitBreaker
-from sidecar.store.redis import Store, StoreError
+from sidecar.store.redis import Store, StoreCall, StoreError
 
 log = logging.getLogger("sidecar.abuse")
 
@@ -114,35 +114,40 @@ class AbuseService:
 
     async def check(self, principal: Principal, features: Features) -> AbuseVerdict:
         """Record one request and judge its key and tenant (one store call)."""
+        return await self.begin(principal, features).verdict()
+
+    def begin(self, principal: Principal, features: Features) -> PendingCheck:
+        """Send the check now (it shares the event-loop turn's one write with the admission the
+        caller starts next) and return it; `await pending.verdict()` judges the reply."""
         if not self.settings.enabled:
-            return ALLOW
+            return PendingCheck(self, principal, None)
         if not self._use_store():
-            return self._degrade()
-        keys = self._keys(principal)
+            return PendingCheck(self, principal, None, degraded=True)
         args = (*self._head, features.prompt_hash, features.inputs, *self._tail,
                 *features.buckets[:MAX_BUCKETS])
-        try:
-            reply = await self.store.run("abuse", keys, args)
-        except StoreError:
-            self._failed("abuse_check")
-            return self._degrade()
-        finally:
-            self._breaker.done()
-        self._breaker.succeeded()
-        return self._verdict(principal, reply)
+        return PendingCheck(self, principal, self.store.start("abuse", self._keys(principal), args))
 
-    async def record_output(self, principal: Principal, tokens: int) -> None:
-        """Add a response's completion tokens to its key and tenant (call after the response)."""
+    def begin_output(self, principal: Principal, tokens: int) -> StoreCall | None:
+        """Send a response's completion tokens for its key and tenant now (after the response);
+        `await finish_output(call)` collects the outcome."""
         if not self._output_on or tokens <= 0 or not self._use_store():
+            return None
+        return self.store.start("abuse_output", self._keys(principal),
+                                (self.settings.bucket_s, self._nbuckets, int(tokens)))
+
+    async def finish_output(self, call: StoreCall | None) -> None:
+        if call is None:
             return
-        keys = self._keys(principal)
         try:
-            await self.store.run("abuse_output", keys,
-                                 (self.settings.bucket_s, self._nbuckets, int(tokens)))
+            await call.reply()
         except StoreError:
             self._failed("abuse_output")
         finally:
             self._breaker.done()
+
+    async def record_output(self, principal: Principal, tokens: int) -> None:
+        """Add a response's completion tokens to its key and tenant (call after the response)."""
+        await self.finish_output(self.begin_output(principal, tokens))
 
     def _keys(self, principal: Principal) -> tuple[str, str]:
         tenant = tenant_prefix(principal.tenant) if self._tenant_on else ""
@@ -184,6 +189,38 @@ class AbuseService:
             raise StoreUnavailable(headers={"Retry-After": "1"})
         self.metrics.degraded_requests.labels("abuse").inc()
         return AbuseVerdict(degraded=True)
+
+
+class PendingCheck:
+    """An abuse check on its way to the store (or already decided without it)."""
+
+    __slots__ = ("_call", "_degraded", "_principal", "_service")
+
+    def __init__(self, service: AbuseService, principal: Principal, call: StoreCall | None, *,
+                 degraded: bool = False) -> None:
+        self._service, self._principal, self._call = service, principal, call
+        self._degraded = degraded
+
+    async def verdict(self) -> AbuseVerdict:
+        """The verdict; applies the store-failure policy (may raise StoreUnavailable)."""
+        service = self._service
+        if self._call is None:
+            return service._degrade() if self._degraded else ALLOW
+        try:
+            reply = await self._call.reply()
+        except StoreError:
+            service._failed("abuse_check")
+            return service._degrade()
+        finally:
+            service._breaker.done()
+        service._breaker.succeeded()
+        return service._verdict(self._principal, reply)
+
+    def abandon(self) -> None:
+        """The request failed before its verdict mattered (the check is still recorded)."""
+        if self._call is not None:
+            self._call.abandon()
+            self._service._breaker.done()
 
 
 def _text(value: Any) -> str:

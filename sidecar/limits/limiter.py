@@ -24,7 +24,7 @@ from sidecar.metrics import Metrics
 from sidecar.model import Principal
 from sidecar.settings import LimitsSettings
 from sidecar.store.breaker import CircuitBreaker
-from sidecar.store.redis import Store, StoreError
+from sidecar.store.redis import Store, StoreCall, StoreError
 
 SLACK_MS = 1000        # every window key lives window + 1 s
 BREAKER_S = 0.5        # after a store failure, skip the store this long (then probe once)
@@ -164,17 +164,28 @@ class Limiter:
         await self._settle(admission, 0, "limits_refund")
 
     async def _settle(self, admission: Admission, amount: int, op: str) -> None:
+        await self.finish_settle(self.begin_settle(admission, amount, op), op)
+
+    def begin_settle(self, admission: Admission, amount: int, op: str = "limits_settle") -> StoreCall | None:
+        """Send a settlement now (so another call started in this turn shares its write);
+        `await finish_settle(call)` collects the outcome. None when nothing goes to the store."""
+        amount = max(0, int(amount))
         if not admission.token_keys:
-            return
+            return None
         if admission.degraded:
             self.fallback.adjust(admission.token_keys[::2], amount - admission.reserved_tokens)
-            return
+            return None
         if not self._use_store():
             # The reservation stays at its estimate until it leaves the window (never under-counts).
             self.metrics.store_errors.labels(op).inc()
+            return None
+        return self.store.start("settle", admission.token_keys, (admission.request_id, amount))
+
+    async def finish_settle(self, call: StoreCall | None, op: str = "limits_settle") -> None:
+        if call is None:
             return
         try:
-            await self.store.run("settle", admission.token_keys, (admission.request_id, amount))
+            await call.reply()
         except StoreError:
             self._store_failed(op)
             return

@@ -5,7 +5,6 @@ The order of the checks is written out once, here, as plain sequential code.
 
 from __future__ import annotations
 
-import asyncio
 from time import perf_counter
 from urllib.parse import quote
 
@@ -127,22 +126,29 @@ async def handle_model_call(request: web.Request) -> web.StreamResponse:
 
 async def admit_and_judge(app: web.Application, principal: Principal, ctx: RequestContext,
                           parsed: ParsedRequest, estimate: int) -> Admission:
-    """Admission and the model-extraction check together; an abuse refusal wins."""
-    admitted, verdict = await asyncio.gather(
-        app[LIMITER].admit(principal, ctx.request_id, estimate),
-        app[ABUSE].check(principal, request_features(parsed)), return_exceptions=True)
-    if isinstance(verdict, BaseException):
-        if isinstance(admitted, Admission):
-            await app[LIMITER].refund(admitted)
-        raise verdict
+    """Admission and the model-extraction check together (both scripts leave in one write:
+    one round trip, no task); an abuse refusal wins."""
+    limiter = app[LIMITER]
+    abuse = app[ABUSE]
+    if not abuse.settings.enabled:
+        return await limiter.admit(principal, ctx.request_id, estimate)
+    check = abuse.begin(principal, request_features(parsed))
+    refusal: SidecarError | None = None
     try:
-        enforce(verdict)
-    except SidecarError:
-        if isinstance(admitted, Admission):
-            await app[LIMITER].refund(admitted)
+        admitted = await limiter.admit(principal, ctx.request_id, estimate)
+    except SidecarError as exc:
+        refusal = exc
+    except BaseException:
+        check.abandon()
         raise
-    if isinstance(admitted, BaseException):
-        raise admitted
+    try:
+        enforce(await check.verdict())
+    except SidecarError:
+        if refusal is None:
+            await limiter.refund(admitted)
+        raise
+    if refusal is not None:
+        raise refusal
     return admitted
 
 
@@ -197,8 +203,10 @@ async def settle(app: web.Application, principal: Principal, admission: Admissio
         metrics.prompt_tokens.inc(processor.usage_prompt)
         metrics.completion_tokens.inc(processor.usage_completion)
         # Both scripts leave in one write on the pipelined connection.
-        await asyncio.gather(limiter.settle(admission, processor.usage_total),
-                             app[ABUSE].record_output(principal, processor.usage_completion))
+        settled = limiter.begin_settle(admission, processor.usage_total)
+        recorded = app[ABUSE].begin_output(principal, processor.usage_completion)
+        await limiter.finish_settle(settled)
+        await app[ABUSE].finish_output(recorded)
     elif failed and processor.streamed_chars:
         used = prompt_estimate + (processor.streamed_chars + 3) // 4
         await limiter.settle(admission, min(used, admission.reserved_tokens or used))

@@ -88,9 +88,23 @@ class PipelinedConnection:
     async def execute(self, *args: Arg) -> Any:
         """Send one command (pipelined with its neighbours) and wait for its reply."""
         protocol = self._protocol or await self._connect()
-        if self._pending and monotonic() - self._pending[0][1] > self.stale_after_s:
+        if self._stale():
             self._abort(RedisConnectionError("Redis stopped answering"))
             protocol = await self._connect()
+        return await self._enqueue(protocol, args)
+
+    def send(self, args: tuple[Arg, ...]) -> asyncio.Future[Any]:
+        """Queue one command now, without a task, and return its reply future: commands sent
+        in one event-loop turn share one write. (Opens the connection first when needed.)"""
+        protocol = self._protocol
+        if protocol is None or self._stale():
+            return asyncio.ensure_future(self.execute(*args))
+        return self._enqueue(protocol, args)
+
+    def _stale(self) -> bool:
+        return bool(self._pending) and monotonic() - self._pending[0][1] > self.stale_after_s
+
+    def _enqueue(self, protocol: _Protocol, args: tuple[Arg, ...]) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((future, monotonic()))
@@ -98,7 +112,7 @@ class PipelinedConnection:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush, protocol)
-        return await future
+        return future
 
     def _flush(self, protocol: _Protocol) -> None:
         self._flush_scheduled = False
