@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import struct
 import zlib
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sidecar.guards.normalize import fold, tokenize
@@ -41,7 +40,8 @@ _EMPTY = -1
 _PACK = struct.Struct(f"<{BINS}q").pack
 _BAND_BYTES = 8 * ROWS
 _DIGITS = str.maketrans("0123456789", "0000000000")
-_PUNCT = bytes.maketrans(b"!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~", b" " * 32)
+_PUNCT_DIGITS = bytes.maketrans(b"!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~0123456789",
+                                b" " * 32 + b"0" * 10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,21 +62,16 @@ def normalize_prompt(text: str) -> str:
 
 
 def _shingle_hashes(view: str) -> list[int]:
-    """CRC-32 of every word and of every adjacent word pair (CRC chained over the pair)."""
+    """CRC-32 of every word and of every adjacent word pair (CRC chained over the pair), digit
+    runs folded to zeros."""
     crc32 = zlib.crc32
     if view.isascii():
-        words: Iterable[bytes] = view.encode("ascii").translate(_PUNCT).split()
+        words: list[bytes] = view.encode("ascii").translate(_PUNCT_DIGITS).split()
     else:
-        words = (w.encode("utf-8", "surrogatepass") for w in tokenize(view))
-    out: list[int] = []
-    add = out.append
-    prev = 0
-    for w in words:
-        c = crc32(w)
-        add(c)
-        add(crc32(w, prev))  # == CRC of prev-word + word
-        prev = c
-    return out
+        words = [w.encode("utf-8", "surrogatepass") for w in tokenize(view.translate(_DIGITS))]
+    singles = list(map(crc32, words))
+    # crc32(b, crc32(a)) == crc32(a + b): each pair chains on its first word's CRC.
+    return singles + list(map(crc32, words[1:], singles))
 
 
 def lsh_buckets(normalized: str) -> tuple[str, ...]:
@@ -85,7 +80,7 @@ def lsh_buckets(normalized: str) -> tuple[str, ...]:
         view = normalized[:HEAD_CHARS] + " " + normalized[-TAIL_CHARS:]
     else:
         view = normalized
-    hashes = _shingle_hashes(view.translate(_DIGITS))
+    hashes = _shingle_hashes(view)
     if not hashes:
         return ()
     mins = [_EMPTY] * BINS

@@ -96,6 +96,9 @@ class Store:
 
     async def _finish(self, call: StoreCall) -> Any:
         name = call.name
+        future = call.future
+        if future.done() and not future.cancelled() and future.exception() is None:
+            return future.result()  # answered already (it shared a write): no deadline to arm
         try:
             async with asyncio.timeout(self.timeout_s):
                 try:
