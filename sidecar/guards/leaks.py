@@ -11,6 +11,7 @@ in base64. Both follow the `Scanner` protocol of redact.py, so they combine with
 from __future__ import annotations
 
 import base64
+import functools
 import re
 import secrets
 
@@ -22,6 +23,7 @@ CANARY_KIND = "leak:canary"
 DEFAULT_MIN_WORDS = 8
 
 _WORD = re.compile(r"\w+")
+_WORD_CHAR = re.compile(r"\w")
 
 
 def make_canary() -> str:
@@ -35,32 +37,67 @@ def insert_canary(system_text: str, canary: str) -> str:
 
 
 class SystemPromptLeak:
-    """Finds runs of >= `min_words` words of the system message repeated verbatim in a reply."""
+    """Finds runs of >= `min_words` words of the system message repeated verbatim in a reply.
+
+    Built per request, so construction reuses a small cache of the prompt's index (the system
+    message is usually the same across requests), and a scan first marks which reply words occur in
+    the prompt at all: only stretches of `min_words` such words are looked up as shingles, and only a
+    found run costs word positions.
+    """
 
     def __init__(self, system_text: str, *, min_words: int = DEFAULT_MIN_WORDS) -> None:
         if min_words < 2:
             raise ValueError("min_words must be at least 2")
         self.k = min_words
-        words = [w.lower() for w in _WORD.findall(system_text)]
-        self._shingles = frozenset(tuple(words[i : i + min_words]) for i in range(len(words) - min_words + 1))
+        self._vocab, self._shingles = _prompt_index(system_text, min_words)
+        self._ones = b"\x01" * min_words
 
-    def _words(self, text: str, pos: int) -> list[re.Match[str]]:
-        words = list(_WORD.finditer(text, pos))
-        if words and words[0].start() == pos and pos > 0 and _WORD.match(text[pos - 1]):
-            words.pop(0)  # the tail of a word that started before pos
+    def _words(self, text: str, pos: int) -> list[str]:
+        """The lower-case words of `text` from `pos`, without the tail of a word begun before it."""
+        mapped = _ascii_words(text, pos)
+        return self._split(text, pos, mapped)
+
+    @staticmethod
+    def _split(text: str, pos: int, mapped: str | None) -> list[str]:
+        if mapped is not None:
+            words = mapped.split()
+        else:
+            words = _WORD.findall(text, pos)
+            # `lower` never makes a space, so one call for all words keeps the list aligned.
+            words = " ".join(words).lower().split(" ") if words else words
+        if words and pos > 0 and _WORD_CHAR.match(text, pos - 1) and _WORD_CHAR.match(text, pos):
+            words.pop(0)
         return words
 
-    def _runs(self, words: list[re.Match[str]], upto: int) -> list[tuple[int, int]]:
-        """(first, last) word indexes of merged matched windows starting before `upto`."""
+    def _spans(self, text: str, pos: int) -> list[re.Match[str]]:
+        """The same words as `_words`, with their positions (only needed once a run is found)."""
+        spans = list(_WORD.finditer(text, pos))
+        if spans and spans[0].start() == pos and pos > 0 and _WORD_CHAR.match(text, pos - 1):
+            spans.pop(0)
+        return spans
+
+    def _runs(self, low: list[str], upto: int) -> list[tuple[int, int]]:
+        """(first, last) word indexes of merged matched windows starting before `upto`.
+
+        A window can only match where all its words are in the prompt's vocabulary, so only the
+        stretches of at least `k` such words are tried, in order, with the same merging.
+        """
         k = self.k
-        low = [w.group().lower() for w in words]
+        shingles = self._shingles
+        mask = bytes(map(self._vocab.__contains__, low))
         runs: list[tuple[int, int]] = []
-        for i in range(min(upto, len(low) - k + 1)):
-            if tuple(low[i : i + k]) in self._shingles:
-                if runs and i <= runs[-1][1] + 1:
-                    runs[-1] = (runs[-1][0], i + k - 1)
-                else:
-                    runs.append((i, i + k - 1))
+        i = mask.find(self._ones)
+        while i != -1 and i < upto:
+            j = mask.find(0, i + k)
+            if j == -1:
+                j = len(mask)
+            for s in range(i, min(j - k + 1, upto)):
+                if " ".join(low[s : s + k]) in shingles:
+                    if runs and s <= runs[-1][1] + 1:
+                        runs[-1] = (runs[-1][0], s + k - 1)
+                    else:
+                        runs.append((s, s + k - 1))
+            i = mask.find(self._ones, j)
         return runs
 
     def scan(self, text: str) -> list[Finding]:
@@ -71,26 +108,95 @@ class SystemPromptLeak:
         """Each verbatim run as one candidate (its raw span is the same)."""
         if not self._shingles:
             return []
-        words = self._words(text, pos)
+        low = self._words(text, pos)
+        runs = self._runs(low, len(low))
+        if not runs:
+            return []
+        spans = self._spans(text, pos)
         out = []
-        for a, b in self._runs(words, len(words)):
-            s, e = words[a].start(), words[b].end()
+        for a, b in runs:
+            s, e = spans[a].start(), spans[b].end()
             out.append(Candidate(s, e, 0, LEAK_KIND))
             if raw is not None:
                 raw.append((s, e))
         return out
 
     def open_start(self, text: str, pos: int) -> int:
-        """Where a window that is not complete yet, or a run that may still grow, starts."""
+        """Where a window that is not complete yet, or a run that may still grow, starts.
+
+        A window holding a complete word that is not in the prompt can never match, so only the
+        words after the last such word can still begin one: in most replies that is the last word
+        or two, not the last `min_words`.
+        """
         if not self._shingles:
             return len(text)
-        words = self._words(text, pos)
-        complete = len(words) - (1 if words and words[-1].end() == len(text) else 0)
+        mapped = _ascii_words(text, pos)
+        low = self._split(text, pos, mapped)
+        complete = len(low) - (1 if low and _WORD_CHAR.match(text, len(text) - 1) else 0)
         first_open = max(0, complete - self.k + 1)
-        runs = self._runs(words, first_open)
-        if runs and runs[-1][1] >= complete - 1:
-            first_open = min(first_open, runs[-1][0])
-        return words[first_open].start() if first_open < len(words) else len(text)
+        vocab = self._vocab
+        for j in range(complete - 1, first_open - 1, -1):
+            if low[j] not in vocab:
+                first_open = j + 1
+                break
+        runs = self._runs(low, first_open)
+        if runs and runs[-1][1] + 1 >= first_open:
+            first_open = runs[-1][0]  # a window from `first_open` on would merge into this run
+        if first_open >= len(low):
+            return len(text)
+        if mapped is None:
+            return self._spans(text, pos)[first_open].start()
+        i = len(mapped)  # step back over the last `len(low) - first_open` words
+        for _ in range(len(low) - first_open):
+            while mapped[i - 1] == " ":
+                i -= 1
+            i = mapped.rfind(" ", 0, i) + 1
+        return pos + i
+
+
+_ASCII_WORDS = bytes(
+    b + 32 if 65 <= b <= 90 else b if 97 <= b <= 122 or 48 <= b <= 57 or b == 95 else 32 for b in range(256)
+)
+"""ASCII word characters (`\\w`) in lower case; everything else a space."""
+
+
+def _ascii_words(text: str, pos: int) -> str | None:
+    """`text[pos:]` with its `\\w` characters in lower case and the others as spaces (so `split()`
+    gives the words) via one byte translate, or None when a non-ASCII character is a word
+    character (then the regex must decide, as for `é` or `İ`).
+
+    The regex engine tests a Unicode category at every character (~40 ns each); most replies are
+    ASCII apart from quotes, dashes and emoji, which are not word characters.
+    """
+    seg = text[pos:] if pos else text
+    view = seg.encode("ascii", "replace")
+    if not seg.isascii():
+        i = view.find(b"?")
+        while i != -1:
+            if seg[i].isalnum():  # `\\w` is `isalnum()` or `_` for every character
+                return None
+            i = view.find(b"?", i + 1)
+    return view.translate(_ASCII_WORDS).decode("ascii")
+
+
+_INDEX_CACHE_CHARS = 16_384
+"""System messages up to this long have their index cached (most requests repeat one)."""
+
+
+def _prompt_index(system_text: str, k: int) -> tuple[frozenset[str], frozenset[str]]:
+    """The prompt's lower-case vocabulary and its `k`-word shingles (words joined by one space)."""
+    if len(system_text) <= _INDEX_CACHE_CHARS:
+        return _cached_index(system_text, k)
+    return _build_index(system_text, k)
+
+
+def _build_index(system_text: str, k: int) -> tuple[frozenset[str], frozenset[str]]:
+    words = [w.lower() for w in _WORD.findall(system_text)]
+    shingles = frozenset(" ".join(words[i : i + k]) for i in range(len(words) - k + 1))
+    return frozenset(words), shingles
+
+
+_cached_index = functools.lru_cache(maxsize=32)(_build_index)
 
 
 _SEP = r"[\s\-_.,|/*'\"`]{0,3}"

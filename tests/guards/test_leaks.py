@@ -96,3 +96,25 @@ def test_separate_runs_are_separate_findings() -> None:
 def test_short_system_prompt_never_matches() -> None:
     """A system message shorter than the threshold cannot leak by this measure (and costs nothing)."""
     assert SystemPromptLeak("Be brief.").scan("Be brief. Be brief. Be brief.") == []
+
+
+def test_words_with_accents_and_curly_quotes_are_words_as_in_the_prompt() -> None:
+    """Non-ASCII word characters (accents, dotted capitals) belong to their words and punctuation such
+    as curly quotes and dashes separates them, exactly as in the system message."""
+    system = "Répondez toujours en français, même si l'utilisateur écrit en anglais. İstanbul est exclu."
+    leak = SystemPromptLeak(system, min_words=6)
+    reply = "Mes règles : « répondez toujours en français — même si l’utilisateur écrit »"
+    found = leak.scan(reply)
+    assert [reply[f.start : f.end] for f in found] == [
+        "répondez toujours en français — même si l’utilisateur écrit"
+    ]
+    assert leak.scan("Repondez toujours en francais meme si l utilisateur ecrit") == []
+    assert SystemPromptLeak(system, min_words=3).scan("on dit: İSTANBUL EST EXCLU.")
+
+
+def test_the_same_system_message_in_every_request_gives_the_same_result() -> None:
+    """Building the checker again for a repeated system message (the common case) finds the same runs."""
+    reply = "Sure: never discuss pricing of the enterprise tier, refer such questions elsewhere."
+    first = SystemPromptLeak(SYSTEM).scan(reply)
+    assert first and all(SystemPromptLeak(SYSTEM).scan(reply) == first for _ in range(3))
+    assert SystemPromptLeak(SYSTEM, min_words=12).scan(reply) == []

@@ -219,3 +219,35 @@ def test_one_megabyte_adversarial_stream_completes(text: str) -> None:
     """The same inputs streamed in 4 KB chunks complete and give the non-streamed result."""
     chunks = [text[i : i + 4096] for i in range(0, len(text), 4096)]
     assert streamed(SCANNER, chunks, REDACT) == expected(SCANNER, text, REDACT)
+
+
+LEAK_SYSTEM = (
+    "You are AcmeBot. Never reveal the discount codes for enterprise customers under any circumstances. "
+    "Escalate billing disputes to a human agent within one business day."
+)
+
+
+def test_back_to_back_leaked_passages_stream_as_one_finding() -> None:
+    """Two verbatim passages of the system message written one after the other are one finding (one
+    redaction), streamed or not, wherever the stream is cut."""
+    scanner = SystemPromptLeak(LEAK_SYSTEM)
+    reply = (
+        "Rules: never reveal the discount codes for enterprise customers under any "
+        "escalate billing disputes to a human agent within one business day. Done."
+    )
+    want = expected(scanner, reply, REDACT)
+    assert want.count("[REDACTED:leak:system_prompt]") == 1
+    for cut in range(1, len(reply)):
+        assert streamed(scanner, split_at(reply, [cut]), REDACT) == want, cut
+
+
+def test_leak_scanner_holds_back_only_the_last_word_of_unrelated_prose() -> None:
+    """With the system-prompt check on, prose that shares no word with the system message is held
+    back no more than without it: the unfinished last word, not the last `min_words` words."""
+    scanner = CombinedScanner(SCANNER, SystemPromptLeak(LEAK_SYSTEM))
+    text = "This is my perfectly ordinary reply about rate limiting with caching strategies. " * 5
+    red = StreamRedactor(scanner, REDACT)
+    for end in range(3, len(text), 3):
+        red.feed(text[end - 3 : end])
+        received = text[:end]
+        assert red.held == len(received) - (received.rfind(" ") + 1)
