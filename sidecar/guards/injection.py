@@ -4,8 +4,9 @@ Two layers over the detection views of `sidecar.guards.normalize`:
 
 * rules (data/injection_rules.tsv): categorized regexes in eleven languages. A rule's regex
   only runs when one of its trigger words is a token of the view (or, for scripts without
-  spaces, a substring of it), so plain text pays a set intersection, not a regex scan. All
-  patterns use bounded repetitions over disjoint classes, so matching stays linear.
+  spaces, a substring of it), so plain text pays a set intersection, not a regex scan. A rule
+  may also require words or substrings (all of them) before its regex runs. All patterns use
+  bounded repetitions over disjoint classes, so matching stays linear.
 * classifier (data/injection_weights.json): logistic regression over word unigram and bigram
   counts, trained offline by tools/train_injection.py, run here as dict lookups. Long texts
   are scored in overlapping token windows, so an attack in the middle of a long document is
@@ -69,6 +70,8 @@ class Rule:
     ascii_substrings: tuple[str, ...] = ()
     word_start: bool = False  # the pattern began with \b: checked in code, see `_search`
     long_range: bool = False  # the pattern can span more than REACH characters
+    required_words: frozenset[str] = frozenset()  # '+word' triggers: all must be tokens
+    required_subs: tuple[str, ...] = ()  # '+~text' triggers: all must be substrings
 
 
 def _expand(pattern: str) -> str:
@@ -76,14 +79,23 @@ def _expand(pattern: str) -> str:
 
 
 def parse_rules(lines: Iterable[str]) -> tuple[Rule, ...]:
-    """Parse the TSV rule table: id, category, weight, triggers, pattern."""
+    """Parse the TSV rule table: id, category, weight, triggers, pattern.
+
+    Triggers: `word` (a token of the view) or `~text` (a substring) gate the rule, any one
+    suffices; `+word` and `+~text` must all be present as well. Required triggers keep a rule
+    built from common words (say, "repeat ... N times") from running on every text that has one.
+    """
     rules: list[Rule] = []
     for line in lines:
         if not line.strip() or line.startswith("#"):
             continue
         rule_id, category, weight, triggers, pattern = line.rstrip("\n").split("\t")
-        words = frozenset(t for t in triggers.split() if not t.startswith("~"))
-        subs = tuple(unicodedata.normalize("NFKC", t[1:]) for t in triggers.split() if t[0] == "~")
+        any_of = [t for t in triggers.split() if t[0] != "+"]
+        all_of = [t[1:] for t in triggers.split() if t[0] == "+"]
+        words = frozenset(t for t in any_of if not t.startswith("~"))
+        subs = tuple(unicodedata.normalize("NFKC", t[1:]) for t in any_of if t[0] == "~")
+        req_words = frozenset(t for t in all_of if not t.startswith("~"))
+        req_subs = tuple(unicodedata.normalize("NFKC", t[1:]) for t in all_of if t[0] == "~")
         ascii_subs = tuple(t for t in subs if t.isascii())
         # A leading \b stops the regex engine from skipping ahead to the first characters the
         # pattern can start with (a C-speed scan); the boundary is checked in `_search` instead.
@@ -91,7 +103,19 @@ def parse_rules(lines: Iterable[str]) -> tuple[Rule, ...]:
         rx = re.compile(_expand(pattern[2:] if word_start else pattern))
         long_range = "{1,4000}" in pattern or "{0,4000}" in pattern
         rules.append(
-            Rule(rule_id, category, float(weight), words, subs, rx, ascii_subs, word_start, long_range)
+            Rule(
+                rule_id,
+                category,
+                float(weight),
+                words,
+                subs,
+                rx,
+                ascii_subs,
+                word_start,
+                long_range,
+                req_words,
+                req_subs,
+            )
         )
     return tuple(rules)
 
@@ -203,6 +227,16 @@ def _search_near(rule: Rule, text: str, anchors: Iterable[str]) -> bool:
     return hi > lo and _search(rule, text, lo, hi)
 
 
+def _group_by_first_char(
+    by_sub: Mapping[str, Sequence[int]],
+) -> tuple[tuple[str, tuple[tuple[str, tuple[int, ...]], ...]], ...]:
+    """Trigger substrings grouped by their first character: ((char, ((sub, rule ids), ...)), ...)."""
+    groups: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
+    for sub, ids in by_sub.items():
+        groups.setdefault(sub[0], []).append((sub, tuple(ids)))
+    return tuple((c, tuple(g)) for c, g in groups.items())
+
+
 def _sigmoid(z: float) -> float:
     if z >= 0:
         return 1.0 / (1.0 + math.exp(-z))
@@ -260,10 +294,12 @@ class InjectionDetector:
                 index.setdefault(w, []).append(i)
         self._word_index = {w: tuple(ids) for w, ids in index.items()}
         self._trigger_words = frozenset(index)
-        self._substring_rules = tuple((i, r.substrings) for i, r in enumerate(self._rules) if r.substrings)
-        self._ascii_substring_rules = tuple(
-            (i, r.ascii_substrings) for i, r in enumerate(self._rules) if r.ascii_substrings
-        )
+        by_sub: dict[str, list[int]] = {}
+        for i, rule in enumerate(self._rules):
+            for sub in rule.substrings:
+                by_sub.setdefault(sub, []).append(i)
+        self._substrings = _group_by_first_char(by_sub)
+        self._ascii_substrings = _group_by_first_char({k: v for k, v in by_sub.items() if k.isascii()})
 
     def _candidates(self, view: View) -> set[int]:
         """Indexes of rules whose trigger word or substring occurs in the view."""
@@ -273,13 +309,13 @@ class InjectionDetector:
             ids.update(self._word_index[w])
         if view.kind == "unspaced":  # words were merged: look for trigger words as substrings
             ids.update(i for w, rs in self._word_index.items() if w in text for i in rs)
-        pairs = self._ascii_substring_rules if text.isascii() else self._substring_rules
-        for i, subs in pairs:
-            if i not in ids:
-                for sub in subs:
+        # Each distinct substring is searched once, and only when its first character occurs:
+        # a text in one script skips the other scripts' triggers at the cost of a character test.
+        for first, subs in self._ascii_substrings if text.isascii() else self._substrings:
+            if first in text:
+                for sub, rule_ids in subs:
                     if sub in text:
-                        ids.add(i)
-                        break
+                        ids.update(rule_ids)
         return ids
 
     def _rule_hits(self, view: View, done: Mapping[str, float]) -> list[Rule]:
@@ -290,6 +326,13 @@ class InjectionDetector:
         for i in sorted(self._candidates(view)):
             rule = rules[i]
             if rule.rule_id in done:
+                continue
+            if rule.required_words and not (
+                rule.required_words <= view.words
+                or (view.kind == "unspaced" and all(w in text for w in rule.required_words))
+            ):
+                continue
+            if rule.required_subs and not all(sub in text for sub in rule.required_subs):
                 continue
             if view.kind == "unspaced":
                 found = _search(rule, text)  # merged words: anchors are not tokens here
