@@ -115,6 +115,8 @@ def _account(request: web.Request, ctx: RequestContext, metrics: Metrics) -> Non
     if ctx.upstream_s:
         series.upstream.observe(ctx.upstream_s)
     series.overhead.observe(max(total - ctx.upstream_s, 0.0))
+    if not access_log.isEnabledFor(logging.INFO):
+        return
     log_fields(access_log, logging.INFO, "request", request_id=ctx.request_id,
                method=request.method, route=ctx.route, status=ctx.status,
                duration_ms=round(total * 1000, 3), upstream_ms=round(ctx.upstream_s * 1000, 3),

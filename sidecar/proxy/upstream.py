@@ -102,6 +102,8 @@ class Upstream:
         cap = self.settings.max_response_bytes
         if response.content_length is not None and response.content_length > cap:
             raise UpstreamError("The model provider's response was too large.")
+        if response.content_length is not None and "Content-Encoding" not in response.headers:
+            return await response.read()  # uncompressed: the declared length bounds the read
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.content.iter_any():
