@@ -108,10 +108,28 @@ def median_of(rounds: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured_round(url: str, connections: int, seconds: int, headers: dict[str, str],
+                   pid: int | None) -> dict[str, float]:
+    """One wrk round, plus the proxy's CPU per request when its pid is known: less sensitive
+    than req/s to whatever else the machine runs."""
+    before = cpu_seconds(pid) if pid else 0.0
+    result = wrk(url, connections, seconds, headers)
+    if pid:
+        result["cpu_us"] = (cpu_seconds(pid) - before) / (result["rps"] * seconds) * 1e6
+    return result
+
+
 def measure(url: str, connections: int, seconds: int, rounds: int,
-            headers: dict[str, str]) -> dict[str, float]:
+            headers: dict[str, str], pid: int | None = None) -> dict[str, float]:
     wrk(url, connections, 1, headers)  # warm-up
-    return median_of([wrk(url, connections, seconds, headers) for _ in range(rounds)])
+    return median_of([measured_round(url, connections, seconds, headers, pid)
+                      for _ in range(rounds)])
 
 
 def main() -> None:
@@ -139,8 +157,8 @@ def main() -> None:
     with process([*cpus(1), "redis-server", "--port", str(redis_port), "--save", "",
                   "--appendonly", "no", "--dir", workdir]), \
          process([*cpus(1), PY, "-m", "sidecar", "mock-upstream", "--port", str(mock_port)]), \
-         process([*cpus(0), PY, str(ROOT / "bench" / "passthrough.py"), str(pass_port), mock]), \
-         process([*cpus(0), PY, "-m", "sidecar", "serve"], env=env):
+         process([*cpus(0), PY, str(ROOT / "bench" / "passthrough.py"), str(pass_port), mock]) as floor, \
+         process([*cpus(0), PY, "-m", "sidecar", "serve"], env=env) as sidecar:
         wait_http(mock + "/v1/models")
         wait_http(f"http://127.0.0.1:{metrics_port}/readyz")
         wait_http(f"http://127.0.0.1:{pass_port}/")
@@ -148,9 +166,11 @@ def main() -> None:
         print("sidecar: every guard on (injection, output scanning), abuse checks, and a key with a "
               "request limit and a token budget (admission + settlement per request)", flush=True)
         for c in conns:
-            for name, url in (("direct", mock), ("aiohttp pass-through", f"http://127.0.0.1:{pass_port}"),
-                              ("sidecar", f"http://127.0.0.1:{side_port}")):
-                rows.append((name, c, measure(url, c, args.seconds, args.rounds, headers)))
+            for name, url, pid in (
+                    ("direct", mock, None),
+                    ("aiohttp pass-through", f"http://127.0.0.1:{pass_port}", floor.pid),
+                    ("sidecar", f"http://127.0.0.1:{side_port}", sidecar.pid)):
+                rows.append((name, c, measure(url, c, args.seconds, args.rounds, headers, pid)))
     print_table(rows)
 
 
@@ -168,12 +188,13 @@ def bench_headers(env: dict[str, str]) -> dict[str, str]:
 def print_table(rows: list[tuple[str, int, dict[str, float]]]) -> None:
     floor = {c: r for n, c, r in rows if n == "aiohttp pass-through"}
     print(f"{'target':<22}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
-          f"{'vs floor':>10}{'+p50 ms':>9}")
+          f"{'vs floor':>10}{'+p50 ms':>9}{'CPU us/req':>12}")
     for name, c, r in rows:
         ratio = r["rps"] / floor[c]["rps"] if c in floor else float("nan")
         added = r["p50_ms"] - floor[c]["p50_ms"] if c in floor else float("nan")
+        cpu = f"{r['cpu_us']:>12.0f}" if "cpu_us" in r else f"{'-':>12}"
         print(f"{name:<22}{c:>6}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
-              f"{r['errors']:>8.0f}{ratio:>10.2f}{added:>9.2f}")
+              f"{r['errors']:>8.0f}{ratio:>10.2f}{added:>9.2f}{cpu}")
 
 
 if __name__ == "__main__":
