@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
@@ -189,7 +189,9 @@ class InputGuard:
         return changed
 
 
-def count_findings(metrics: Metrics, findings: Iterable[Finding]) -> None:
+def count_findings(metrics: Metrics, findings: Sequence[Finding]) -> None:
+    if not findings:
+        return  # the usual case: no Counter to build
     for kind, n in Counter(f.kind for f in findings).items():
         metrics.redactions.labels(kind).inc(n)
 
