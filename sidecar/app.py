@@ -41,6 +41,7 @@ from sidecar.metrics import Metrics, scrape_registry
 from sidecar.proxy.context import RequestContext
 from sidecar.proxy.conversations_api import add_conversation_routes, setup_conversations
 from sidecar.proxy.guarding import InputGuard, OutputGuard
+from sidecar.proxy.parse_errors import install_json_parser_errors
 from sidecar.proxy.relay import error_response, plain_error
 from sidecar.proxy.routes import ROUTE_OF_RESOURCE, add_routes
 from sidecar.proxy.upstream import Upstream
@@ -130,6 +131,7 @@ async def _hide_server_version(request: web.Request, response: web.StreamRespons
 def create_app(settings: Settings, metrics: Metrics | None = None) -> web.Application:
     """The proxy app; its cleanup context opens and closes the store and the upstream session."""
     quiet_parser_errors()
+    install_json_parser_errors()
     app = web.Application(middlewares=[context_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = metrics or Metrics()

@@ -4,6 +4,7 @@ before any handler runs, without a traceback in the answer."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import pytest
@@ -50,8 +51,46 @@ async def test_header_floods_get_a_4xx_without_traceback(
     status_line = answer.split(b"\r\n", 1)[0]
     assert status_line.split(b" ")[1] in (b"400", b"413", b"414", b"431"), status_line
     assert b"Traceback" not in answer and b'File "' not in answer, answer[:300]
+    assert_json_error(answer)
     handled = [r for r in caplog.records if r.name == "sidecar.access"]
     assert not handled, "the handler path ran for a request the parser should refuse"
+
+
+def assert_json_error(answer: bytes) -> dict[str, str]:
+    """The answer is the sidecar's JSON error (DESIGN.md section 5), not aiohttp's text."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head.lower(), head
+    error = json.loads(body)["error"]
+    assert set(error) == {"message", "type", "code", "request_id"}, error
+    assert error["type"] == "invalid_request_error"
+    assert error["code"] in {"invalid_request", "body_too_large", "request_timeout"}, error
+    assert error["request_id"].startswith("req_")
+    return error
+
+
+MARKER = "ZZQX"  # in every malformed part: the answer must not quote it back
+MALFORMED = [
+    ("NUL in the method", f"PO\x00ST{MARKER} {CHAT} HTTP/1.1\r\nHost: x\r\n\r\n".encode("latin-1")),
+    ("unknown HTTP version", f"POST {CHAT} HTTP/7.{MARKER}\r\nHost: x\r\n\r\n".encode()),
+    ("header without a colon", f"POST {CHAT} HTTP/1.1\r\nHost: x\r\n{MARKER} no colon\r\n\r\n".encode()),
+    ("non-numeric Content-Length", f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Length: {MARKER}\r\n\r\n".encode()),
+    ("bad chunk size", f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       f"{MARKER}\r\nabc\r\n0\r\n\r\n".encode()),
+    ("control character in a header value", f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nX-A: a\x01{MARKER}\r\n\r\n".encode()),
+    ("not HTTP at all", f"\x16\x03\x01{MARKER} TLS hello?\r\n\r\n".encode("latin-1")),
+]
+
+
+@pytest.mark.parametrize(("case", "request_head"), MALFORMED, ids=[c[0] for c in MALFORMED])
+async def test_malformed_http_gets_the_json_error_format(
+    make_sidecar: SidecarFactory, case: str, request_head: bytes,
+) -> None:
+    """What aiohttp's parser refuses is answered in our error format, quoting nothing back."""
+    server = await make_sidecar()
+    answer = await raw_request(server, request_head)
+    assert answer.split(b" ", 2)[1] == b"400", answer[:200]
+    error = assert_json_error(answer)
+    assert MARKER.encode() not in answer and MARKER.lower() not in error["message"].lower()
 
 
 async def test_refused_requests_log_no_traceback(
