@@ -1,13 +1,18 @@
-"""Output-guard speed: microseconds per KB for secrets+PII, and the stream hold-back's delay.
+"""Output-guard speed: microseconds per KB for secrets+PII, per call for a short reply, and the
+stream hold-back's delay and per-token cost.
 
 Run: .venv/bin/python bench/bench_output_guards.py [--seconds S] [--breakdown]
 
 Corpus: typical assistant replies (markdown prose, lists with numbers, Python/JS/shell code, JSON,
 config) with no secrets, plus the same with one secret and one e-mail per ~2 KB. Reports CPU time
 (best and median of 9 rounds; the box is shared, so the best round is the steadier figure). The
-stream part replays a reply as 4-character tokens and reports how many characters the redactor
-holds back after each token, how many tokens later each character is released (and what that is
-in milliseconds at a given token rate), and the CPU cost of a `feed`.
+per-call part scans a ~300-byte reply the way the proxy does for a non-streamed answer: the shared
+scanner alone, and with the per-request system-prompt leak check (built for the request, combined,
+actions applied). The stream part replays a reply as 4-character tokens and reports how many
+characters the redactor holds back after each token, how many tokens later each character is
+released (and what that is in milliseconds at a given token rate), and the CPU cost of a `feed`;
+then the cost per token of a short reply streamed word by word (as the mock provider does), with
+and without the leak check.
 """
 
 from __future__ import annotations
@@ -18,12 +23,22 @@ import statistics
 import string
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sidecar.guards.redact import DEFAULT_ACTIONS, OutputScanner
+from sidecar.guards.leaks import SystemPromptLeak
+from sidecar.guards.redact import DEFAULT_ACTIONS, CombinedScanner, OutputScanner, Scanner, apply_actions
 from sidecar.guards.stream import StreamRedactor
+
+SYSTEM = "You are a helpful assistant that answers briefly."
+SHORT_REPLY = (
+    "The lighthouse keeper, Elias, finds a bottle on the rocks after a storm; the note inside is from "
+    "a girl across the bay who has been signalling him for years. He answers with his lamp, three long "
+    'flashes at 9 pm, and they become friends. Title: "The Light That Wrote Back".'
+)
+"""A ~300-byte answer, the size of a typical non-streamed reply in `make bench`."""
 
 PROSE = """\
 ## Choosing a rate limiter
@@ -128,6 +143,45 @@ def us_per_kb(scanner: OutputScanner, text: str, seconds: float) -> tuple[float,
     return min(rounds) / kb * 1e6, statistics.median(rounds) / kb * 1e6
 
 
+def best_us(fn: Callable[[], object], seconds: float) -> tuple[float, float]:
+    """(best, median) CPU microseconds per call of `fn` over 9 rounds."""
+    fn()
+    rounds = []
+    for _ in range(9):
+        n = 0
+        t0 = time.process_time()
+        while time.process_time() - t0 < seconds / 9:
+            fn()
+            n += 1
+        rounds.append((time.process_time() - t0) / n)
+    return min(rounds) * 1e6, statistics.median(rounds) * 1e6
+
+
+def per_call(scanner: OutputScanner, leak: bool) -> Callable[[], object]:
+    """One non-streamed reply as the proxy scans it (`ResponseScan.whole`)."""
+
+    def run() -> object:
+        s: Scanner = CombinedScanner(scanner, SystemPromptLeak(SYSTEM)) if leak else scanner
+        return apply_actions(SHORT_REPLY, s.scan(SHORT_REPLY), DEFAULT_ACTIONS)
+
+    return run
+
+
+def word_stream(scanner: OutputScanner, leak: bool) -> tuple[Callable[[], object], int]:
+    """`SHORT_REPLY` streamed word by word through a fresh redactor, and the number of tokens."""
+    words = SHORT_REPLY.split(" ")
+    tokens = [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+    def run() -> object:
+        s: Scanner = CombinedScanner(scanner, SystemPromptLeak(SYSTEM)) if leak else scanner
+        red = StreamRedactor(s, DEFAULT_ACTIONS)
+        out = [red.feed(t) for t in tokens]
+        out.append(red.finish())
+        return out
+
+    return run, len(tokens)
+
+
 def holdback_stats(scanner: OutputScanner, text: str, token_chars: int = 4) -> dict[str, float]:
     """Replay `text` as tokens; per character, how many tokens later it is released, and feed cost."""
     red = StreamRedactor(scanner, DEFAULT_ACTIONS)
@@ -138,8 +192,11 @@ def holdback_stats(scanner: OutputScanner, text: str, token_chars: int = 4) -> d
     first_release = -1
     held: list[int] = []
     t0 = time.process_time()
+    feed_time = 0.0
     for k, tok in enumerate(tokens):
+        t1 = time.process_time()
         red.feed(tok)
+        feed_time += time.process_time() - t1
         arrival.extend([k] * len(tok))
         now_released = len(arrival) - red.held
         if now_released > released and first_release < 0:
@@ -161,7 +218,8 @@ def holdback_stats(scanner: OutputScanner, text: str, token_chars: int = 4) -> d
         "delay_p50": delays[len(delays) // 2],
         "delay_p99": delays[int(len(delays) * 0.99)],
         "first": first_release,
-        "us_per_token": dt / len(tokens) * 1e6,
+        "us_per_token": feed_time / len(tokens) * 1e6,
+        "total_s": dt,
     }
 
 
@@ -206,7 +264,19 @@ def main() -> None:
             f"{st['delay_p99'] / rate * 1000:.0f} ms p99 per character; first token "
             f"{st['first'] / rate * 1000:.0f} ms late"
         )
-    print(f"  feed cost {st['us_per_token']:.1f} µs per token (CPU)")
+    feeds = sorted(holdback_stats(scanner, reply)["us_per_token"] for _ in range(9))
+    print(f"  feed cost {feeds[0]:.1f} µs per token best, {feeds[4]:.1f} median of 9 replays (CPU)")
+    print(f"per call, a {len(SHORT_REPLY)}-character reply (best and median of 9 rounds):")
+    for leak in (False, True):
+        best, median = best_us(per_call(scanner, leak), args.seconds / 2)
+        what = "scan + leak check + actions" if leak else "scan alone"
+        print(f"  {what:28s} {best:6.1f} µs best, {median:6.1f} µs median")
+    print("stream, the same reply word by word (best and median of 9 rounds):")
+    for leak in (False, True):
+        run, n = word_stream(scanner, leak)
+        best, median = best_us(run, args.seconds / 2)
+        what = "with the leak check" if leak else "secrets and PII"
+        print(f"  {what:28s} {best / n:6.1f} µs per token best, {median / n:6.1f} median")
     if args.breakdown:
         breakdown(scanner, clean)
 

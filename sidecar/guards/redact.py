@@ -163,32 +163,52 @@ class OutputScanner:
         ws_widths = [s.width for s in specs if s.ws_free] + ([EMAIL_WIDTH] if pii else [])
         self.ws_width = max(ws_widths, default=0)
         self._loose = tuple(s for s in specs if not s.ws_free)
-        self._long_rows: list[tuple[int, PatternSpec, bytes, tuple[bytes, ...]]] = []
-        self._ci_rows: list[tuple[int, PatternSpec, bool]] = []
+        self._loose_gates = tuple((s, _start_gate(s)) for s in self._loose)
+        self._exact_rows = tuple(
+            (prio - len(self._exact), kind, value) for prio, (kind, value) in enumerate(self._exact)
+        )
+        long_rows: dict[bytes, list[tuple[int, PatternSpec, tuple[bytes, ...]]]] = {}
+        self._lit_rows: list[tuple[int, PatternSpec, bool, int, Plan]] = []
         self._text_rows: list[tuple[int, PatternSpec]] = []
         self._num_rows: list[tuple[int, PatternSpec, frozenset[str]]] = []
-        self._seed_rows: list[tuple[int, PatternSpec]] = []
+        self._seed_rows: list[tuple[int, PatternSpec, str]] = []
         self._plain_rows: list[tuple[int, PatternSpec]] = []
         for prio, spec in enumerate(specs):
             if spec.region is not None:
                 self._num_rows.append((prio, spec, frozenset(spec.need_any)))
             elif spec.anchor_re is not None:
-                self._seed_rows.append((prio, spec))
+                self._seed_rows.append((prio, spec, _literal_prefix(spec.anchor_re)))
             elif not spec.anchors:
                 self._plain_rows.append((prio, spec))
-            elif spec.anchors_ci:
-                long_value = spec.value_min >= LONG_WORD and _token_chars_only(spec, spec.group[0])
-                self._ci_rows.append((prio, spec, long_value))
             elif (
                 spec.ws_free
+                and not spec.anchors_ci
                 and spec.min_width >= LONG_WORD
                 and spec.anchor_back is not None
                 and _token_chars_only(spec, None)
             ):
                 needles = tuple(a.encode() for a in spec.anchors)
-                self._long_rows.append((prio, spec, _common_prefix(needles), needles))
+                long_rows.setdefault(_gate(needles), []).append((prio, spec, needles))
+            elif spec.anchors_ci or spec.anchor_back == 0:
+                # a value that is itself a run of token characters this long, when it is one at all
+                long_value = (
+                    spec.value_min
+                    if spec.value_min >= LONG_WORD and _token_chars_only(spec, spec.group[0])
+                    else 0
+                )
+                self._lit_rows.append((prio, spec, spec.anchors_ci, long_value, anchor_plan(spec)))
             else:
                 self._text_rows.append((prio, spec))
+        self._long_groups = tuple((gate, tuple(rows)) for gate, rows in long_rows.items())
+        self._quick = _quick_gate(
+            self._lit_rows, self._text_rows, self._plain_rows, self._num_rows, self._seed_rows, pii
+        )
+        gates = [g for _, g in self._loose_gates]
+        self._open_quick = _open_gate(gates) if all(g is not None for g in gates) else None
+        self._open_reach = max((len(n) for g in gates if g for _, n in g), default=1)
+        self._loose_max_width = max((s.width for s in self._loose), default=0)
+        self._need_long = bool(self._long_groups) or any(r[3] for r in self._lit_rows)
+        self._any_ci = any(r[2] for r in self._lit_rows)
         self.max_width = max(
             [self.ws_width, *(s.width for s in self._loose), *(len(v) for _, v in self._exact)]
         )
@@ -201,40 +221,61 @@ class OutputScanner:
         """Validated matches starting at or after `pos`; appends every raw regex span to `raw`.
 
         Rows are grouped by their gate so one cheap check can skip a whole group: the long-token rows
-        when the text has no long word, the number rows when it has no number run.
+        when the text has no long word, the number rows when it has no number run. A row whose
+        anchors do not occur costs only their `find`s, so a short reply or a stream buffer with
+        nothing in it pays little more than one C-level pass per anchor.
         """
         out: list[Candidate] = []
-        for prio, (kind, value) in enumerate(self._exact):
+        for prio, kind, value in self._exact_rows:
             i = text.find(value, pos)
             while i != -1:
-                out.append(Candidate(i, i + len(value), prio - len(self._exact), kind))
+                out.append(Candidate(i, i + len(value), prio, kind))
                 if raw is not None:
                     raw.append((i, i + len(value)))
                 i = text.find(value, i + len(value))
-        view = _aligned_bytes(text)
-        longb = _long_words(view) if self._long_rows or self._ci_rows else b""
-        if self._long_rows:
-            if longb:
-                for prio, spec, common, needles in self._long_rows:
-                    if common not in longb:
-                        continue  # one check for a family of anchors (`gh?_`, `gl…-`, `A…`)
-                    for needle in needles:
-                        if needle in longb:
-                            _collect(out, raw, prio, spec, text, _anchored_literal(spec, text, text, pos))
-                            break
-        if self._ci_rows:
-            lower = text.lower()
-            aligned = len(lower) == len(text)
-            for prio, spec, long_value in self._ci_rows:
-                if long_value and not longb:
-                    continue  # its value alone is a long whitespace-free word, and the text has none
-                if aligned:  # the anchor search itself is the gate: no separate `in` pass
-                    _collect(out, raw, prio, spec, text, _anchored_literal(spec, lower, text, pos))
-                    continue
+        if (
+            self._quick is not None
+            and len(text) - pos < _QUICK_TEXT
+            and text.isascii()
+            and self._quick.search(text.lower(), pos) is None
+        ):
+            # a short ASCII text with no anchor, digit, `:` or `@`: only the long tokens can be in it
+            if self._long_groups and len(text) - pos >= LONG_WORD:
+                longb, _ = _long_words(text[pos:].encode("ascii"))
+                if longb:
+                    self._long_candidates(out, raw, text, pos, longb)
+            return out
+        view = text.encode("ascii", "replace")  # one byte per character: byte offsets are text offsets
+        # a long token or value found here starts at or after `pos`, so its run lies in text[pos:]
+        longb, longest = (
+            _long_words(view[pos:] if pos else view)
+            if self._need_long and len(text) - pos >= LONG_WORD
+            else (b"", 0)
+        )
+        if longb:
+            self._long_candidates(out, raw, text, pos, longb)
+        lower = text.lower() if self._any_ci else text
+        aligned = len(lower) == len(text)
+        short = len(text) - pos < _FOLLOW_MIN_TEXT
+        for prio, spec, ci, long_value, plan in self._lit_rows:
+            if long_value and longest < long_value:
+                continue  # its value is a run of token characters at least this long; there is none
+            if ci and not aligned:  # rare: lower-casing changed the length, so search the text itself
                 for anchor in spec.anchors:
                     if anchor in lower:
                         _collect(out, raw, prio, spec, text, spec.regex.finditer(text, pos))
                         break
+                continue
+            hay = lower if ci else text
+            if short:  # one `find` per anchor decides most rows without a call
+                for anchor, _, _ in plan:
+                    if hay.find(anchor, pos) != -1:
+                        break
+                else:
+                    continue
+            matches = _at_seeds(spec, text, pos, hay, plan)
+            if matches:
+                _collect(out, raw, prio, spec, text, matches)
         for prio, spec in self._text_rows:
             if spec.anchor_back is not None:
                 _collect(out, raw, prio, spec, text, _anchored_literal(spec, text, text, pos))
@@ -244,7 +285,7 @@ class OutputScanner:
                     _collect(out, raw, prio, spec, text, spec.regex.finditer(text, pos))
                     break
         cls = view.translate(_CLASS_TABLE) if self._num_rows or self._seed_rows else b""
-        if self._num_rows:
+        if self._num_rows and cls.find(b"0", pos) != -1:
             for start, end in _number_runs(text, pos, cls):
                 ndigits = cls.count(b"0", start, end)
                 run = text[start:end]
@@ -256,13 +297,15 @@ class OutputScanner:
                     ):
                         _collect(out, raw, prio, spec, text, spec.regex.finditer(text, start, end))
         seeds_of: dict[re.Pattern[str], list[int]] = {}
-        for prio, spec in self._seed_rows:
+        for prio, spec, seed_prefix in self._seed_rows:
             assert spec.anchor_re is not None
             if spec.shape:
                 if spec.shape not in cls:
                     continue
                 seeds = _find_all(cls, spec.shape, pos)  # aligned: class offsets are text offsets
             else:  # rows sharing a seed regex (the two IPv6 rows) share its pass
+                if seed_prefix and text.find(seed_prefix, pos) == -1:
+                    continue  # e.g. no `:` at all, so no IPv6 address
                 found = seeds_of.get(spec.anchor_re)
                 if found is None:
                     found = seeds_of[spec.anchor_re] = [m.start() for m in spec.anchor_re.finditer(text, pos)]
@@ -271,7 +314,7 @@ class OutputScanner:
                 _collect(out, raw, prio, spec, text, _anchored(spec, text, pos, seeds, spec.anchor_back))
         for prio, spec in self._plain_rows:
             _collect(out, raw, prio, spec, text, spec.regex.finditer(text, pos))
-        if self._email:
+        if self._email and text.find("@", pos) != -1:
             prio = len(self._specs)
             for s, e in find_emails(text, pos):
                 out.append(Candidate(s, e, prio, "pii:email"))
@@ -279,21 +322,62 @@ class OutputScanner:
                     raw.append((s, e))
         return out
 
+    def _long_candidates(
+        self, out: list[Candidate], raw: list[tuple[int, int]] | None, text: str, pos: int, longb: bytes
+    ) -> None:
+        """The long-token rows whose anchors occur in the text's long words (`_long_words`)."""
+        for gate, rows in self._long_groups:
+            if gate not in longb:
+                continue  # one check for a family of anchors (`sk-…`, `gh?_`, `A…`)
+            for prio, spec, needles in rows:
+                for needle in needles:
+                    if needle in longb:
+                        _collect(out, raw, prio, spec, text, _anchored_literal(spec, text, text, pos))
+                        break
+
     def open_start(self, text: str, pos: int) -> int:
         """Earliest index >= `pos` where a match may start that later text could still change.
 
         Whitespace-free patterns can only be open in the last whitespace-free run (and only within
         their width of the end); the others only where their `start` regex matches within their
         width of the end and their `extent` reaches the end; exact values where a suffix of the
-        text is a prefix of the value.
+        text is a prefix of the value. A row whose start cannot occur in the part of the text
+        before the current answer (no anchor, no digit, no `+`…, see `_start_gate`) is skipped
+        without running its regex: a stream asks this after every token.
         """
         n = len(text)
         w = max(text.rfind(" ", pos), text.rfind("\n", pos), text.rfind("\t", pos), text.rfind("\r", pos))
         o = max(w + 1, n - self.ws_width, pos)
-        for spec in self._loose:
+        cls = b""
+        lower = ""
+        gates = self._loose_gates
+        if self._open_quick is not None and text.isascii():
+            lo_min = max(pos, n - self._loose_max_width + 1)
+            end = o + self._open_reach - 1
+            if lo_min >= o or self._open_quick.search(text[lo_min:end].lower()) is None:
+                gates = ()  # nothing that starts a row occurs before `o`
+        for spec, gate in gates:
             lo = max(pos, n - spec.width + 1)
             if lo >= o:
                 continue
+            if gate is not None:
+                for hay_name, needle in gate:
+                    if hay_name == "cls":
+                        if not cls:
+                            cls = text.encode("ascii", "replace").translate(_CLASS_TABLE)
+                        hay: str | bytes = cls
+                    elif hay_name == "lower":
+                        if not lower:
+                            lower = text.lower()
+                        if len(lower) != n:  # rare: lower-casing changed the length
+                            break
+                        hay = lower
+                    else:
+                        hay = text
+                    if hay.find(needle, lo, o + len(needle) - 1) != -1:
+                        break
+                else:
+                    continue  # no match can start in [lo, o)
             assert spec.start is not None
             for m in spec.start.finditer(text, lo):
                 p = m.start()
@@ -330,9 +414,156 @@ _NUM_CLASS_RUN = re.compile(rb"0[01]{5,}")
 """`NUMBER_RUN` (`[0-9][0-9 ().+/-]{5,}`) over the class map: the same spans, found faster."""
 
 
-def _long_words(b: bytes) -> bytes:
+Gate = tuple[tuple[str, Any], ...]
+"""How `open_start` can tell that a row's `start` regex cannot match in a range: pairs of a
+haystack (`text`, `lower` for the lower-case text, `cls` for the class map) and a needle, one of
+which must start in the range."""
+
+_FOLDS = "\u0130\u0131\u017f\u212a"
+"""Non-ASCII characters that case-insensitive matching equates with ASCII letters (İ ı ſ K)."""
+_DIGITS = frozenset("0123456789")
+
+
+def _start_gate(spec: PatternSpec) -> Gate | None:
+    """What must occur where `spec.start` matches, when that is cheap to look for.
+
+    Rows whose matches start exactly at a case-insensitive anchor use the anchors (the scanner finds
+    them the same way); a `shape` row its shape in the class map; otherwise the start regex's
+    literal prefix, or the few characters it can begin with (digits as one class-map search), read
+    from the parsed regex. None: always run the regex.
+    """
+    if spec.anchors and spec.anchors_ci and spec.anchor_back == 0 and not spec.back_chars:
+        return tuple(("lower", a) for a in spec.anchors)
+    if spec.start is None:
+        return None
+    if spec.shape and spec.start.pattern == "[A-Z]{2}[0-9]{2}":
+        return (("cls", spec.shape),)
+    prefix = _literal_prefix(spec.start)
+    if len(prefix) >= 2:
+        return (("text", prefix),)
+    ci = bool(spec.start.flags & re.IGNORECASE)
+    first = _first_chars(list(_sre_parser.parse(spec.start.pattern, spec.start.flags)))
+    if first is None:
+        return None
+    if ci:
+        first |= {c.swapcase() for c in first}
+        if any(c.isalpha() for c in first):
+            first |= set(_FOLDS)
+    gate: list[tuple[str, Any]] = []
+    if len(first & _DIGITS) >= 3:
+        gate.append(("cls", b"0"))  # the class map has every digit as `0`
+        first = first - _DIGITS
+    if len(first) > 4:
+        return None
+    gate.extend(("text", c) for c in sorted(first))
+    return tuple(gate)
+
+
+_QUICK_TEXT = 48
+"""Texts shorter than this (a stream buffer: the last word or two) are first checked with one regex
+for anything that could start a row (`_quick_gate`); on longer texts that regex costs more than
+the rows' own `find`s (it tries its branches at every `a`, `p`, `s`, `t`…)."""
+
+
+def _quick_gate(
+    lit_rows: Sequence[tuple[int, PatternSpec, bool, int, Plan]],
+    text_rows: Sequence[tuple[int, PatternSpec]],
+    plain_rows: Sequence[tuple[int, PatternSpec]],
+    num_rows: Sequence[tuple[int, PatternSpec, frozenset[str]]],
+    seed_rows: Sequence[tuple[int, PatternSpec, str]],
+    email: bool,
+) -> re.Pattern[str] | None:
+    """One regex that finds, in the lower-case form of an ASCII text, every place where a row other
+    than the long-token rows could find a match: its anchors (lower-cased: for an ASCII text that is
+    a superset of both exact and case-insensitive occurrences), a digit for the number rows and the
+    IBAN shape, a seed's literal prefix (`:`), `@`. None when some row has no such literal (then
+    every text is scanned). A text where it finds nothing has no candidate outside the long-token
+    rows.
+    """
+    if text_rows or plain_rows:
+        return None
+    parts: list[str] = []
+    for row in lit_rows:
+        parts.extend(re.escape(a.lower()) for a, _, _ in row[4])
+    chars: set[str] = set()
+    if num_rows:
+        chars.update("0123456789")
+    for _, spec, prefix in seed_rows:
+        if spec.shape == b"AA00":
+            chars.update("0123456789")  # the shape has digits
+        elif prefix:
+            parts.append(re.escape(prefix))
+        else:
+            return None
+    if email:
+        chars.add("@")
+    if chars:
+        parts.append("[" + "".join(re.escape(c) for c in sorted(chars)) + "]")
+    return re.compile("|".join(dict.fromkeys(parts))) if parts else None
+
+
+def _open_gate(gates: Sequence[Gate | None]) -> re.Pattern[str] | None:
+    """One regex for all of `open_start`'s row gates, matched against the lower-case form of an ASCII
+    text (a superset of every gate's occurrences): where it finds nothing in the range, no row can
+    be open there."""
+    parts: list[str] = []
+    for gate in gates:
+        assert gate is not None
+        for hay, needle in gate:
+            if hay == "cls":
+                parts.append({b"0": "[0-9]", b"AA00": "[a-z]{2}[0-9]{2}"}[needle])
+            else:
+                parts.append(re.escape(needle.lower()))
+    return re.compile("|".join(dict.fromkeys(parts))) if parts else None
+
+
+def _literal_prefix(regex: re.Pattern[str]) -> str:
+    """The literal text every match of `regex` begins with ("" if none, or case-insensitive)."""
+    if regex.flags & re.IGNORECASE:
+        return ""
+    prefix = ""
+    for op, av in _sre_parser.parse(regex.pattern, regex.flags):
+        if str(op) != "LITERAL":
+            break
+        prefix += chr(av)
+    return prefix
+
+
+def _first_chars(items: list[Any]) -> set[str] | None:
+    """The characters a match of the parsed regex `items` can begin with; None when unknown."""
+    for op, av in items:
+        name = str(op)
+        if name in ("AT", "ASSERT", "ASSERT_NOT"):
+            continue  # zero width: the next item consumes the first character
+        if name == "LITERAL":
+            return {chr(av)}
+        if name == "IN":
+            out: set[str] = set()
+            for iop, iav in av:
+                iname = str(iop)
+                if iname == "LITERAL":
+                    out.add(chr(iav))
+                elif iname == "RANGE" and iav[1] - iav[0] < 64:
+                    out.update(chr(c) for c in range(iav[0], iav[1] + 1))
+                else:
+                    return None
+            return out
+        if name == "SUBPATTERN":
+            return _first_chars(list(av[3]))
+        if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            return _first_chars(list(av[2])) if av[0] >= 1 else None
+        if name == "BRANCH":
+            sets = [_first_chars(list(b)) for b in av[1]]
+            if any(s is None for s in sets):
+                return None
+            return set().union(*[s for s in sets if s is not None])
+        return None
+    return None
+
+
+def _long_words(b: bytes) -> tuple[bytes, int]:
     """The runs of at least `LONG_WORD` token characters (`_TOKEN_CHARS`) of the aligned text,
-    space-joined.
+    space-joined, and the length of the longest.
 
     One `translate` (C speed) stands in for a word split: prose rarely has such runs, and code's
     long words are mostly broken up by brackets, quotes and commas, so the long-token detectors
@@ -341,16 +572,23 @@ def _long_words(b: bytes) -> bytes:
     t = b.translate(_WORD_TABLE)
     i = t.find(_LONG)
     if i == -1:
-        return b""
+        return b"", 0
     parts = []
+    longest = 0
     while i != -1:
         j = t.find(b" ", i)
         if j == -1:
-            parts.append(b[i:])
-            break
+            j = len(t)
         parts.append(b[i:j])
+        longest = max(longest, j - i)
         i = t.find(_LONG, j)
-    return b" ".join(parts)
+    return b" ".join(parts), longest
+
+
+def _gate(needles: tuple[bytes, ...]) -> bytes:
+    """What a text's long words must contain for any of `needles` to occur: their common prefix,
+    at most two characters, so that rows sharing it (`sk-…`, `gh…`) share the check."""
+    return _common_prefix(needles)[:2]
 
 
 def _token_chars_only(spec: PatternSpec, group: int | None) -> bool:
@@ -483,7 +721,7 @@ def _anchored_literal(spec: PatternSpec, hay: str, text: str, pos: int) -> list[
     """Anchor occurrences of `spec.anchors` in `hay` (text or its lower-case form), then matches."""
     back = spec.anchor_back
     if back == 0 and not spec.back_chars:
-        return _at_seeds(spec, text, pos, hay)
+        return _at_seeds(spec, text, pos, hay, anchor_plan(spec))
     seeds: list[int] = []
     backs: list[int] = []
     for k, anchor in enumerate(spec.anchors):
@@ -496,32 +734,40 @@ def _anchored_literal(spec: PatternSpec, hay: str, text: str, pos: int) -> list[
     return _anchored(spec, text, pos, seeds, tuple(backs)) if seeds else []
 
 
-def _at_seeds(spec: PatternSpec, text: str, pos: int, hay: str) -> list[re.Match[str]]:
+Plan = tuple[tuple[str, tuple[str, ...], int], ...]
+"""Per anchor of a row: the anchor, what must precede it (`anchor_after`, empty for anything) and
+how far back that reaches."""
+
+
+def anchor_plan(spec: PatternSpec) -> Plan:
+    """The row's anchors with their `anchor_after` requirements, ready for `_at_seeds`."""
+    after = dict(spec.anchor_after)
+    return tuple((a, after.get(a, ()), max(map(len, after.get(a, ("",))))) for a in spec.anchors)
+
+
+def _at_seeds(spec: PatternSpec, text: str, pos: int, hay: str, plan: Plan) -> list[re.Match[str]]:
     """`_anchored` for rows whose matches start exactly at an anchor (the common case), minus the
     per-seed bookkeeping: sorted anchor positions, one `match` each, leftmost non-overlapping.
 
     With `follow_chars`, when the text has few operator characters (prose), anchors are searched
     only within `follow_window` before one (`_follow_ranges`): the others could not match anyway.
+    An anchor with `anchor_after` requirements is kept only where `hay` ends with one of them (or
+    where the characters before it are not all ASCII, so case folding might differ).
     """
     seeds: list[int] = []
     find = hay.find
     ranges = None
     if spec.follow_chars and len(text) - pos >= _FOLLOW_MIN_TEXT:
         ranges = _follow_ranges(spec.follow_chars, spec.follow_window, text, pos)
-    if ranges is None:
-        for anchor in spec.anchors:
-            i = find(anchor, pos)
+    spans = [(pos, len(hay) + 1)] if ranges is None else ranges
+    for lo, hi in spans:
+        for anchor, before, back in plan:
+            end = hi + len(anchor) - 1  # occurrences that start before `hi`
+            i = find(anchor, lo, end)
             while i != -1:
-                seeds.append(i)
-                i = find(anchor, i + 1)
-    else:
-        for lo, hi in ranges:
-            for anchor in spec.anchors:
-                end = hi + len(anchor) - 1  # occurrences that start before `hi`
-                i = find(anchor, lo, end)
-                while i != -1:
+                if not before or hay.endswith(before, 0, i) or not text[max(0, i - back) : i].isascii():
                     seeds.append(i)
-                    i = find(anchor, i + 1, end)
+                i = find(anchor, i + 1, end)
     if not seeds:
         return []
     seeds.sort()

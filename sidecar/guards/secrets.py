@@ -61,6 +61,10 @@ class PatternSpec:
     can match (rows whose value is a long word are skipped for texts without long words). A number
     row runs only on runs with at least `min_digits` digits (its regex cannot match fewer) that
     contain `need` and, when `need_any` is set, one of its characters (e.g. an SSN's separator).
+    `anchor_after` lists, per anchor, what the (lower-case, for `anchors_ci`) text must end with
+    just before an occurrence for the regex's own lookbehind to pass (`api_` before `key`): the
+    scanner drops the others without trying the regex (only where those characters are ASCII,
+    so case folding cannot differ).
     """
 
     kind: str
@@ -85,6 +89,7 @@ class PatternSpec:
     min_digits: int = 0
     need: str = ""
     need_any: str = ""
+    anchor_after: tuple[tuple[str, tuple[str, ...]], ...] = ()
     width: int = field(default=0)
     min_width: int = field(default=0)
 
@@ -253,9 +258,10 @@ _TOKEN = _token()
 _STRONG = _token(min_entropy=3.5, min_classes=2)
 
 _KEY_OWNERS = ("api", "access", "auth", "private")
+_KEY_PREFIXES = tuple(f"{o}{sep}" for o in _KEY_OWNERS for sep in ("_", "-", ""))
 _GENERIC_KEYWORDS = (
     r"(?:pass(?:word|wd|phrase)?|pwd|secret|token|credentials?|key(?:"
-    + "|".join(f"(?<={o}{sep}key)" for o in _KEY_OWNERS for sep in ("_", "-", ""))
+    + "|".join(f"(?<={p}key)" for p in _KEY_PREFIXES)
     + "))"
 )
 """Names that announce a secret; a bare `key` counts only as `api_key`, `accessKey`... (lookbehind,
@@ -280,7 +286,11 @@ _AZURE_KEY = _rx(
 )
 _ASSIGN_EXTENT = _rx(
     r"[A-Za-z0-9_.-]{0,60}[\"'\]]{0,2}[ \t]{0,4}[:=>-]{0,2}[ \t]{0,4}[\"'`]?[^\s\"'`]{0,121}",
+    re.IGNORECASE,
 )
+"""How far a `password=`-style assignment can reach from its start; case-insensitive like the rows'
+regexes, so a keyword spelled with a character that folds to ASCII (the Kelvin sign in `api_Key`)
+is covered too."""
 _PEM_BODY = r"[A-Za-z0-9+/=\s:,]"
 _PRIVATE_KEY = _rx(
     r"-----BEGIN (?:[A-Z0-9]{1,20} ){0,3}PRIVATE KEY(?: BLOCK)?-----"
@@ -492,6 +502,7 @@ SECRET_SPECS: tuple[PatternSpec, ...] = (
         group=(2, 3),
         anchors=("pass", "pwd", "secret", "token", "key", "credential"),
         anchors_ci=True,
+        anchor_after=(("key", _KEY_PREFIXES),),
         anchor_back=0,
         follow_window=GENERIC_REACH,
         follow_chars="=:",

@@ -75,6 +75,12 @@ class StreamRedactor:
     def _emit(self, text: str, pos: int, cut: int) -> str:
         raw: list[tuple[int, int]] = []
         cands = self._scanner.candidates(text, pos, raw)
+        if not raw and not cands:  # nothing matched at all (most tokens): send the text as it is
+            sent = text[pos:cut]
+            self._ctx = (self._ctx + sent)[-_CONTEXT:]
+            self._buf = text[cut:]
+            self._offset += len(sent)
+            return sent
         if cut < len(text):
             moved = True
             while moved:

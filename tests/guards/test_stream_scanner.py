@@ -251,3 +251,37 @@ def test_leak_scanner_holds_back_only_the_last_word_of_unrelated_prose() -> None
         red.feed(text[end - 3 : end])
         received = text[:end]
         assert red.held == len(received) - (received.rfind(" ") + 1)
+
+
+_SECRET_VALUE = "s3" + "cr3tV4lue" + "99xQ"
+_FOLDING = [
+    f"The paſsword = {_SECRET_VALUE} here",  # long s: case-insensitive `s`, not lower-case `s`
+    f"apıkey={_SECRET_VALUE} and api_\u212aey: {_SECRET_VALUE}",  # dotless i, Kelvin sign
+    f"\u0130key {_SECRET_VALUE} İSTANBUL api_key = {_SECRET_VALUE}",  # lower-casing adds a character
+    f"“quoted” — token: {_SECRET_VALUE} — café 4111 1111 1111 1111 😀 x@y.org",
+    f"short: key={_SECRET_VALUE}",
+]
+
+
+@pytest.mark.parametrize("text", _FOLDING, ids=range(len(_FOLDING)))
+def test_non_ascii_and_case_folding_characters_stream_like_the_whole_text(text: str) -> None:
+    """Characters that case-insensitive matching folds to ASCII (ſ, ı, K, İ) and other non-ASCII text
+    take the slow path of every shortcut: streamed one character at a time or in random chunks, the
+    result equals the whole-text redaction."""
+    want = expected(SCANNER, text, REDACT)
+    assert streamed(SCANNER, list(text), REDACT) == want
+    rng = random.Random(text)
+    for _ in range(20):
+        cuts = rng.sample(range(1, len(text)), min(len(text) - 1, rng.randint(1, 8)))
+        assert streamed(SCANNER, split_at(text, cuts), REDACT) == want
+
+
+def test_a_caller_pattern_without_anchors_streams_like_the_whole_text() -> None:
+    """An extra pattern with no literal anchor turns the short-text shortcuts off; the stream stays
+    exact."""
+    scanner = OutputScanner(extra_patterns=[("secret:ticket", r"TCK[0-9]{6}")])
+    text = "see the ticket TCK123456 and the next one, TCK654321, for a 4111 1111 1111 1111 refund"
+    want = expected(scanner, text, REDACT)
+    assert want.count("[REDACTED:secret:ticket]") == 2
+    for size in (1, 2, 5):
+        assert streamed(scanner, [text[i : i + size] for i in range(0, len(text), size)], REDACT) == want
