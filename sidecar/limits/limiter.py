@@ -7,6 +7,10 @@ policy applies: `deny` raises `StoreUnavailable`, `allow` falls back to a bounde
 in-process limiter and counts every request it lets through. A short circuit breaker keeps
 requests off a store that just failed (one probe at a time), so an outage costs at most one
 store deadline per breaker period, and the limiter returns to the store on its own.
+
+A refusal by request-count windows is remembered per principal until the first refusing
+window frees a slot: a client hammering past its limit costs no store call until then
+(TEST-PLAN RL-7), and what is admitted stays exact (those windows cannot admit earlier).
 """
 
 from __future__ import annotations
@@ -47,6 +51,17 @@ class Admission:
     redis_time_ms: int = 0                    # Redis TIME of the admission (0: no store call)
 
 
+@dataclass(slots=True)
+class _Denial:
+    """A request-count refusal remembered until its windows can admit again (RL-7): until then
+    every request of the same principal is refused without a store call."""
+
+    until: float                              # clock time the first refusing window frees a slot
+    refused: list[tuple[Check, int]]
+    requests: list[WindowState]
+    tokens: list[WindowState]
+
+
 def _window_text(window_s: int) -> str:
     for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
         if window_s % size == 0:
@@ -70,7 +85,10 @@ class Limiter:
         self.fallback = FallbackLimiter(settings.fallback_share)
         self.shadow_refusals = 0  # admitted requests a shadow rule would have refused
         self._breaker = CircuitBreaker(breaker_s, clock)
+        self._clock = clock
         self._plans: dict[tuple[str, str, Any], Plan] = {}
+        self._denied: dict[int, _Denial] = {}  # by id() of a plan in self._plans
+        self.local_refusals = 0  # refusals answered from the denial cache (no store call)
 
     # -- policy -----------------------------------------------------------------------------
     def plan(self, principal: Principal) -> Plan:
@@ -80,6 +98,7 @@ class Limiter:
         if plan is None:
             if len(self._plans) >= MAX_PLANS:
                 self._plans.clear()
+                self._denied.clear()
             plan = self._plans[cache_key] = build_plan(principal, self.settings)
         return plan
 
@@ -93,6 +112,8 @@ class Limiter:
             return Admission(request_id)
         cost = max(0, int(estimated_tokens)) if plan.has_tokens else 0
         self._refuse_if_never_fits(plan, cost)
+        if self._denied:
+            self._refuse_if_denied(plan)
         if not self._use_store():
             return self._degrade(plan, request_id, cost)
         try:
@@ -138,8 +159,37 @@ class Limiter:
             return Admission(request_id, headers, cost, plan.token_keys, False, tuple(shadow),
                              int(reply[1]))
         retry_ms = max(ms for _, ms in refused)
+        if all(check.kind == "requests" for check, _ in refused):
+            # Request windows free up only as entries age out (other sidecars only fill them),
+            # so nothing of this plan can be admitted before retry_ms: answer locally till then.
+            # Token refusals depend on each request's cost and on settlements: not remembered.
+            self._denied[id(plan)] = _Denial(self._clock() + retry_ms / 1000, refused, requests,
+                                             tokens)
         headers = rate_limit_headers(tightest(requests), tightest(tokens), retry_ms)
         self._raise_refusal(refused, retry_ms, headers)
+
+    def refuse_if_denied(self, principal: Principal) -> None:
+        """Raise the remembered refusal while this principal's request windows are full (no store
+        call): the proxy asks before sending anything else about the request to the store."""
+        if self._denied:
+            self._refuse_if_denied(self.plan(principal))
+
+    def _refuse_if_denied(self, plan: Plan) -> None:
+        denial = self._denied.get(id(plan))
+        if denial is None:
+            return
+        left_ms = int((denial.until - self._clock()) * 1000)
+        if left_ms <= 0:
+            del self._denied[id(plan)]
+            return
+        self.local_refusals += 1
+        # The same refusal as the store's, with the time that has passed taken off.
+        age_ms = max(ms for _, ms in denial.refused) - left_ms
+        requests, tokens = ([WindowState(w.limit, w.remaining, max(0, w.reset_ms - age_ms))
+                             for w in windows] for windows in (denial.requests, denial.tokens))
+        refused = [(check, max(0, ms - age_ms)) for check, ms in denial.refused]
+        headers = rate_limit_headers(tightest(requests), tightest(tokens), left_ms)
+        self._raise_refusal(refused, left_ms, headers)
 
     @staticmethod
     def _raise_refusal(refused: Sequence[tuple[Check, int]], retry_ms: int,

@@ -132,6 +132,7 @@ async def admit_and_judge(app: web.Application, principal: Principal, ctx: Reque
     abuse = app[ABUSE]
     if not abuse.settings.enabled:
         return await limiter.admit(principal, ctx.request_id, estimate)
+    limiter.refuse_if_denied(principal)  # over its request limit: nothing goes to the store
     check = abuse.begin(principal, request_features(parsed))
     refusal: SidecarError | None = None
     try:
