@@ -260,6 +260,7 @@ _FOLDING = [
     f"\u0130key {_SECRET_VALUE} İSTANBUL api_key = {_SECRET_VALUE}",  # lower-casing adds a character
     f"“quoted” — token: {_SECRET_VALUE} — café 4111 1111 1111 1111 😀 x@y.org",
     f"short: key={_SECRET_VALUE}",
+    f"İ then paſsword = {_SECRET_VALUE} and apıkey={_SECRET_VALUE} api_key={_SECRET_VALUE}",
 ]
 
 
