@@ -51,11 +51,23 @@ class SystemPromptLeak:
         self.k = min_words
         self._vocab, self._shingles = _prompt_index(system_text, min_words)
         self._ones = b"\x01" * min_words
+        self._memo_text: str | None = None
+        self._memo_pos = -1
+        self._memo: tuple[str | None, list[str]] = (None, [])
 
     def _words(self, text: str, pos: int) -> list[str]:
         """The lower-case words of `text` from `pos`, without the tail of a word begun before it."""
+        return self._read(text, pos)[1]
+
+    def _read(self, text: str, pos: int) -> tuple[str | None, list[str]]:
+        """`_ascii_words` and the word list, remembered for the last text: a stream asks
+        `open_start` and then `candidates` of the same buffer (the same object)."""
+        if text is self._memo_text and pos == self._memo_pos:
+            return self._memo
         mapped = _ascii_words(text, pos)
-        return self._split(text, pos, mapped)
+        self._memo = (mapped, self._split(text, pos, mapped))
+        self._memo_text, self._memo_pos = text, pos
+        return self._memo
 
     @staticmethod
     def _split(text: str, pos: int, mapped: str | None) -> list[str]:
@@ -130,8 +142,7 @@ class SystemPromptLeak:
         """
         if not self._shingles:
             return len(text)
-        mapped = _ascii_words(text, pos)
-        low = self._split(text, pos, mapped)
+        mapped, low = self._read(text, pos)
         complete = len(low) - (1 if low and _WORD_CHAR.match(text, len(text) - 1) else 0)
         first_open = max(0, complete - self.k + 1)
         vocab = self._vocab

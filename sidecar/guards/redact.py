@@ -901,10 +901,19 @@ class CombinedScanner:
         """All scanners' candidates; priorities are offset so earlier scanners win ties."""
         out: list[Candidate] = []
         for i, s in enumerate(self._scanners):
-            shift = i * 1_000_000
-            out.extend(c._replace(priority=c.priority + shift) for c in s.candidates(text, pos, raw))
+            found = s.candidates(text, pos, raw)
+            if not found:
+                continue
+            if i == 0:
+                out.extend(found)
+            else:
+                shift = i * 1_000_000
+                out.extend(c._replace(priority=c.priority + shift) for c in found)
         return out
 
     def open_start(self, text: str, pos: int) -> int:
         """The earliest open start of any scanner."""
-        return min((s.open_start(text, pos) for s in self._scanners), default=len(text))
+        o = len(text)
+        for s in self._scanners:
+            o = min(o, s.open_start(text, pos))
+        return o
