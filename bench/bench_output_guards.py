@@ -264,6 +264,12 @@ def main() -> None:
             f"{st['delay_p99'] / rate * 1000:.0f} ms p99 per character; first token "
             f"{st['first'] / rate * 1000:.0f} ms late"
         )
+    lk = holdback_stats(CombinedScanner(scanner, SystemPromptLeak(SYSTEM)), reply)
+    print(
+        f"  with the system-prompt leak check: held p50 {lk['held_p50']:.0f}, p99 {lk['held_p99']:.0f}, "
+        f"max {lk['held_max']:.0f}; released after mean {lk['delay_mean']:.2f}, "
+        f"p99 {lk['delay_p99']:.0f} tokens"
+    )
     feeds = sorted(holdback_stats(scanner, reply)["us_per_token"] for _ in range(9))
     print(f"  feed cost {feeds[0]:.1f} µs per token best, {feeds[4]:.1f} median of 9 replays (CPU)")
     print(f"per call, a {len(SHORT_REPLY)}-character reply (best and median of 9 rounds):")

@@ -286,3 +286,26 @@ def test_a_caller_pattern_without_anchors_streams_like_the_whole_text() -> None:
     assert want.count("[REDACTED:secret:ticket]") == 2
     for size in (1, 2, 5):
         assert streamed(scanner, [text[i : i + size] for i in range(0, len(text), size)], REDACT) == want
+
+
+_LEAK_WORDS = [*LEAK_SYSTEM.replace(".", "").split(), "Other", "words", "é1", "_", "İ", "4111"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    picks=st.lists(st.tuples(st.integers(0, len(_LEAK_WORDS) - 1), st.integers(1, 9)), max_size=12),
+    seps=st.lists(st.sampled_from([" ", "  ", ", ", ". ", "\n", "-", "_", "é", "’"]), min_size=1),
+    cuts=st.lists(st.integers(min_value=1, max_value=600), max_size=10),
+    min_words=st.sampled_from([2, 3, 8]),
+)
+def test_any_chunking_of_replies_quoting_the_system_message_equals_the_whole_text(
+    picks: list[tuple[int, int]], seps: list[str], cuts: list[int], min_words: int
+) -> None:
+    """Replies stitched from runs of the system message's words and other words, cut anywhere: the
+    leak check (alone and with the shared scanner) redacts them exactly as the whole text."""
+    words = [w for i, n in picks for w in _LEAK_WORDS[i : i + n]]
+    text = "".join(w + seps[k % len(seps)] for k, w in enumerate(words))
+    chunks = split_at(text, sorted({c for c in cuts if c < len(text)}))
+    leak = SystemPromptLeak(LEAK_SYSTEM, min_words=min_words)
+    for scanner in (leak, CombinedScanner(SCANNER, leak)):
+        assert streamed(scanner, chunks, REDACT) == expected(scanner, text, REDACT)
