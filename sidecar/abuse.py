@@ -16,6 +16,7 @@ is counted (`sidecar_degraded_requests_total{feature="abuse"}`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -134,6 +135,19 @@ class AbuseService:
             return None
         return self.store.start("abuse_output", self._keys(principal),
                                 (self.settings.bucket_s, self._nbuckets, int(tokens)))
+
+    def record_output_soon(self, principal: Principal, tokens: int) -> asyncio.Future[Any] | None:
+        """`record_output` for a caller that does not wait (no task); returns what to wait for
+        at shutdown."""
+        call = self.begin_output(principal, tokens)
+        if call is None:
+            return None
+        return call.when_done(self._output_recorded)
+
+    def _output_recorded(self, error: StoreError | None) -> None:
+        self._breaker.done()
+        if error is not None:
+            self._failed("abuse_output")
 
     async def finish_output(self, call: StoreCall | None) -> None:
         if call is None:

@@ -21,15 +21,20 @@ from sidecar.store.redis import Store
 
 
 class Background:
-    """Tasks that must outlive their request (settlement after a client disconnect)."""
+    """Work that must outlive its request (settlement after the answer or a client disconnect);
+    shutdown waits for it."""
 
     def __init__(self) -> None:
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Future[Any]] = set()
 
     def start(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.track(asyncio.create_task(coro))
+
+    def track(self, future: asyncio.Future[Any] | None) -> None:
+        """Wait for `future` at shutdown too (a store call finishing on its own)."""
+        if future is not None and not future.done():
+            self.tasks.add(future)
+            future.add_done_callback(self.tasks.discard)
 
 
 @dataclass(slots=True)

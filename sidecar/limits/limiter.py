@@ -15,6 +15,7 @@ window frees a slot: a client hammering past its limit costs no store call until
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -230,6 +231,21 @@ class Limiter:
             self.metrics.store_errors.labels(op).inc()
             return None
         return self.store.start("settle", admission.token_keys, (admission.request_id, amount))
+
+    def settle_soon(self, admission: Admission, actual_tokens: int) -> asyncio.Future[Any] | None:
+        """`settle` for a caller that does not wait: the call leaves now and its outcome is
+        booked when the reply arrives (no task). Returns what to wait for at shutdown."""
+        call = self.begin_settle(admission, actual_tokens)
+        if call is None:
+            return None
+        return call.when_done(self._settled)
+
+    def _settled(self, error: StoreError | None) -> None:
+        self._breaker.done()
+        if error is None:
+            self._store_ok()
+        else:
+            self._store_failed("limits_settle")
 
     async def finish_settle(self, call: StoreCall | None, op: str = "limits_settle") -> None:
         if call is None:

@@ -104,10 +104,12 @@ async def handle_model_call(request: web.Request) -> web.StreamResponse:
         result = await forward(request, ctx, body, parsed.stream, processor, admission.headers,
                                collector)
         settled = True
-        # Settlement is bookkeeping the client need not wait for (its store calls have their
-        # own deadline; shutdown waits for them).
-        app[BACKGROUND].start(settle(app, principal, admission, processor, prompt_estimate,
-                                     failed=bool(ctx.reason)))
+        # Settlement is bookkeeping the client need not wait for (shutdown waits for it).
+        if processor.usage_total is not None:
+            settle_reported(app, principal, admission, processor)
+        else:
+            app[BACKGROUND].start(settle(app, principal, admission, processor, prompt_estimate,
+                                         failed=bool(ctx.reason)))
         if turn and collector and not ctx.reason and result.status == 200:
             # Stored as the client received it (after output redaction), before the next turn
             # can ask for it; never fails the reply.
@@ -194,20 +196,26 @@ async def forward(request: web.Request, ctx: RequestContext, body: bytes, stream
         return await relay_whole(upstream, response, ctx, processor, headers, collector)
 
 
+def settle_reported(app: web.Application, principal: Principal, admission: Admission,
+                    processor: ResponseProcessor) -> None:
+    """Settle with the usage the provider reported: both store calls leave now, in one write,
+    and finish on their own (no task on the request path)."""
+    assert processor.usage_total is not None
+    metrics = app[METRICS]
+    metrics.prompt_tokens.inc(processor.usage_prompt)
+    metrics.completion_tokens.inc(processor.usage_completion)
+    background = app[BACKGROUND]
+    background.track(app[LIMITER].settle_soon(admission, processor.usage_total))
+    background.track(app[ABUSE].record_output_soon(principal, processor.usage_completion))
+
+
 async def settle(app: web.Application, principal: Principal, admission: Admission,
                  processor: ResponseProcessor, prompt_estimate: int, *, failed: bool) -> None:
     """Replace the reservation with what was used: the provider's usage when it reported it;
     otherwise, after a failure, the prompt plus what was streamed (or nothing at all)."""
     limiter = app[LIMITER]
-    metrics = app[METRICS]
     if processor.usage_total is not None:
-        metrics.prompt_tokens.inc(processor.usage_prompt)
-        metrics.completion_tokens.inc(processor.usage_completion)
-        # Both scripts leave in one write on the pipelined connection.
-        settled = limiter.begin_settle(admission, processor.usage_total)
-        recorded = app[ABUSE].begin_output(principal, processor.usage_completion)
-        await limiter.finish_settle(settled)
-        await app[ABUSE].finish_output(recorded)
+        settle_reported(app, principal, admission, processor)
     elif failed and processor.streamed_chars:
         used = prompt_estimate + (processor.streamed_chars + 3) // 4
         await limiter.settle(admission, min(used, admission.reserved_tokens or used))

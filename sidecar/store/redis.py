@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -51,6 +51,29 @@ class StoreCall:
         finally:
             if not self.future.done():
                 self.future.cancel()  # given up on: its late reply is dropped
+
+    def when_done(self, on_done: Callable[[StoreError | None], None]) -> asyncio.Future[Any]:
+        """Call `on_done(None)` once the reply is in, or `on_done(StoreError)`, with no task and
+        no deadline of its own (for writes nobody waits for: the pipelined connection aborts a
+        connection that stops answering). NOSCRIPT is retried once, in a task (rare: after
+        SCRIPT FLUSH, a restart or a failover). Returns the future to wait for at shutdown."""
+
+        def outcome(future: asyncio.Future[Any]) -> None:
+            error = None if future.cancelled() else future.exception()
+            if future.cancelled():
+                on_done(StoreError(f"store call {self.name!r} cancelled"))
+            elif error is None:
+                on_done(None)
+            elif isinstance(error, NoScriptError):
+                retry = asyncio.ensure_future(self.store._finish(self))
+                retry.add_done_callback(lambda r: on_done(
+                    None if not r.cancelled() and r.exception() is None
+                    else StoreError(f"store call {self.name!r} failed after NOSCRIPT")))
+            else:
+                on_done(StoreError(f"store call {self.name!r} failed: {type(error).__name__}"))
+
+        self.future.add_done_callback(outcome)
+        return self.future
 
     def abandon(self) -> None:
         """Nobody will read this reply (the request already failed); the store still runs it."""
