@@ -269,7 +269,7 @@ class OutputScanner:
                     continue  # no anchor's rarest character (`B` of `-----BEGIN`): a memchr, not a search
             hay = lower if ci else text
             if short:  # one `find` per anchor decides most rows without a call
-                for anchor, _, _ in plan:
+                for anchor, _, _, _ in plan:
                     if hay.find(anchor, pos) != -1:
                         break
                 else:
@@ -483,7 +483,7 @@ def _quick_gate(
         return None
     parts: list[str] = []
     for row in lit_rows:
-        parts.extend(re.escape(a.lower()) for a, _, _ in row[4])
+        parts.extend(re.escape(a.lower()) for a, _, _, _ in row[4])
     chars: set[str] = set()
     if num_rows:
         chars.update("0123456789")
@@ -764,15 +764,21 @@ def _anchored_literal(spec: PatternSpec, hay: str, text: str, pos: int) -> list[
     return _anchored(spec, text, pos, seeds, tuple(backs)) if seeds else []
 
 
-Plan = tuple[tuple[str, tuple[str, ...], int], ...]
-"""Per anchor of a row: the anchor, what must precede it (`anchor_after`, empty for anything) and
-how far back that reaches."""
+Plan = tuple[tuple[str, tuple[str, ...], int, "re.Pattern[str] | None"], ...]
+"""Per anchor of a row: the anchor, what must precede it (`anchor_after`, empty for anything), how
+far back that reaches, and its `anchor_filters` regex if any."""
 
 
 def anchor_plan(spec: PatternSpec) -> Plan:
-    """The row's anchors with their `anchor_after` requirements, ready for `_at_seeds`."""
+    """The row's anchors with their `anchor_after` requirements and filters, ready for `_at_seeds`."""
     after = dict(spec.anchor_after)
-    return tuple((a, after.get(a, ()), max(map(len, after.get(a, ("",))))) for a in spec.anchors)
+    filters: tuple[re.Pattern[str] | None, ...] = spec.anchor_filters or (None,) * len(spec.anchors)
+    if len(filters) != len(spec.anchors):
+        raise ValueError(f"{spec.kind}: one anchor filter per anchor")
+    return tuple(
+        (a, after.get(a, ()), max(map(len, after.get(a, ("",)))), f)
+        for a, f in zip(spec.anchors, filters, strict=True)
+    )
 
 
 def _at_seeds(spec: PatternSpec, text: str, pos: int, hay: str, plan: Plan) -> list[re.Match[str]]:
@@ -789,9 +795,19 @@ def _at_seeds(spec: PatternSpec, text: str, pos: int, hay: str, plan: Plan) -> l
     ranges = None
     if spec.follow_chars and len(text) - pos >= _FOLLOW_MIN_TEXT:
         ranges = _follow_ranges(spec.follow_chars, spec.follow_window, text, pos)
+    if ranges is None and spec.anchor_filters:
+        # whole text: each anchor's filter regex finds its occurrences and drops, in C, those where
+        # no match can start (anchors that cannot overlap themselves, so `finditer` misses none)
+        for _anchor, before, back, filt in plan:
+            assert filt is not None
+            for m in filt.finditer(hay, pos):
+                i = m.start()
+                if not before or hay.endswith(before, 0, i) or not text[max(0, i - back) : i].isascii():
+                    seeds.append(i)
+        ranges = []
     spans = [(pos, len(hay) + 1)] if ranges is None else ranges
     for lo, hi in spans:
-        for anchor, before, back in plan:
+        for anchor, before, back, _ in plan:
             end = hi + len(anchor) - 1  # occurrences that start before `hi`
             i = find(anchor, lo, end)
             while i != -1:

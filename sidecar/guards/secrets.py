@@ -64,7 +64,9 @@ class PatternSpec:
     `anchor_after` lists, per anchor, what the (lower-case, for `anchors_ci`) text must end with
     just before an occurrence for the regex's own lookbehind to pass (`api_` before `key`): the
     scanner drops the others without trying the regex (only where those characters are ASCII,
-    so case folding cannot differ).
+    so case folding cannot differ). `anchor_filters`, one per anchor, are regexes over the same
+    text that match at every occurrence of the anchor where the row's regex could match (and maybe
+    elsewhere): when the scanner searches the whole text it runs these instead of plain `find`s.
     """
 
     kind: str
@@ -90,6 +92,7 @@ class PatternSpec:
     need: str = ""
     need_any: str = ""
     anchor_after: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    anchor_filters: tuple[re.Pattern[str], ...] = ()
     width: int = field(default=0)
     min_width: int = field(default=0)
 
@@ -266,11 +269,25 @@ _GENERIC_KEYWORDS = (
 )
 """Names that announce a secret; a bare `key` counts only as `api_key`, `accessKey`... (lookbehind,
 so that every match starts at its anchor)."""
-_GENERIC = _rx(
-    _GENERIC_KEYWORDS + r"[A-Za-z0-9_.-]{0,24}+[\"'\]]{0,2}+[ \t]{0,4}+(?::=|=>|=|:)[ \t]{0,4}+"
-    r"(?:([\"'`])([^\s\"'`]{8,120}+)\1|([^\s\"'`,;)(\[\]{}<>]{8,120}+)(?![^\s\"'`,;)(\[\]{}<>]))",
-    re.IGNORECASE,
+_GENERIC_REST = (
+    r"[\"'\]]{0,2}+[ \t]{0,4}+(?::=|=>|=|:)[ \t]{0,4}+"
+    r"(?:([\"'`])([^\s\"'`]{8,120}+)\1|([^\s\"'`,;)(\[\]{}<>]{8,120}+)(?![^\s\"'`,;)(\[\]{}<>]))"
 )
+_GENERIC = _rx(_GENERIC_KEYWORDS + r"[A-Za-z0-9_.-]{0,24}+" + _GENERIC_REST, re.IGNORECASE)
+_NAME_LOWER = "[a-z0-9_.\\-\u017f\u0131]"
+"""`[A-Za-z0-9_.-]` under IGNORECASE, read in the lower-case text: the same characters (case
+folding also admits ſ, ı, K and İ, which lower-case to ſ, ı, k and, in `_lower`, i)."""
+
+
+def _generic_filter(anchor: str, name_max: int) -> re.Pattern[str]:
+    """Matches, in the lower-case text, at every occurrence of `anchor` where `_GENERIC` could match
+    (the keyword's own letters and the name tail as one possessive run of at most `name_max`
+    characters, no `key` lookbehind: a superset). Its literal prefix lets the regex engine scan for
+    the anchor in C and reject the occurrences without an assignment there, so a `token` in
+    `"total_tokens": 42` never reaches Python."""
+    return _rx(re.escape(anchor) + "(?=" + _NAME_LOWER + f"{{0,{name_max}}}+" + _GENERIC_REST + ")")
+
+
 GENERIC_REACH = 11 + 24 + 2 + 4 + 1
 """A `secret:generic` match has its operator within this many characters of its start: keyword
 (<= 11, `credentials`), name tail (<= 24), quotes (<= 2), blanks (<= 4), then the operator itself."""
@@ -510,6 +527,14 @@ SECRET_SPECS: tuple[PatternSpec, ...] = (
         anchors=("pass", "pwd", "secret", "token", "key", "credential"),
         anchors_ci=True,
         anchor_after=(("key", _KEY_PREFIXES),),
+        anchor_filters=(
+            _generic_filter("pass", 6 + 24),  # `phrase` and the name tail
+            _generic_filter("pwd", 24),
+            _generic_filter("secret", 24),
+            _generic_filter("token", 24),
+            _generic_filter("key", 24),
+            _generic_filter("credential", 1 + 24),  # `s` and the name tail
+        ),
         anchor_back=0,
         follow_window=GENERIC_REACH,
         follow_chars="=:",

@@ -11,6 +11,7 @@ import pytest
 
 from sidecar.guards.redact import OutputScanner, apply_actions, resolve_action
 from sidecar.guards.secrets import (
+    SECRET_SPECS,
     SIDECAR_KEY_REGEX,
     PatternSpec,
     is_placeholder,
@@ -18,6 +19,7 @@ from sidecar.guards.secrets import (
     spec_from_regex,
 )
 from sidecar.model import Finding
+from tests.guards.cases.output_cases import all_cases
 
 RNG = random.Random(11)
 
@@ -198,7 +200,8 @@ def test_windowed_and_full_anchor_search_agree() -> None:
     whether operators are rare (windowed anchor search) or padded out to be dense (full search)."""
     rng = random.Random(5)
     pieces = ["password", "Secret", "api_key", "token", "key", "pwd", "credentials", ":", "=", "=>", " ",
-              "  ", "\t", "'", '"', "]", "_x", ".y", "-", "\n", "word ", "Zq7" + rand(12), "ab"]  # fmt: skip
+              "  ", "\t", "'", '"', "]", "_x", ".y", "-", "\n", "word ", "Zq7" + rand(12), "ab",
+              "PASSPHRASE", "api_\u212aey", "pa\u017fsword", "ap\u0131key", "_" + "n" * 21, "`"]  # fmt: skip
     scanner = OutputScanner(pii=False)
 
     def generic(text: str, at: int) -> list[tuple[int, int]]:
@@ -223,3 +226,28 @@ def test_token_found_between_brackets_quotes_and_non_ascii(wrap: str) -> None:
     text = "x = 1\n" + wrap.format(k=key) + "\n"
     found = [(f.kind, text[f.start : f.end]) for f in OutputScanner().scan(text)]
     assert ("secret:openai", key) in found
+
+
+def test_generic_anchor_filters_admit_every_assignment_the_regex_matches() -> None:
+    """The `password=` row's per-keyword filters (run over the lower-case text when operators are
+    dense) match at every keyword occurrence where the row's own regex matches, so the fast path
+    loses nothing: checked on the case table and on seeded mixes of names, case-folding characters,
+    long name tails, quotes and operators."""
+    spec = next(s for s in SECRET_SPECS if s.kind == "secret:generic")
+    rng = random.Random(9)
+    pieces = ["Pass", "PASSWORD", "passphrase", "pwd", "SECRET", "token", "api_key", "apiKey", "Credentials",
+              "api_\u212aey", "pa\u017fsword", "ap\u0131key", "\u0130", "_" + "n" * 20, "x" * 5, ":", "=",
+              ":=", "=>", " ", "\t", "'", '"', "`", "]", "\n", "Zq7" + rand(12), "$", "{", "é"]  # fmt: skip
+    texts = [c.text for c in all_cases()]
+    texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 25))) for _ in range(3000)]
+    checked = 0
+    for text in texts:
+        low = text.lower() if len(text.lower()) == len(text) else text.replace("\u0130", "i").lower()
+        for anchor, filt in zip(spec.anchors, spec.anchor_filters, strict=True):
+            i = low.find(anchor)
+            while i != -1:
+                if spec.regex.match(text, i):
+                    assert filt.match(low, i), (text, i)
+                    checked += 1
+                i = low.find(anchor, i + 1)
+    assert checked > 500
