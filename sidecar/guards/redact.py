@@ -202,6 +202,13 @@ class OutputScanner:
             else:
                 self._text_rows.append((prio, spec))
         self._long_groups = tuple((gate, tuple(rows)) for gate, rows in long_rows.items())
+        # Number runs with fewer digits than this and no separator match no number row: only rows
+        # that need no separator could, and they need at least this many digits.
+        seps = frozenset(" ().+/-")  # the class map's `1`
+        self._bare_digits = min(
+            (r[2] for r in self._num_rows if not (r[3] and r[3] in seps) and not (r[4] and r[4] <= seps)),
+            default=0,
+        )
         self._quick = _quick_gate(
             self._lit_rows, self._text_rows, self._plain_rows, self._num_rows, self._seed_rows, pii
         )
@@ -287,8 +294,11 @@ class OutputScanner:
                     break
         cls = view.translate(_CLASS_TABLE) if self._num_rows or self._seed_rows else b""
         if self._num_rows and cls.find(b"0", pos) != -1:
+            bare = self._bare_digits
             for start, end in _number_runs(text, pos, cls):
                 ndigits = cls.count(b"0", start, end)
+                if ndigits < bare and cls.find(b"1", start, end) == -1:
+                    continue  # digits alone (a timestamp, an id): too few for the rows that need no separator
                 run = text[start:end]
                 for prio, spec, min_digits, need, any_of in self._num_rows:
                     if (
