@@ -8,12 +8,20 @@ Keys follow DESIGN.md section 4, every one carrying the tenant's hash tag so an 
 touches one Cluster slot:
 
     rl:{t:<tenant>}:<scope>:<window_s>        request log (zset: request id -> ms)
+    rl:{t:<tenant>}:<scope>:<window_s>:bkt    request counters above COUNTER_ABOVE per window
+                                              (zset: bucket -> ms of its last admission)
+    rl:{t:<tenant>}:<scope>:<window_s>:cnt    their counts (hash: bucket -> requests, "" -> sum)
     tq:{t:<tenant>}:<scope>:<window_s>        token reservations (zset: request id -> ms)
     tq:{t:<tenant>}:<scope>:<window_s>:amt    their amounts (hash: request id -> tokens, "" -> sum)
 
 `<scope>` is `k:<limit_id>` or `tenant`; shadow rules get a `:shadow` suffix so they keep a
 log of their own. Tenant and ids are percent-encoded outside `[A-Za-z0-9._~-]`, so no
 caller text can close the hash tag or make two (tenant, id) pairs share a key.
+
+A request log costs ~120 B per admitted request, so a request limit above `COUNTER_ABOVE` per
+window is counted in at most ~101 time buckets instead (TEST-PLAN RL-4): a bucket is counted
+until its *last* request leaves the window, so the count never misses a request of the window
+(never over-admits) and, under saturation, at least ~N/(N+1) of the limit is admitted.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ from sidecar.settings import LimitsSettings
 
 Kind = Literal["requests", "tokens"]
 Level = Literal["key", "tenant"]
+
+COUNTER_ABOVE = 1000  # request limits above this per window are bucketed counters, not a log
 
 
 def encode_part(text: str) -> str:
@@ -43,7 +53,12 @@ class Check:
     window_s: int
     limit: int
     shadow: bool
-    keys: tuple[str, ...]  # requests: (log,); tokens: (reservations, amounts)
+    keys: tuple[str, ...]  # requests: (log,) or (buckets, counts); tokens: (reservations, amounts)
+
+    @property
+    def bucketed(self) -> bool:
+        """True for a request window counted in time buckets (limit above COUNTER_ABOVE)."""
+        return self.kind == "requests" and len(self.keys) == 2
 
     @property
     def label(self) -> str:
@@ -81,8 +96,11 @@ def _checks_of(rules: tuple[LimitRule, ...], level: Level, tag: str, scope: str)
     checks = []
     for (kind, window_s, shadow), limit in sorted(tightest.items()):
         suffix = ":shadow" if shadow else ""
-        if kind == "requests":
-            keys: tuple[str, ...] = (f"rl:{tag}:{scope}:{window_s}{suffix}",)
+        if kind == "requests" and limit > COUNTER_ABOVE:
+            base = f"rl:{tag}:{scope}:{window_s}{suffix}"
+            keys: tuple[str, ...] = (base + ":bkt", base + ":cnt")
+        elif kind == "requests":
+            keys = (f"rl:{tag}:{scope}:{window_s}{suffix}",)
         else:
             base = f"tq:{tag}:{scope}:{window_s}{suffix}"
             keys = (base, base + ":amt")
@@ -101,7 +119,8 @@ def build_plan(principal: Principal, settings: LimitsSettings) -> Plan:
     token_keys: list[str] = []
     for check in checks:
         keys.extend(check.keys)
-        argv += ["r" if check.kind == "requests" else "t", str(check.window_s * 1000),
+        code = ("c" if check.bucketed else "r") if check.kind == "requests" else "t"
+        argv += [code, str(check.window_s * 1000),
                  str(check.limit), "1" if check.shadow else "0"]
         if check.kind == "tokens":
             token_keys.extend(check.keys)

@@ -4,18 +4,24 @@
 -- checked too; they record the request only when it fits them and never refuse.
 --
 -- KEYS, per check in ARGV order:
---   requests check: 1 key  - request log (zset: member -> admission time, ms)
---   tokens check:   2 keys - reservations (zset: member -> ms), amounts (hash: member -> tokens,
---                            field "" -> running sum of the window, kept exact)
+--   requests check ("r"): 1 key  - request log (zset: member -> admission time, ms)
+--   counted requests ("c"): 2 keys - buckets (zset: bucket -> time of its last admission, ms),
+--                            counts (hash: bucket -> requests, field "" -> running sum, exact)
+--   tokens check ("t"): 2 keys - reservations (zset: member -> ms), amounts (hash: member ->
+--                            tokens, field "" -> running sum of the window, kept exact)
+-- A counted window is the token layout with requests of cost 1 grouped by time bucket
+-- (window / BUCKETS ms each): a bucket stays counted until its last request leaves the window,
+-- so no request of the window is ever missed (never over-admits) and memory is bounded by
+-- BUCKETS + 1 members whatever the limit.
 -- ARGV[1] member    unique request id
 -- ARGV[2] cost      tokens this request reserves (integer, >= 0)
 -- ARGV[3] slack_ms  TTL of every key = its window + slack_ms (ms)
--- ARGV[4..]         4 per check: kind ("r" | "t"), window_ms (ms), limit (requests | tokens),
+-- ARGV[4..]         4 per check: kind ("r" | "c" | "t"), window_ms (ms), limit (requests | tokens),
 --                   shadow ("1" | "0")
 -- Returns {admitted (1 | 0), now_ms, then 4 per check: state, used, reset_ms, retry_ms}
 --   state:    0 fits, 1 over the limit, 2 the cost alone exceeds the limit (can never fit)
 --   used:     requests (or tokens) counted in the window, this request included if recorded
---   reset_ms: ms until the oldest counted entry leaves the window (0 when empty)
+--   reset_ms: ms until the oldest counted entry (or bucket) leaves the window (0 when empty)
 --   retry_ms: when over: ms until enough entries leave for this request to fit
 --             (a lower bound once more than WALK entries would have to leave)
 
@@ -27,6 +33,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local SUM = ''
 local WALK = 1024   -- entries examined at most to compute a token retry time
 local BATCH = 1000  -- members per HMGET/HDEL (keeps unpack() within Lua's stack)
+local BUCKETS = 100 -- time buckets per counted window (<= 128: both keys stay listpacks)
 
 local function oldest_left(key, window)
   local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
@@ -101,6 +108,14 @@ for c = 1, n do
       local entry = redis.call('ZRANGE', key, idx, idx, 'WITHSCORES')
       retry = tonumber(entry[2]) + window - now
     end
+  elseif kind == 'c' then
+    local zkey, hkey = KEYS[k], KEYS[k + 1]
+    k = k + 2
+    used = trim_tokens(zkey, hkey, cutoff)
+    if used + 1 > limit then
+      state = 1
+      retry = token_retry(zkey, hkey, window, used + 1 - limit)
+    end
   else
     local zkey, hkey = KEYS[k], KEYS[k + 1]
     k = k + 2
@@ -137,6 +152,20 @@ for c = 1, n do
       out[slot + 2] = out[slot + 2] + 1
     end
     out[slot + 3] = oldest_left(key, window)
+  elseif kind == 'c' then
+    local zkey, hkey = KEYS[k], KEYS[k + 1]
+    k = k + 2
+    if record then
+      local bucket = string.format('%d', math.floor(now / math.max(1, math.floor(window / BUCKETS))))
+      -- GT: a bucket's score only moves forward, even if Redis time steps back (failover).
+      redis.call('ZADD', zkey, 'GT', now, bucket)
+      redis.call('HINCRBY', hkey, bucket, 1)
+      redis.call('HINCRBY', hkey, SUM, 1)
+      redis.call('PEXPIRE', zkey, ttl)
+      redis.call('PEXPIRE', hkey, ttl)
+      out[slot + 2] = out[slot + 2] + 1
+    end
+    out[slot + 3] = oldest_left(zkey, window)
   else
     local zkey, hkey = KEYS[k], KEYS[k + 1]
     k = k + 2
