@@ -18,7 +18,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 import orjson
 
@@ -44,7 +44,8 @@ def _f(default: Any, help: str, *, min: float | None = None, max: float | None =
 
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
-    url: str = _f("memory://", "redis://, rediss://, redis+cluster:// or memory:// (embedded)")
+    url: str = _f("memory://", "redis://, rediss://, redis+cluster://, "
+                  "redis+sentinel://h1:26379,h2:26379/mymaster/0 or memory:// (embedded)")
     timeout_s: float = _f(0.25, "deadline for one store call on the request path", min=0.005, max=30)
     connect_timeout_s: float = _f(1.0, "deadline for opening a store connection", min=0.01, max=60)
     max_connections: int = _f(64, "connections per process to the store", min=1, max=10_000)
@@ -423,6 +424,75 @@ def _split_url(name: str, url: str) -> SplitResult:
     return parts
 
 
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+SENTINEL_EXAMPLE = "e.g. redis+sentinel://host1:26379,host2:26379/mymaster/0"
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelURL:
+    """A parsed `redis+sentinel://` store URL: where the sentinels are and which master to ask for.
+
+    The credentials authenticate to the master (the sentinels are asked without them); with
+    `rediss+sentinel://` both the sentinels and the master are reached over TLS."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: Secret | None = None
+    tls: bool = False
+
+
+def parse_sentinel_url(url: str, name: str = "store.url") -> SentinelURL:
+    """`redis+sentinel://[user:pass@]host1:26379,host2[:26379]/<service>[/<db>]`, or a one-line
+    ConfigError naming `name` (the URL itself is never echoed: it may hold a password)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in SENTINEL_SCHEMES:
+        raise ConfigError(f"{name}: expected redis+sentinel:// or rediss+sentinel://")
+    if "?" in rest or "#" in rest:
+        raise ConfigError(f"{name}: a sentinel URL takes no query or fragment "
+                          "(percent-encode ? and # in a password)")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, _, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = Secret(unquote(secret)) if secret else None
+    if not hosts:
+        raise ConfigError(f"{name}: needs at least one sentinel host:port, {SENTINEL_EXAMPLE}")
+    sentinels = tuple(_sentinel_address(name, item) for item in hosts.split(","))
+    segments = path.split("/") if path else []
+    if not segments or not segments[0]:
+        raise ConfigError(f"{name}: needs the service (master) name as its path, {SENTINEL_EXAMPLE}")
+    if len(segments) > 2 and any(segments[2:]):
+        raise ConfigError(f"{name}: expected /<service>/<db> after the sentinels, {SENTINEL_EXAMPLE}")
+    db_text = segments[1] if len(segments) > 1 else ""
+    if db_text and not (db_text.isascii() and db_text.isdigit() and len(db_text) <= 5):
+        raise ConfigError(f"{name}: the database after the service name must be a whole number, "
+                          f"got {db_text!r}")
+    return SentinelURL(sentinels, unquote(segments[0]), int(db_text or 0), username, password,
+                       tls=scheme == "rediss+sentinel")
+
+
+def _sentinel_address(name: str, item: str) -> tuple[str, int]:
+    """`host`, `host:port` or `[v6]:port` (26379 when the port is left out)."""
+    item = item.strip()
+    if item.startswith("["):
+        host, bracket, tail = item[1:].partition("]")
+        if not bracket or (tail and not tail.startswith(":")):
+            raise ConfigError(f"{name}: sentinel address {item!r} is not [ipv6]:port")
+        port = tail[1:] if tail else "26379"
+    else:
+        host, colon, port = item.partition(":")
+        port = port if colon else "26379"
+    if not host or any(c in host for c in " /@[]"):
+        raise ConfigError(f"{name}: sentinel address {item!r} needs a host, {SENTINEL_EXAMPLE}")
+    if not _PORT.fullmatch(port) or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{name}: sentinel address {item!r} needs a port from 1 to 65535")
+    return host, int(port)
+
+
 def is_loopback_host(host: str) -> bool:
     """True for localhost and loopback addresses (the only plain-http upstreams allowed by default)."""
     if host == "localhost":
@@ -437,12 +507,15 @@ def _check_relations(s: Settings) -> None:
     _check_listen("listen", s.listen)
     _check_listen("metrics.listen", s.metrics.listen)
     _check_listen("admin.listen", s.admin.listen)
-    scheme = _split_url("store.url", s.store.url).scheme
-    if scheme not in {"memory", "redis", "rediss", "redis+cluster", "rediss+cluster"}:
-        raise ConfigError(
-            "store.url: expected memory://, redis://, rediss:// or redis+cluster://, "
-            f"got scheme {scheme or '(none)'!r}"
-        )
+    if s.store.url.partition("://")[0] in SENTINEL_SCHEMES:
+        parse_sentinel_url(s.store.url)  # several hosts in one netloc: not for urlsplit
+    else:
+        scheme = _split_url("store.url", s.store.url).scheme
+        if scheme not in {"memory", "redis", "rediss", "redis+cluster", "rediss+cluster"}:
+            raise ConfigError(
+                "store.url: expected memory://, redis://, rediss://, redis+cluster:// or "
+                f"redis+sentinel://, got scheme {scheme or '(none)'!r}"
+            )
     if s.upstream.url:
         parts = _split_url("upstream.url", s.upstream.url)
         if parts.scheme not in {"http", "https"} or not parts.hostname:

@@ -6,6 +6,13 @@ or per-command lock. The hiredis parser decodes replies. A caller that gives up 
 leaves its slot in the queue; the late reply is dropped when it arrives. A connection whose
 oldest outstanding reply is far overdue is closed, failing everything queued on it, and the
 next command opens a new one.
+
+Behind Redis Sentinel the connection is given a `resolve` function that names the current master:
+every new connection asks it first and checks with ROLE that it reached a master. A READONLY
+reply (the master was demoted under us) closes the connection at once; a NOREPLICAS reply, and
+once a second while commands flow, ask `resolve` again in the background and close the
+connection if the master has moved. Commands already sent fail (they are never re-sent: a
+script must not charge twice); the next command reaches the new master.
 """
 
 from __future__ import annotations
@@ -13,14 +20,20 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
+from collections.abc import Awaitable, Callable
 from time import monotonic
 from typing import Any
 
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
 
 Arg = str | bytes | int | float
+Resolver = Callable[[], Awaitable[tuple[str, int]]]
+# How often the master's address is checked again while commands flow, and how soon after a
+# NOREPLICAS reply (the master lost its replicas: maybe a failover is under way).
+RECHECK_S = 1.0
+SUSPECT_RECHECK_S = 0.1
 
 
 def encode_command(args: tuple[Arg, ...]) -> bytes:
@@ -33,6 +46,8 @@ def _error(reply: hiredis.ReplyError) -> ResponseError:
     message = str(reply)
     if message.startswith("NOSCRIPT"):
         return NoScriptError(message)
+    if message.startswith("READONLY"):
+        return ReadOnlyError(message)
     return ResponseError(message)
 
 
@@ -47,21 +62,27 @@ class _Protocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
-        pending = self.owner._pending
+        owner = self.owner
+        pending = owner._pending
+        demoted = False
         while True:
             reply = self.reader.gets()
             if reply is False:
-                return
+                break
             if not pending:  # a reply nobody asked for: the stream is out of step
-                self.owner._abort(RedisConnectionError("unexpected reply from Redis"))
+                owner._abort(RedisConnectionError("unexpected reply from Redis"))
                 return
             future, _ = pending.popleft()
-            if future.done():
-                continue  # its caller gave up; drop the late reply
             if isinstance(reply, hiredis.ReplyError):
-                future.set_exception(_error(reply))
-            else:
+                error = _error(reply)
+                if owner.resolve is not None:
+                    demoted = owner._demoted_by(error) or demoted
+                if not future.done():
+                    future.set_exception(error)
+            elif not future.done():  # else its caller gave up; drop the late reply
                 future.set_result(reply)
+        if demoted:
+            owner._abort(RedisConnectionError("the Redis master was demoted (READONLY)"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner._lost(self, RedisConnectionError("connection to Redis lost"))
@@ -72,7 +93,8 @@ class PipelinedConnection:
 
     def __init__(self, host: str, port: int, *, db: int = 0, username: str | None = None,
                  password: str | None = None, use_ssl: bool = False,
-                 connect_timeout_s: float = 1.0, stale_after_s: float = 2.0) -> None:
+                 connect_timeout_s: float = 1.0, stale_after_s: float = 2.0,
+                 resolve: Resolver | None = None) -> None:
         self.host, self.port, self.db = host, port, db
         self.username, self.password = username, password
         self.ssl_context = ssl.create_default_context() if use_ssl else None
@@ -84,6 +106,11 @@ class PipelinedConnection:
         self._outbox: list[bytes] = []
         self._flush_scheduled = False
         self.writes = 0  # socket writes issued (tests and benchmarks read it)
+        # Sentinel: names the master before every connect (host and port above are then ignored).
+        self.resolve = resolve
+        self._recheck: asyncio.Future[None] | None = None
+        self._last_check = float("-inf")
+        self.moves = 0  # times a connection was dropped because the master moved (tests read it)
 
     async def execute(self, *args: Arg) -> Any:
         """Send one command (pipelined with its neighbours) and wait for its reply."""
@@ -91,6 +118,8 @@ class PipelinedConnection:
         if self._stale():
             self._abort(RedisConnectionError("Redis stopped answering"))
             protocol = await self._connect()
+        if self.resolve is not None:
+            self._check_master(RECHECK_S)
         return await self._enqueue(protocol, args)
 
     def send(self, args: tuple[Arg, ...]) -> asyncio.Future[Any]:
@@ -99,6 +128,8 @@ class PipelinedConnection:
         protocol = self._protocol
         if protocol is None or self._stale():
             return asyncio.ensure_future(self.execute(*args))
+        if self.resolve is not None:
+            self._check_master(RECHECK_S)
         return self._enqueue(protocol, args)
 
     def _stale(self) -> bool:
@@ -139,6 +170,9 @@ class PipelinedConnection:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout_s):
+                if self.resolve is not None:
+                    self._last_check = monotonic()
+                    self.host, self.port = await self.resolve()
                 _, protocol = await loop.create_connection(
                     lambda: _Protocol(self), self.host, self.port, ssl=self.ssl_context)
                 self._protocol = protocol
@@ -148,13 +182,60 @@ class PipelinedConnection:
                     await self.execute(*auth)
                 if self.db:
                     await self.execute("SELECT", self.db)
+                if self.resolve is not None:
+                    # Sentinel may still name a demoted master for a moment: writing to it
+                    # would be refused (READONLY) or, worse, lost.
+                    role = await self.execute("ROLE")
+                    if not role or role[0] != b"master":
+                        raise RedisConnectionError("the node Sentinel named is not a master")
                 return protocol
         except (OSError, TimeoutError) as exc:
-            self._protocol = None
+            self._discard_opening(RedisConnectionError("connect failed"))
             raise RedisConnectionError(f"cannot connect to Redis: {type(exc).__name__}") from exc
-        except BaseException:
-            self._protocol = None
+        except BaseException as exc:
+            self._discard_opening(exc if isinstance(exc, RedisError) else
+                                  RedisConnectionError("connect failed"))
             raise
+
+    def _discard_opening(self, error: Exception) -> None:
+        """A connection that failed while being set up is closed, and whatever was queued on it
+        fails (left in the queue, it would take the next connection's replies)."""
+        if self._protocol is not None:
+            self._abort(error)
+        self._protocol = None
+
+    def _demoted_by(self, error: ResponseError) -> bool:
+        """Sentinel only: True when `error` says this node is no longer a writable master."""
+        if isinstance(error, ReadOnlyError):
+            return True
+        if str(error).startswith("NOREPLICAS"):
+            self._check_master(SUSPECT_RECHECK_S)
+        return False
+
+    def _check_master(self, min_gap_s: float) -> None:
+        """Ask `resolve` in the background (one at a time, at most once per `min_gap_s`) whether
+        the master is still the node this connection talks to."""
+        protocol = self._protocol
+        if self._recheck is not None or protocol is None:
+            return
+        now = monotonic()
+        if now - self._last_check < min_gap_s:
+            return
+        self._last_check = now
+        self._recheck = asyncio.ensure_future(self._compare_master(protocol))
+
+    async def _compare_master(self, protocol: _Protocol) -> None:
+        assert self.resolve is not None
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                address = await self.resolve()
+        except (RedisError, OSError, TimeoutError):
+            return  # the sentinels did not answer: keep the connection that works
+        finally:
+            self._recheck = None
+        if protocol is self._protocol and address != (self.host, self.port):
+            self.moves += 1
+            self._abort(RedisConnectionError("Sentinel names another master"))
 
     def _abort(self, error: Exception) -> None:
         protocol = self._protocol
@@ -174,6 +255,9 @@ class PipelinedConnection:
                 future.set_exception(error)
 
     async def close(self) -> None:
+        if self._recheck is not None:
+            self._recheck.cancel()
+            await asyncio.gather(self._recheck, return_exceptions=True)
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.transport is not None:
             protocol.transport.close()

@@ -3,8 +3,12 @@
 `memory://` is fakeredis with Lua: one process, nothing persisted (for `make run` and
 unit tests). `redis://` and `rediss://` use one blocking connection pool per process with
 the hiredis parser; `redis+cluster://` (or `rediss+cluster://`) uses redis-py's cluster
-client. No call on the request path waits longer than `store.timeout_s`, and no command
-is retried after it was sent (a retried script could charge a request twice).
+client. `redis+sentinel://` (or `rediss+sentinel://`) asks Redis Sentinel for the master: the
+admin and pub/sub client is redis-py's Sentinel `master_for`, and the request path keeps its
+one auto-pipelined connection, which asks Sentinel again whenever it (re)connects, on READONLY
+or NOREPLICAS, and once a second while busy (see pipelined.py). No call on the request path
+waits longer than `store.timeout_s`, and no command is retried after it was sent (a retried
+script could charge a request twice).
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import BlockingConnectionPool, parse_url
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
-from sidecar.settings import StoreSettings
+from sidecar.settings import SENTINEL_SCHEMES, StoreSettings, parse_sentinel_url
 from sidecar.store.pipelined import PipelinedConnection
 from sidecar.store.scripts import Script, load_scripts
 
@@ -206,6 +211,8 @@ async def connect(settings: StoreSettings) -> Store:
         "retry": Retry(NoBackoff(), 0),
         "health_check_interval": 10,
     }
+    if scheme in SENTINEL_SCHEMES:
+        return _connect_sentinel(settings, common)
     if scheme.endswith("+cluster"):
         url = urlunsplit((scheme.removesuffix("+cluster"), *parts[1:]))
         # One retry on a dropped connection: redis-py's cluster client sees the server close
@@ -224,3 +231,46 @@ async def connect(settings: StoreSettings) -> Store:
         stale_after_s=max(1.0, 4 * settings.timeout_s))
     return Store(aioredis.Redis(connection_pool=pool), timeout_s=settings.timeout_s, kind="redis",
                  fast=fast)
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):  # type: ignore[misc]
+    """Sentinel's pool for the master that waits (up to its timeout) for a free connection
+    instead of raising "Too many connections" (TEST-PLAN RD-7)."""
+
+
+class _SentinelMasterClient(aioredis.Redis):
+    """The master's redis-py client; closing it also closes the connections to the sentinels."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        try:
+            await super().aclose(close_connection_pool)
+        finally:
+            await self.connection_pool.sentinel_manager.aclose()  # type: ignore[attr-defined]
+
+
+def _connect_sentinel(settings: StoreSettings, common: dict[str, Any]) -> Store:
+    """The master of a Sentinel-managed Redis, for both the admin client and the request path.
+
+    redis-py's Sentinel client re-discovers the master on a new connection and turns READONLY
+    into a dropped connection; the request path's pipelined connection shares its resolver, so
+    a re-check there also moves the admin pool's idle connections to the new master."""
+    target = parse_sentinel_url(settings.url)
+    tls: dict[str, Any] = {"ssl": True} if target.tls else {}
+    # Half the connect deadline per sentinel: one hung sentinel leaves time to ask the next.
+    per_sentinel_s = settings.connect_timeout_s / 2
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(target.sentinels),
+        sentinel_kwargs={"socket_timeout": per_sentinel_s, "socket_connect_timeout": per_sentinel_s,
+                         "retry": Retry(NoBackoff(), 0), **tls},
+    )
+    client = sentinel.master_for(
+        target.service, redis_class=_SentinelMasterClient,
+        connection_pool_class=_BlockingSentinelPool, db=target.db, username=target.username,
+        password=target.password, max_connections=settings.max_connections,
+        timeout=settings.timeout_s, **common, **tls)
+    fast = PipelinedConnection(
+        "", 0, db=target.db, username=target.username, password=target.password,
+        use_ssl=target.tls, connect_timeout_s=settings.connect_timeout_s,
+        stale_after_s=max(1.0, 4 * settings.timeout_s),
+        resolve=client.connection_pool.get_master_address)
+    return Store(client, timeout_s=settings.timeout_s, kind="redis", fast=fast)
