@@ -73,10 +73,12 @@ MALFORMED = [
     ("NUL in the method", f"PO\x00ST{MARKER} {CHAT} HTTP/1.1\r\nHost: x\r\n\r\n".encode("latin-1")),
     ("unknown HTTP version", f"POST {CHAT} HTTP/7.{MARKER}\r\nHost: x\r\n\r\n".encode()),
     ("header without a colon", f"POST {CHAT} HTTP/1.1\r\nHost: x\r\n{MARKER} no colon\r\n\r\n".encode()),
-    ("non-numeric Content-Length", f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Length: {MARKER}\r\n\r\n".encode()),
+    ("non-numeric Content-Length",
+     f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Length: {MARKER}\r\n\r\n".encode()),
     ("bad chunk size", f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                        f"{MARKER}\r\nabc\r\n0\r\n\r\n".encode()),
-    ("control character in a header value", f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nX-A: a\x01{MARKER}\r\n\r\n".encode()),
+    ("control character in a header value",
+     f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nX-A: a\x01{MARKER}\r\n\r\n".encode()),
     ("not HTTP at all", f"\x16\x03\x01{MARKER} TLS hello?\r\n\r\n".encode("latin-1")),
 ]
 
