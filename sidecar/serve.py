@@ -23,7 +23,7 @@ from sidecar.app import create_admin, create_app, create_health_app
 from sidecar.appstate import LIFECYCLE
 from sidecar.log import log_fields, setup_logging
 from sidecar.mock_upstream import create_mock_app
-from sidecar.settings import Settings
+from sidecar.settings import Settings, url_without_password
 
 log = logging.getLogger("sidecar")
 
@@ -92,7 +92,7 @@ async def run_listeners(settings: Settings, *, reuse_port: bool, run_mock: bool)
         await _start_site(admin_runner, settings.admin.listen, reuse_port)
     log_fields(log, logging.INFO, "sidecar listening", proxy=settings.listen,
                metrics=settings.metrics.listen, upstream=settings.upstream.url,
-               store=settings.store.url.split("@")[-1])
+               store=url_without_password(settings.store.url))
 
     await stop.wait()
 

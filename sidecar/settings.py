@@ -531,6 +531,17 @@ def _check_relations(s: Settings) -> None:
             raise ConfigError("upstream.url: must not carry credentials, a query or a fragment")
 
 
+def url_without_password(url: str) -> str:
+    """`url` with the password of its user part replaced by *** (store URLs may carry one)."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    if not sep or "@" not in authority:
+        return url
+    userinfo, _, hosts = authority.rpartition("@")
+    user = userinfo.partition(":")[0] if ":" in userinfo else ""
+    return f"{scheme}://{user}:***@{hosts}{slash}{path}"
+
+
 def describe(settings: Settings) -> dict[str, Any]:
     """The effective settings as a nested dict with every secret masked (for check-config)."""
 
@@ -543,4 +554,5 @@ def describe(settings: Settings) -> dict[str, Any]:
 
     out: dict[str, Any] = walk(settings)
     out["upstream"]["key"] = settings.upstream_key.masked() or "(not set)"
+    out["store"]["url"] = url_without_password(settings.store.url)
     return out

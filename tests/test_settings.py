@@ -78,6 +78,23 @@ def test_check_config_masks_secrets(monkeypatch: pytest.MonkeyPatch,
     assert '"token": "***"' in out and '"key": "***"' in out
 
 
+@pytest.mark.parametrize("url", [
+    "redis://:{pw}@10.0.0.5:6379/0",
+    "rediss://app:{pw}@redis.internal:6380/1",
+    "redis+sentinel://app:{pw}@s1:26379,s2:26379/mymaster/0",
+    "redis+cluster://{pw}@node1:7000",
+])
+def test_check_config_hides_store_passwords(monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str], url: str) -> None:
+    """A password in store.url never reaches check-config's output; host and user still do."""
+    password = "pw-" + "z" * 16
+    monkeypatch.setenv("SIDECAR_STORE_URL", url.format(pw=password))
+    assert main(["check-config"]) == 0
+    out = capsys.readouterr().out
+    assert password not in out
+    assert ":***@" in out
+
+
 def test_memory_store_refuses_several_workers(monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     """memory:// is per process, so --workers 2 on it is a config error, not silent split limits."""
