@@ -8,9 +8,8 @@ Keys follow DESIGN.md section 4, every one carrying the tenant's hash tag so an 
 touches one Cluster slot:
 
     rl:{t:<tenant>}:<scope>:<window_s>        request log (zset: request id -> ms)
-    rl:{t:<tenant>}:<scope>:<window_s>:bkt    request counters above COUNTER_ABOVE per window
-                                              (zset: bucket -> ms of its last admission)
-    rl:{t:<tenant>}:<scope>:<window_s>:cnt    their counts (hash: bucket -> requests, "" -> sum)
+    rl:{t:<tenant>}:<scope>:<window_s>:cnt    request counts above COUNTER_ABOVE per window (hash:
+                                              time bucket -> "requests:last ms", "" -> sum)
     tq:{t:<tenant>}:<scope>:<window_s>        token reservations (zset: request id -> ms)
     tq:{t:<tenant>}:<scope>:<window_s>:amt    their amounts (hash: request id -> tokens, "" -> sum)
 
@@ -21,7 +20,7 @@ caller text can close the hash tag or make two (tenant, id) pairs share a key.
 A request log costs ~120 B per admitted request, so a request limit above `COUNTER_ABOVE` per
 window is counted in at most ~101 time buckets instead (TEST-PLAN RL-4): a bucket is counted
 until its *last* request leaves the window, so the count never misses a request of the window
-(never over-admits) and, under saturation, at least ~N/(N+1) of the limit is admitted.
+(never over-admits) and, under saturation, at least 100/101 of the limit is admitted.
 """
 
 from __future__ import annotations
@@ -53,12 +52,8 @@ class Check:
     window_s: int
     limit: int
     shadow: bool
-    keys: tuple[str, ...]  # requests: (log,) or (buckets, counts); tokens: (reservations, amounts)
-
-    @property
-    def bucketed(self) -> bool:
-        """True for a request window counted in time buckets (limit above COUNTER_ABOVE)."""
-        return self.kind == "requests" and len(self.keys) == 2
+    keys: tuple[str, ...]  # requests: (log,) or (counts,); tokens: (reservations, amounts)
+    bucketed: bool = False  # requests counted in time buckets (limit above COUNTER_ABOVE)
 
     @property
     def label(self) -> str:
@@ -96,15 +91,15 @@ def _checks_of(rules: tuple[LimitRule, ...], level: Level, tag: str, scope: str)
     checks = []
     for (kind, window_s, shadow), limit in sorted(tightest.items()):
         suffix = ":shadow" if shadow else ""
-        if kind == "requests" and limit > COUNTER_ABOVE:
-            base = f"rl:{tag}:{scope}:{window_s}{suffix}"
-            keys: tuple[str, ...] = (base + ":bkt", base + ":cnt")
+        bucketed = kind == "requests" and limit > COUNTER_ABOVE
+        if bucketed:
+            keys: tuple[str, ...] = (f"rl:{tag}:{scope}:{window_s}{suffix}:cnt",)
         elif kind == "requests":
             keys = (f"rl:{tag}:{scope}:{window_s}{suffix}",)
         else:
             base = f"tq:{tag}:{scope}:{window_s}{suffix}"
             keys = (base, base + ":amt")
-        checks.append(Check(kind, level, window_s, limit, shadow, keys))
+        checks.append(Check(kind, level, window_s, limit, shadow, keys, bucketed))
     return checks
 
 

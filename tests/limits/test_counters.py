@@ -25,10 +25,26 @@ from tests.limits.test_exactness import target  # noqa: F401  (fixture: single R
 GATE = 130  # RL-4: bytes per unit of limit a window may cost at most
 
 
-def window_keys(window_s: int) -> tuple[str, str]:
-    """The buckets and counts keys of the load helpers' principal for one window."""
-    base = "rl:{t:tenant-1}:k:key-1:" + str(window_s)
-    return base + ":bkt", base + ":cnt"
+def window_key(window_s: int) -> str:
+    """The counted window of the load helpers' principal."""
+    return "rl:{t:tenant-1}:k:key-1:" + str(window_s) + ":cnt"
+
+
+def buckets(client: redis.Redis, key: str) -> int:
+    """Time buckets held in a counted window (its fields but the sum and the oldest's index/time)."""
+    return int(client.hlen(key)) - 3
+
+
+def assert_consistent(client: redis.Redis, key: str) -> None:
+    """A counted window's own bookkeeping: the running sum is the sum of its buckets, and "o" /
+    "ol" name the oldest bucket and the time of its last admission."""
+    fields = {k.decode(): v.decode() for k, v in client.hgetall(key).items()}
+    total, oldest, oldest_last = int(fields.pop("")), int(fields.pop("o")), int(fields.pop("ol"))
+    held = {int(index): tuple(map(int, value.split(":"))) for index, value in fields.items()}
+    assert total == sum(count for count, _ in held.values())
+    assert oldest == min(held) and oldest_last == held[oldest][1]
+    lasts = [last for _, (_, last) in sorted(held.items())]
+    assert lasts == sorted(lasts)  # buckets leave in index order
 
 
 def most_in_any_window(times: list[int], window_ms: int) -> int:
@@ -44,14 +60,14 @@ def most_in_any_window(times: list[int], window_ms: int) -> int:
 
 # -- which windows are counted, and their keys (pure) ------------------------------------------
 def test_limits_above_1000_per_window_are_counted_and_up_to_1000_keep_the_exact_log() -> None:
-    """1,000 requests/window is a log (one key); 1,001 is bucketed counters (two keys)."""
+    """1,000 requests/window is a log; 1,001 is bucketed counters (a hash of its own)."""
     settings = LimitsSettings(key=(rule(60, requests=COUNTER_ABOVE), rule(3600, requests=COUNTER_ABOVE + 1),
                                    rule(60, requests=5000, mode="shadow")))
     plan = build_plan(principal("k", "t"), settings)
     assert [(c.window_s, c.bucketed, c.keys) for c in plan.checks] == [
         (60, False, ("rl:{t:t}:k:k:60",)),
-        (60, True, ("rl:{t:t}:k:k:60:shadow:bkt", "rl:{t:t}:k:k:60:shadow:cnt")),
-        (3600, True, ("rl:{t:t}:k:k:3600:bkt", "rl:{t:t}:k:k:3600:cnt"))]
+        (60, True, ("rl:{t:t}:k:k:60:shadow:cnt",)),
+        (3600, True, ("rl:{t:t}:k:k:3600:cnt",))]
     assert plan.argv[::4] == ("r", "c", "c")
 
 
@@ -66,7 +82,7 @@ def test_counter_keys_never_collide_with_each_other_or_a_log(t1: str, k1: str, t
         return set(build_plan(principal(key_id, tenant), settings).keys)
 
     counted = keys(t1, k1, 5000, shadow1)
-    assert len(counted) == 2
+    assert len(counted) == 1
     assert not counted & keys(t2, k2, 5, shadow2)
     same = (t1, k1, shadow1) == (t2, k2, shadow2)
     assert bool(counted & keys(t2, k2, 5000, shadow2)) == same
@@ -123,6 +139,61 @@ async def test_a_client_that_waits_exactly_retry_after_on_a_counted_window_is_ad
     assert (await limiter.admit(who, "after")).redis_time_ms > 0
 
 
+def duration_ms(text: str) -> int:
+    """OpenAI's duration ("20ms", "4.95s", "1m0s") in ms."""
+    if text.endswith("ms"):
+        return int(text[:-2])
+    minutes, _, seconds = text[:-1].rpartition("m")
+    return int(minutes or 0) * 60_000 + round(float(seconds) * 1000)
+
+
+async def test_a_lowered_limit_waits_until_enough_buckets_leave(
+        make_limiter: LimiterFactory, redis_proc: RedisProcess) -> None:
+    """1,500 counted, then the limit drops to 1,001: the retry time is when the bucket holding
+    the 500th oldest request leaves, later than the reset time (the oldest bucket leaving)."""
+    before = await make_limiter(key=(rule(5, requests=2000),))
+    await asyncio.gather(*(before.admit(principal(), f"r{i}") for i in range(1500)))
+    after = await make_limiter(key=(rule(5, requests=1001),))
+    with pytest.raises(RateLimitExceeded) as refused:
+        await after.admit(principal(), "over")
+    headers = refused.value.headers
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    fields = redis_proc.client().hgetall("rl:{t:acme}:k:key1:5:cnt")
+    held = sorted((int(index), *map(int, value.split(b":"))) for index, value in fields.items()
+                  if index not in (b"", b"o", b"ol"))
+    assert sum(count for _, count, _ in held) == 1500
+    freed, walked = 0, 0
+    while freed < 500:  # oldest first, as the script walks them
+        freed += held[walked][1]
+        walked += 1
+    print(f"\n{len(held)} buckets; the 500th oldest request is in bucket {walked}")
+    reset_ms = duration_ms(headers["x-ratelimit-reset-requests"])
+    retry_ms = int(headers["retry-after-ms"])
+    assert retry_ms - reset_ms == held[walked - 1][2] - held[0][2]
+    assert 0 < reset_ms <= retry_ms <= 5000
+
+
+async def test_after_redis_time_steps_back_requests_count_in_the_oldest_later_bucket(
+        make_limiter: LimiterFactory, redis_proc: RedisProcess) -> None:
+    """A failover to a server whose clock is behind finds buckets "from the future": the request
+    is counted in the oldest of them (held at least as long as it needs), never in a bucket
+    older than a held one, so buckets still leave in index order."""
+    client = redis_proc.client()
+    seconds, micros = client.time()
+    now = seconds * 1000 + micros // 1000
+    key = "rl:{t:acme}:k:key1:60:cnt"
+    ahead, ahead_last = now // 600 + 50, now + 30_000  # 30 s ahead (600 ms buckets)
+    client.hset(key, mapping={"": 7, "o": ahead, "ol": ahead_last, str(ahead): f"7:{ahead_last}"})
+    client.pexpire(key, 61_000)
+    limiter = await make_limiter(key=(rule(60, requests=5000),))
+    admission = await limiter.admit(principal(), "after-failover")
+    assert admission.headers["x-ratelimit-remaining-requests"] == str(5000 - 8)
+    assert 85_000 <= duration_ms(admission.headers["x-ratelimit-reset-requests"]) <= 90_000
+    assert client.hget(key, str(ahead)) == f"8:{ahead_last}".encode()
+    assert buckets(client, key) == 1
+    assert_consistent(client, key)
+
+
 async def test_shadow_counted_windows_count_would_be_refusals_but_never_refuse(
         make_limiter: LimiterFactory, redis_proc: RedisProcess) -> None:
     """A shadow limit of 1,001/min lets 1,050 requests through and reports 49 would-be refusals."""
@@ -138,7 +209,7 @@ async def test_shadow_counted_windows_count_would_be_refusals_but_never_refuse(
 
 
 async def test_bursts_across_window_edges_never_exceed_a_counted_limit(
-        make_limiter: LimiterFactory) -> None:
+        make_limiter: LimiterFactory, redis_proc: RedisProcess) -> None:
     """Random bursts from 4 clients over ~5 windows: never more than 1,200 admissions in any 1 s
     of Redis time, and the limit is reached in several windows (the log test, bucketed)."""
     limiter = await make_limiter(key=(rule(1, requests=1200),))
@@ -164,6 +235,7 @@ async def test_bursts_across_window_edges_never_exceed_a_counted_limit(
     await asyncio.gather(*(client(n) for n in range(4)))
     assert refused > 0 and len(times) > 2 * 1200  # the limit was reached, in more than one window
     assert most_in_any_window(times, 1000) <= 1200
+    assert_consistent(redis_proc.client(), "rl:{t:acme}:k:key1:1:cnt")
 
 
 # -- several processes --------------------------------------------------------------------------
@@ -178,14 +250,14 @@ def test_10k_per_minute_from_4_processes_admits_exactly_the_limit_in_a_few_kilob
     codes = [code for outcomes, _, _ in runs for _, code, _ in outcomes]
     assert codes.count("ok") == limit
     assert codes.count("rate_limit_exceeded") == 2000
-    buckets, counts = window_keys(60)
-    assert int(client.hget(counts, "")) == limit
-    assert client.zcard(buckets) <= 101
-    used = client.memory_usage(buckets, samples=0) + client.memory_usage(counts, samples=0)
+    key = window_key(60)
+    assert int(client.hget(key, "")) == limit
+    assert 1 <= buckets(client, key) <= 101
+    used = client.memory_usage(key, samples=0)
     print(f"\ncounted 10,000/min window, full: {used} B (log: ~1,291,040 B)")
     assert used <= GATE * limit // 100
     ttls = {key: client.pttl(key) for key in client.scan_iter()}  # + each warm-up key
-    assert len(ttls) == 2 * (1 + len(ids)) and all(0 < ttl <= 61_000 for ttl in ttls.values()), ttls
+    assert len(ttls) == 1 + len(ids) and all(0 < ttl <= 61_000 for ttl in ttls.values()), ttls
 
 
 def test_twice_the_limit_offered_from_4_processes_admits_over_99_percent_never_more(
@@ -209,10 +281,10 @@ def test_twice_the_limit_offered_from_4_processes_admits_over_99_percent_never_m
     assert offered >= 1.8 * limit
     assert most_in_any_window(times, window_ms) <= limit
     assert admitted >= 0.99 * windows * limit
-    buckets, counts = window_keys(1)
-    assert 0 < client.zcard(buckets) <= 101
-    used = client.memory_usage(buckets, samples=0) + client.memory_usage(counts, samples=0)
-    print(f"2,000/s window after the run: {client.zcard(buckets)} buckets, {used} B")
+    key = window_key(1)
+    assert 1 <= buckets(client, key) <= 101
+    used = client.memory_usage(key, samples=0)
+    print(f"2,000/s window after the run: {buckets(client, key)} buckets, {used} B")
+    assert_consistent(client, key)
     assert used <= 8192
-    for key in (buckets, counts):
-        assert 0 < client.pttl(key) <= 2000
+    assert 0 < client.pttl(key) <= 2000

@@ -5,14 +5,15 @@
 --
 -- KEYS, per check in ARGV order:
 --   requests check ("r"): 1 key  - request log (zset: member -> admission time, ms)
---   counted requests ("c"): 2 keys - buckets (zset: bucket -> time of its last admission, ms),
---                            counts (hash: bucket -> requests, field "" -> running sum, exact)
+--   counted requests ("c"): 1 key - time buckets (hash: field "" -> running sum, kept exact;
+--                            "o" -> index of the oldest bucket, "ol" -> its last admission, ms;
+--                            "<index>" -> "<requests>:<last admission, ms>")
 --   tokens check ("t"): 2 keys - reservations (zset: member -> ms), amounts (hash: member ->
 --                            tokens, field "" -> running sum of the window, kept exact)
--- A counted window is the token layout with requests of cost 1 grouped by time bucket
--- (window / BUCKETS ms each): a bucket stays counted until its last request leaves the window,
--- so no request of the window is ever missed (never over-admits) and memory is bounded by
--- BUCKETS + 1 members whatever the limit.
+-- A counted window groups requests by time bucket (index = ms // (window / BUCKETS)) and keeps
+-- a bucket counted until its *last* request leaves the window, so no request of the window is
+-- ever missed (never over-admits) and memory is bounded by BUCKETS + 1 buckets whatever the
+-- limit. The common path is 3 calls: HMGET, HSET, PEXPIRE.
 -- ARGV[1] member    unique request id
 -- ARGV[2] cost      tokens this request reserves (integer, >= 0)
 -- ARGV[3] slack_ms  TTL of every key = its window + slack_ms (ms)
@@ -33,7 +34,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local SUM = ''
 local WALK = 1024   -- entries examined at most to compute a token retry time
 local BATCH = 1000  -- members per HMGET/HDEL (keeps unpack() within Lua's stack)
-local BUCKETS = 100 -- time buckets per counted window (<= 128: both keys stay listpacks)
+local BUCKETS = 100 -- time buckets per counted window (<= 101 held + 3 fields: a listpack hash)
+local CHUNK = 16    -- bucket indices read per HMGET when looking for the next bucket
 
 local function oldest_left(key, window)
   local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
@@ -65,6 +67,34 @@ local function trim_tokens(zkey, hkey, cutoff)
   return sum
 end
 
+local function fmt(index) return string.format('%d', index) end
+
+-- "<requests>:<last ms>" -> requests, last ms
+local function split(value)
+  local count, last = string.match(value, '^(%d+):(%d+)$')
+  return tonumber(count), tonumber(last)
+end
+
+-- The first bucket of a counted window after index `after`: index, requests, last ms. Only
+-- called while the running sum says one exists; `limit` bounds the search (nil: none found).
+local function next_bucket(key, after, limit)
+  local i = after + 1
+  while i <= limit do
+    local j = math.min(i + CHUNK - 1, limit)
+    local names = {}
+    for x = i, j do names[#names + 1] = fmt(x) end
+    local values = redis.call('HMGET', key, unpack(names))
+    for x = 1, #names do
+      if values[x] then
+        local count, last = split(values[x])
+        return i + x - 1, count, last
+      end
+    end
+    i = j + 1
+  end
+  return nil
+end
+
 -- ms until `need` tokens have left the window (walking the oldest reservations first).
 local function token_retry(zkey, hkey, window, need)
   local entries = redis.call('ZRANGE', zkey, 0, WALK - 1, 'WITHSCORES')
@@ -87,6 +117,7 @@ end
 local out = {0, now}
 local admitted = 1
 local fits = {}
+local counted = {}  -- per counted check: its state after trimming, for the recording pass
 local k = 1
 local n = (#ARGV - 3) / 4
 for c = 1, n do
@@ -109,13 +140,42 @@ for c = 1, n do
       retry = tonumber(entry[2]) + window - now
     end
   elseif kind == 'c' then
-    local zkey, hkey = KEYS[k], KEYS[k + 1]
-    k = k + 2
-    used = trim_tokens(zkey, hkey, cutoff)
+    local key = KEYS[k]
+    k = k + 1
+    local cur = math.floor(now / math.max(1, math.floor(window / BUCKETS)))
+    local v = redis.call('HMGET', key, SUM, 'o', 'ol', fmt(cur))
+    local sum, o, ol = tonumber(v[1]) or 0, tonumber(v[2]), tonumber(v[3]) or now
+    local cur_count, cur_last = 0, 0
+    if v[4] then cur_count, cur_last = split(v[4]) end
+    local horizon = math.max(cur, o or cur) + 2 * BUCKETS + 2  -- past any bucket still held
+    local trimmed = false
+    -- Buckets leave oldest first (last admissions grow with the index); the sum says when
+    -- none is left, so a gap in the indices costs a read only while buckets remain.
+    while o and ol <= cutoff do
+      local gone = fmt(o)
+      sum = sum - (split(redis.call('HGET', key, gone) or '0:0'))
+      redis.call('HDEL', key, gone)
+      if o == cur then cur_count, cur_last = 0, 0 end
+      trimmed = true
+      local requests
+      if sum > 0 then o, requests, ol = next_bucket(key, o, horizon) else o = nil end
+    end
+    if not o then sum = 0 end
+    used = sum
     if used + 1 > limit then
       state = 1
-      retry = token_retry(zkey, hkey, window, used + 1 - limit)
+      -- Every bucket holds >= 1 request: one slot frees when the oldest bucket leaves.
+      local need, walk, freed = used + 1 - limit, o, 0
+      local count, last = split(redis.call('HGET', key, fmt(o)) or '0:0')
+      freed, retry = count, last + window - now
+      while freed < need do
+        walk, count, last = next_bucket(key, walk, horizon)
+        if not walk then break end
+        freed, retry = freed + count, last + window - now
+      end
     end
+    counted[c] = {key = key, cur = cur, count = cur_count, last = cur_last, sum = sum, o = o,
+                  ol = ol, trimmed = trimmed}
   else
     local zkey, hkey = KEYS[k], KEYS[k + 1]
     k = k + 2
@@ -153,19 +213,32 @@ for c = 1, n do
     end
     out[slot + 3] = oldest_left(key, window)
   elseif kind == 'c' then
-    local zkey, hkey = KEYS[k], KEYS[k + 1]
-    k = k + 2
+    k = k + 1
+    local w = counted[c]
+    local key, o, ol = w.key, w.o, w.ol
     if record then
-      local bucket = string.format('%d', math.floor(now / math.max(1, math.floor(window / BUCKETS))))
-      -- GT: a bucket's score only moves forward, even if Redis time steps back (failover).
-      redis.call('ZADD', zkey, 'GT', now, bucket)
-      redis.call('HINCRBY', hkey, bucket, 1)
-      redis.call('HINCRBY', hkey, SUM, 1)
-      redis.call('PEXPIRE', zkey, ttl)
-      redis.call('PEXPIRE', hkey, ttl)
+      local bucket, count, last = w.cur, w.count, w.last
+      if o and o > bucket then
+        -- Redis time stepped back (failover): count the request in the oldest bucket held,
+        -- which stays counted longer than the request needs (buckets keep their order).
+        bucket = o
+        count, last = split(redis.call('HGET', key, fmt(o)) or '0:0')
+      end
+      last = math.max(last, now)
+      local fields = {SUM, w.sum + 1, fmt(bucket), (count + 1) .. ':' .. fmt(last)}
+      if not o or o == bucket or w.trimmed then
+        if not o or o == bucket then o, ol = bucket, last end
+        fields[5], fields[6], fields[7], fields[8] = 'o', fmt(o), 'ol', fmt(ol)
+      end
+      redis.call('HSET', key, unpack(fields))
+      redis.call('PEXPIRE', key, ttl)
       out[slot + 2] = out[slot + 2] + 1
+    elseif w.trimmed and o then
+      redis.call('HSET', key, SUM, w.sum, 'o', fmt(o), 'ol', fmt(ol))
+    elseif w.trimmed then
+      redis.call('HDEL', key, SUM, 'o', 'ol')
     end
-    out[slot + 3] = oldest_left(zkey, window)
+    out[slot + 3] = o and ol + window - now or 0
   else
     local zkey, hkey = KEYS[k], KEYS[k + 1]
     k = k + 2
