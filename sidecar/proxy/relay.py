@@ -16,6 +16,7 @@ import orjson
 from aiohttp import web
 
 from sidecar.errors import OutputBlocked, SidecarError, UpstreamError, UpstreamTimeout, error_body
+from sidecar.proxy.body import media_type
 from sidecar.proxy.context import RequestContext
 from sidecar.proxy.conversations_api import ReplyCollector
 from sidecar.proxy.openai import DONE_EVENT, SSEDecoder, encode_event
@@ -60,7 +61,7 @@ async def relay_whole(
         body = orjson.dumps(upstream.client_error_body(raw, status, ctx.request_id))
         return web.Response(body=body, status=status, content_type="application/json",
                             headers=headers)
-    if upstream_response.content_type != "application/json":
+    if media_type(upstream_response.headers.get("Content-Type")) != "application/json":
         raise UpstreamError()
     try:
         obj = orjson.loads(raw)
@@ -86,9 +87,18 @@ async def relay_stream(
     processor: ResponseProcessor,
     extra_headers: Mapping[str, str] | None = None,
     collector: ReplyCollector | None = None,
+    deadline: asyncio.Timeout | None = None,
 ) -> web.StreamResponse:
     """Forward SSE events as they arrive (through the output guards); end in a well-formed
-    error event if the provider fails or the output policy blocks."""
+    error event if the provider fails, the whole-exchange deadline passes or the output policy
+    blocks. The exchange's `deadline` is taken over: it is switched off and the same instant
+    guards the read loop here, so exactly one timer runs and its expiry becomes an error event
+    (two nested timers racing is how a stalled stream once outlived its deadline)."""
+    loop = asyncio.get_running_loop()
+    ends_at = loop.time() + upstream.settings.total_timeout_s
+    if deadline is not None:
+        ends_at = deadline.when() or ends_at
+        deadline.reschedule(None)
     headers = _passed_headers(upstream_response, ctx)
     if extra_headers:
         headers.update(extra_headers)
@@ -106,7 +116,7 @@ async def relay_stream(
     failure: SidecarError | None = None
     content = upstream_response.content
     try:
-        async with asyncio.timeout(upstream.settings.total_timeout_s):
+        async with asyncio.timeout_at(ends_at):
             while True:
                 waited = perf_counter()
                 chunk = await content.readany()

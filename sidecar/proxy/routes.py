@@ -29,7 +29,7 @@ from sidecar.guards.fingerprint import Features, fingerprint
 from sidecar.limits.limiter import Admission
 from sidecar.limits.tokens import estimate_tokens, prompt_tokens
 from sidecar.model import Principal
-from sidecar.proxy.body import check_content_headers, read_body
+from sidecar.proxy.body import check_content_headers, media_type, read_body
 from sidecar.proxy.context import RequestContext
 from sidecar.proxy.conversations_api import (
     CONVERSATION_RESOURCES,
@@ -189,10 +189,13 @@ async def forward(request: web.Request, ctx: RequestContext, body: bytes, stream
     upstream = request.app[UPSTREAM]
     sent = perf_counter()
     async with upstream.request("POST", request.path, body,
-                                upstream.headers_for(request.headers, ctx.request_id)) as response:
+                                upstream.headers_for(request.headers, ctx.request_id)) as exchange:
+        response, deadline = exchange
         ctx.upstream_s += perf_counter() - sent
-        if stream and response.status == 200 and response.content_type == "text/event-stream":
-            return await relay_stream(request, upstream, response, ctx, processor, headers, collector)
+        if stream and response.status == 200 and \
+                media_type(response.headers.get("Content-Type")) == "text/event-stream":
+            return await relay_stream(request, upstream, response, ctx, processor, headers, collector,
+                                      deadline)
         return await relay_whole(upstream, response, ctx, processor, headers, collector)
 
 
@@ -234,7 +237,7 @@ async def handle_models(request: web.Request) -> web.StreamResponse:
     path = "/v1/models" if model is None else "/v1/models/" + quote(model, safe="")
     headers = upstream.headers_for(request.headers, ctx.request_id)
     sent = perf_counter()
-    async with upstream.request("GET", path, None, headers) as response:
+    async with upstream.request("GET", path, None, headers) as (response, _):
         ctx.upstream_s += perf_counter() - sent
         return await relay_whole(upstream, response, ctx)
 

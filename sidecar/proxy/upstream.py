@@ -82,16 +82,19 @@ class Upstream:
     @asynccontextmanager
     async def request(
         self, method: str, path: str, body: bytes | None, headers: dict[str, str]
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Open one upstream exchange; connection failures and timeouts become 502/504."""
+    ) -> AsyncIterator[tuple[aiohttp.ClientResponse, asyncio.Timeout]]:
+        """Open one upstream exchange under the whole-exchange deadline (`total_timeout_s`);
+        connection failures and timeouts become 502/504. Yields the response and the deadline:
+        a stream relay takes the deadline over (see `relay_stream`), so that it can end the
+        stream with an error event instead of being cancelled mid-write."""
         assert self._session is not None, "Upstream.start() was not awaited"
         try:
-            async with asyncio.timeout(self.settings.total_timeout_s):
+            async with asyncio.timeout(self.settings.total_timeout_s) as deadline:
                 async with self._session.request(
                     method, self.base_url + path, data=body, headers=headers,
                     allow_redirects=False,
                 ) as response:
-                    yield response
+                    yield response, deadline
         except TimeoutError as exc:
             raise UpstreamTimeout() from exc
         except aiohttp.ClientError as exc:

@@ -78,6 +78,31 @@ async def test_upstream_hang_is_504_after_the_read_timeout(
     assert 0.5 <= time.monotonic() - started < 5
 
 
+async def test_whole_exchange_deadline_gives_504_even_before_the_read_timeout(
+    make_sidecar: SidecarFactory, session: aiohttp.ClientSession,
+) -> None:
+    """upstream.total_timeout_s bounds the whole exchange: 504 when it passes first."""
+    sidecar = await make_sidecar(upstream_total_timeout_s="0.5", upstream_read_timeout_s="30")
+    started = time.monotonic()
+    async with session.post(sidecar.make_url(CHAT), json=chat("mock-hang")) as response:
+        assert response.status == 504
+        assert (await response.json())["error"]["code"] == "upstream_timeout"
+    assert 0.5 <= time.monotonic() - started < 5
+
+
+async def test_whole_exchange_deadline_ends_a_stalled_stream_in_an_error_event(
+    make_sidecar: SidecarFactory, session: aiohttp.ClientSession,
+) -> None:
+    """A stream that stalls past upstream.total_timeout_s ends with an SSE error and [DONE]."""
+    sidecar = await make_sidecar(upstream_total_timeout_s="0.5", upstream_read_timeout_s="30")
+    async with session.post(sidecar.make_url(CHAT),
+                            json={**chat("mock-slow-stream"), "stream": True}) as response:
+        assert response.status == 200
+        text = await response.text()
+    assert '"upstream_timeout"' in text
+    assert text.rstrip().endswith("data: [DONE]")
+
+
 @pytest.mark.parametrize(("model", "status", "code"), [
     ("mock-error-500", 502, "upstream_error"),
     ("mock-bad-json", 502, "upstream_error"),
