@@ -34,6 +34,7 @@ from sidecar.store.scripts import Script, load_scripts
 log = logging.getLogger("sidecar.store")
 
 KeyOrArg = str | int | float | bytes
+NOSCRIPT_ATTEMPTS = 3  # loads-and-reruns of a script the store forgot, per call
 
 
 class StoreError(Exception):
@@ -132,10 +133,18 @@ class Store:
                 try:
                     return await call.future
                 except NoScriptError:
-                    # Emptied by SCRIPT FLUSH, a restart or a failover: load it (once, however many
-                    # callers saw NOSCRIPT at the same time) and run it once more.
+                    pass
+                # Emptied by SCRIPT FLUSH, a restart or a failover: load it (once, however many
+                # callers saw NOSCRIPT at the same time) and run it again. NOSCRIPT means the
+                # script did not run, so a rerun cannot charge twice; another flush can land
+                # between the load and the rerun, hence a few attempts within the deadline.
+                for attempt in range(NOSCRIPT_ATTEMPTS):
                     await self._reload(self.scripts[name])
-                    return await self._evalsha(*call.command)
+                    try:
+                        return await self._evalsha(*call.command)
+                    except NoScriptError:
+                        if attempt == NOSCRIPT_ATTEMPTS - 1:
+                            raise
         except TimeoutError as exc:
             raise StoreError(f"store call {name!r} timed out") from exc
         except (RedisError, OSError) as exc:
