@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.conftest import stop_processes
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 
@@ -127,15 +129,7 @@ class RedisClusterNodes:
                 client.flushall()
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_processes(self.procs.values())
         self.procs.clear()
 
 

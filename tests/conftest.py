@@ -8,7 +8,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,20 @@ REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 hypothesis.settings.register_profile("ci", derandomize=True, database=None, deadline=None)
 if os.environ.get("CI"):
     hypothesis.settings.load_profile("ci")
+
+
+def stop_processes(procs: Iterable[subprocess.Popen[Any]]) -> None:
+    """SIGTERM every process still running, then wait for each (SIGKILL after 10 s)."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 def free_port() -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-from tests.conftest import REDIS_SERVER, free_port
+from tests.conftest import REDIS_SERVER, free_port, stop_processes
 
 SERVICE = "sidecar-master"
 
@@ -109,13 +109,5 @@ class SentinelDeployment:
         self.client(self.sentinel_ports[0]).execute_command("SENTINEL", "FAILOVER", SERVICE)
 
     def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_processes(self.procs)
         self.procs.clear()
