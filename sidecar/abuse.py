@@ -128,40 +128,41 @@ class AbuseService:
                 *features.buckets[:MAX_BUCKETS])
         return PendingCheck(self, principal, self.store.start("abuse", self._keys(principal), args))
 
-    def begin_output(self, principal: Principal, tokens: int) -> StoreCall | None:
-        """Send a response's completion tokens for its key and tenant now (after the response);
-        `await finish_output(call)` collects the outcome."""
+    async def record_output(self, principal: Principal, tokens: int) -> None:
+        """Add a response's completion tokens to its key and tenant (call after the response)."""
+        call = self._start_output(principal, tokens)
+        if call is None:
+            return
+        try:
+            await call.reply()
+        except StoreError as error:
+            self._output_recorded(error)
+        except BaseException:
+            self._breaker.done()  # cancelled: no outcome to book, but the probe is over
+            raise
+        else:
+            self._output_recorded(None)
+
+    def record_output_soon(self, principal: Principal, tokens: int) -> asyncio.Future[Any] | None:
+        """`record_output` for a caller that does not wait: the call leaves now (sharing the
+        turn's write) and is booked when the reply arrives, without a task. Returns what to
+        wait for at shutdown."""
+        call = self._start_output(principal, tokens)
+        if call is None:
+            return None
+        return call.when_done(self._output_recorded)
+
+    def _start_output(self, principal: Principal, tokens: int) -> StoreCall | None:
         if not self._output_on or tokens <= 0 or not self._use_store():
             return None
         return self.store.start("abuse_output", self._keys(principal),
                                 (self.settings.bucket_s, self._nbuckets, int(tokens)))
 
-    def record_output_soon(self, principal: Principal, tokens: int) -> asyncio.Future[Any] | None:
-        """`record_output` for a caller that does not wait (no task); returns what to wait for
-        at shutdown."""
-        call = self.begin_output(principal, tokens)
-        if call is None:
-            return None
-        return call.when_done(self._output_recorded)
-
     def _output_recorded(self, error: StoreError | None) -> None:
+        """Book an output record's outcome (the breaker was asked when it was sent)."""
         self._breaker.done()
         if error is not None:
             self._failed("abuse_output")
-
-    async def finish_output(self, call: StoreCall | None) -> None:
-        if call is None:
-            return
-        try:
-            await call.reply()
-        except StoreError:
-            self._failed("abuse_output")
-        finally:
-            self._breaker.done()
-
-    async def record_output(self, principal: Principal, tokens: int) -> None:
-        """Add a response's completion tokens to its key and tenant (call after the response)."""
-        await self.finish_output(self.begin_output(principal, tokens))
 
     def _keys(self, principal: Principal) -> tuple[str, str]:
         tenant = tenant_prefix(principal.tenant) if self._tenant_on else ""

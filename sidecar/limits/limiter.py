@@ -208,18 +208,37 @@ class Limiter:
     # -- settlement -------------------------------------------------------------------------
     async def settle(self, admission: Admission, actual_tokens: int) -> None:
         """Replace the reservation with the provider's actual usage in every token window."""
-        await self._settle(admission, max(0, int(actual_tokens)), "limits_settle")
+        await self._settle(admission, actual_tokens, "limits_settle")
 
     async def refund(self, admission: Admission) -> None:
         """Release the reservation (the upstream failed): nothing stays recorded for its tokens."""
         await self._settle(admission, 0, "limits_refund")
 
     async def _settle(self, admission: Admission, amount: int, op: str) -> None:
-        await self.finish_settle(self.begin_settle(admission, amount, op), op)
+        call = self._start_settle(admission, amount, op)
+        if call is None:
+            return
+        try:
+            await call.reply()
+        except StoreError as error:
+            self._settled(op, error)
+        except BaseException:
+            self._breaker.done()  # cancelled: no outcome to book, but the probe is over
+            raise
+        else:
+            self._settled(op, None)
 
-    def begin_settle(self, admission: Admission, amount: int, op: str = "limits_settle") -> StoreCall | None:
-        """Send a settlement now (so another call started in this turn shares its write);
-        `await finish_settle(call)` collects the outcome. None when nothing goes to the store."""
+    def settle_soon(self, admission: Admission, actual_tokens: int) -> asyncio.Future[Any] | None:
+        """`settle` for a caller that does not wait: the call leaves now (sharing the turn's
+        write) and its outcome is booked when the reply arrives, without a task. Returns what
+        to wait for at shutdown."""
+        call = self._start_settle(admission, actual_tokens, "limits_settle")
+        if call is None:
+            return None
+        return call.when_done(lambda error: self._settled("limits_settle", error))
+
+    def _start_settle(self, admission: Admission, amount: int, op: str) -> StoreCall | None:
+        """Send a settlement now; None when nothing goes to the store."""
         amount = max(0, int(amount))
         if not admission.token_keys:
             return None
@@ -232,32 +251,13 @@ class Limiter:
             return None
         return self.store.start("settle", admission.token_keys, (admission.request_id, amount))
 
-    def settle_soon(self, admission: Admission, actual_tokens: int) -> asyncio.Future[Any] | None:
-        """`settle` for a caller that does not wait: the call leaves now and its outcome is
-        booked when the reply arrives (no task). Returns what to wait for at shutdown."""
-        call = self.begin_settle(admission, actual_tokens)
-        if call is None:
-            return None
-        return call.when_done(self._settled)
-
-    def _settled(self, error: StoreError | None) -> None:
+    def _settled(self, op: str, error: StoreError | None) -> None:
+        """Book a settlement's outcome (the breaker was asked when it was sent)."""
         self._breaker.done()
         if error is None:
             self._store_ok()
         else:
-            self._store_failed("limits_settle")
-
-    async def finish_settle(self, call: StoreCall | None, op: str = "limits_settle") -> None:
-        if call is None:
-            return
-        try:
-            await call.reply()
-        except StoreError:
             self._store_failed(op)
-            return
-        finally:
-            self._breaker.done()
-        self._store_ok()
 
     # -- store failure policy ---------------------------------------------------------------
     @property

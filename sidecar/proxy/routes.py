@@ -105,11 +105,7 @@ async def handle_model_call(request: web.Request) -> web.StreamResponse:
                                collector)
         settled = True
         # Settlement is bookkeeping the client need not wait for (shutdown waits for it).
-        if processor.usage_total is not None:
-            settle_reported(app, principal, admission, processor)
-        else:
-            app[BACKGROUND].start(settle(app, principal, admission, processor, prompt_estimate,
-                                         failed=bool(ctx.reason)))
+        settle_later(app, principal, admission, processor, prompt_estimate, failed=bool(ctx.reason))
         if turn and collector and not ctx.reason and result.status == 200:
             # Stored as the client received it (after output redaction), before the next turn
             # can ask for it; never fails the reply.
@@ -120,9 +116,8 @@ async def handle_model_call(request: web.Request) -> web.StreamResponse:
         return result
     except BaseException:
         if not settled:
-            # Shielded from the client's disconnect: usage streamed so far is still charged.
-            app[BACKGROUND].start(settle(app, principal, admission, processor, prompt_estimate,
-                                         failed=True))
+            # Outlives the client's disconnect: usage streamed so far is still charged.
+            settle_later(app, principal, admission, processor, prompt_estimate, failed=True)
         raise
 
 
@@ -199,31 +194,25 @@ async def forward(request: web.Request, ctx: RequestContext, body: bytes, stream
         return await relay_whole(upstream, response, ctx, processor, headers, collector)
 
 
-def settle_reported(app: web.Application, principal: Principal, admission: Admission,
-                    processor: ResponseProcessor) -> None:
-    """Settle with the usage the provider reported: both store calls leave now, in one write,
-    and finish on their own (no task on the request path)."""
-    assert processor.usage_total is not None
-    metrics = app[METRICS]
-    metrics.prompt_tokens.inc(processor.usage_prompt)
-    metrics.completion_tokens.inc(processor.usage_completion)
-    background = app[BACKGROUND]
-    background.track(app[LIMITER].settle_soon(admission, processor.usage_total))
-    background.track(app[ABUSE].record_output_soon(principal, processor.usage_completion))
-
-
-async def settle(app: web.Application, principal: Principal, admission: Admission,
+def settle_later(app: web.Application, principal: Principal, admission: Admission,
                  processor: ResponseProcessor, prompt_estimate: int, *, failed: bool) -> None:
-    """Replace the reservation with what was used: the provider's usage when it reported it;
-    otherwise, after a failure, the prompt plus what was streamed (or nothing at all)."""
+    """Replace the reservation with what was used, without making the client wait: the
+    provider's usage when it reported it (both store calls leave now, in one write, and are
+    booked by callback: no task); otherwise, after a failure, the prompt plus what was
+    streamed, or nothing at all (in a background task)."""
     limiter = app[LIMITER]
+    background = app[BACKGROUND]
     if processor.usage_total is not None:
-        settle_reported(app, principal, admission, processor)
+        metrics = app[METRICS]
+        metrics.prompt_tokens.inc(processor.usage_prompt)
+        metrics.completion_tokens.inc(processor.usage_completion)
+        background.track(limiter.settle_soon(admission, processor.usage_total))
+        background.track(app[ABUSE].record_output_soon(principal, processor.usage_completion))
     elif failed and processor.streamed_chars:
         used = prompt_estimate + (processor.streamed_chars + 3) // 4
-        await limiter.settle(admission, min(used, admission.reserved_tokens or used))
+        background.start(limiter.settle(admission, min(used, admission.reserved_tokens or used)))
     elif failed:
-        await limiter.refund(admission)
+        background.start(limiter.refund(admission))
 
 
 async def handle_models(request: web.Request) -> web.StreamResponse:

@@ -61,22 +61,25 @@ class StoreCall:
     def when_done(self, on_done: Callable[[StoreError | None], None]) -> asyncio.Future[Any]:
         """Call `on_done(None)` once the reply is in, or `on_done(StoreError)`, with no task and
         no deadline of its own (for writes nobody waits for: the pipelined connection aborts a
-        connection that stops answering). NOSCRIPT is retried once, in a task (rare: after
-        SCRIPT FLUSH, a restart or a failover). Returns the future to wait for at shutdown."""
+        connection that stops answering). NOSCRIPT goes through `reply()`'s reload-and-rerun in
+        a task (rare: after SCRIPT FLUSH, a restart or a failover). Returns the future to wait
+        for at shutdown."""
 
-        def outcome(future: asyncio.Future[Any]) -> None:
-            error = None if future.cancelled() else future.exception()
+        def booked(future: asyncio.Future[Any]) -> None:
             if future.cancelled():
                 on_done(StoreError(f"store call {self.name!r} cancelled"))
-            elif error is None:
-                on_done(None)
-            elif isinstance(error, NoScriptError):
-                retry = asyncio.ensure_future(self.store._finish(self))
-                retry.add_done_callback(lambda r: on_done(
-                    None if not r.cancelled() and r.exception() is None
-                    else StoreError(f"store call {self.name!r} failed after NOSCRIPT")))
+                return
+            error = future.exception()
+            if error is None or isinstance(error, StoreError):
+                on_done(error)
             else:
                 on_done(StoreError(f"store call {self.name!r} failed: {type(error).__name__}"))
+
+        def outcome(future: asyncio.Future[Any]) -> None:
+            if not future.cancelled() and isinstance(future.exception(), NoScriptError):
+                asyncio.ensure_future(self.store._finish(self)).add_done_callback(booked)
+            else:
+                booked(future)
 
         self.future.add_done_callback(outcome)
         return self.future

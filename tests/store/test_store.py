@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 
@@ -32,6 +34,26 @@ async def test_script_flush_is_recovered(store: Store, redis_proc: RedisProcess)
     redis_proc.client().script_flush()
     reply = await store.run("health", [], [])
     assert len(reply) == 2
+    await store.close()
+
+
+async def test_a_call_booked_by_callback_survives_script_flush(
+        store: Store, redis_proc: RedisProcess) -> None:
+    """A write nobody awaits (settlement after the answer) still runs after SCRIPT FLUSH, and its
+    outcome reaches the callback once, as success."""
+    assert await store.healthy()
+    redis_proc.client().script_flush()
+    outcomes: list[StoreError | None] = []
+    finished = asyncio.get_running_loop().create_future()
+
+    def booked(error: StoreError | None) -> None:
+        outcomes.append(error)
+        finished.set_result(None)
+
+    store.start("health", [], []).when_done(booked)
+    await asyncio.wait_for(finished, 5)
+    assert outcomes == [None]
+    assert redis_proc.client().script_exists(store.scripts["health"].sha) == [True]
     await store.close()
 
 
