@@ -74,6 +74,24 @@ async def _until_store_used(limiter: Limiter, deadline_s: float) -> float:
     raise AssertionError(f"the limiter did not use the store again ({last})")
 
 
+def break_store(server: RedisProcess, fault: str) -> None:
+    """Take Redis away: `stop` shuts it down, `freeze` SIGSTOPs it (connections hang)."""
+    assert server.proc is not None
+    if fault == "stop":
+        server.stop()
+    else:
+        server.proc.send_signal(signal.SIGSTOP)
+
+
+def heal_store(server: RedisProcess, fault: str) -> None:
+    """Undo `break_store`."""
+    if fault == "stop":
+        server.start()
+    else:
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGCONT)
+
+
 @pytest.mark.parametrize("fault", ["stop", "freeze"])
 async def test_allow_policy_admits_within_the_fallback_share_and_recovers(
         own_redis: RedisProcess, fault: str) -> None:
@@ -81,11 +99,7 @@ async def test_allow_policy_admits_within_the_fallback_share_and_recovers(
     metrics = Metrics()
     limiter = await _limiter(own_redis.url, "allow", metrics)
     await limiter.admit(principal(), "before")
-    assert own_redis.proc is not None
-    if fault == "stop":
-        own_redis.stop()
-    else:
-        own_redis.proc.send_signal(signal.SIGSTOP)
+    break_store(own_redis, fault)
     outcomes, slowest = [], 0.0
     for round_ in range(5):
         more, worst = await _load(limiter, 40, f"down{round_}")
@@ -97,10 +111,7 @@ async def test_allow_policy_admits_within_the_fallback_share_and_recovers(
     assert slowest < TIMEOUT_S + 1.0
     assert metrics.degraded_requests.labels("limits")._value.get() == 10
     assert metrics.degraded._value.get() == 1
-    if fault == "stop":
-        own_redis.start()
-    else:
-        own_redis.proc.send_signal(signal.SIGCONT)
+    heal_store(own_redis, fault)
     took = await _until_store_used(limiter, 5.0)
     print(f"{fault}/allow: store used again after {took:.2f} s")
     assert metrics.degraded._value.get() == 0
@@ -114,11 +125,7 @@ async def test_deny_policy_answers_store_unavailable_quickly_and_recovers(
     metrics = Metrics()
     limiter = await _limiter(own_redis.url, "deny", metrics)
     await limiter.admit(principal(), "before")
-    assert own_redis.proc is not None
-    if fault == "stop":
-        own_redis.stop()
-    else:
-        own_redis.proc.send_signal(signal.SIGSTOP)
+    break_store(own_redis, fault)
     outcomes, slowest = await _load(limiter, 100, "down")
     print(f"\n{fault}/deny: slowest admit during outage {slowest * 1000:.1f} ms")
     assert outcomes == ["store_unavailable"] * 100
@@ -126,10 +133,7 @@ async def test_deny_policy_answers_store_unavailable_quickly_and_recovers(
     with pytest.raises(StoreUnavailable) as refused:
         await limiter.admit(principal(), "again")
     assert refused.value.headers == {"Retry-After": "1"}
-    if fault == "stop":
-        own_redis.start()
-    else:
-        own_redis.proc.send_signal(signal.SIGCONT)
+    heal_store(own_redis, fault)
     await _until_store_used(limiter, 5.0)
     await limiter.store.close()
 
