@@ -34,6 +34,31 @@ class LimitRule:
     mode: str = "enforce"  # "enforce" | "shadow"
 
 
+TRUSTED = "trusted"
+"""Trust of the app's own instructions (system and developer messages by default): context for
+judging the rest, not itself scanned for injection."""
+UNTRUSTED = "untrusted"
+"""Trust of what the end user (or the model, in history) wrote: scanned as instructions."""
+DATA = "data"
+"""Trust of text that arrives as data (tool and function results, file parts, documents): an
+instruction addressed to the assistant inside it is the signal."""
+
+
+@dataclass(frozen=True, slots=True)
+class TextSlot:
+    """One piece of text a model reads (request) or wrote (response).
+
+    `path` names where it sits in the JSON body (`messages[2].content[0].text`), `role` who it
+    comes from (`system`, `user`, `tool`, ... or the field's name for prompt-style routes) and
+    `trust` one of TRUSTED, UNTRUSTED or DATA.
+    """
+
+    path: str
+    role: str
+    trust: str
+    text: str
+
+
 @dataclass(frozen=True, slots=True)
 class Finding:
     """A span of text a guard matched: [start, end) in the scanned string, and its kind."""
