@@ -44,10 +44,7 @@ class ActivePolicy:
     output: OutputGuard | None
     trusted_roles: frozenset[str]
     allow_token_ids: bool
-
-    @property
-    def output_steps(self) -> tuple[Step, ...]:
-        return tuple(self.pipeline.output_steps())
+    output_steps: tuple[Step, ...] = ()  # plug-in guards over whole replies
 
 
 def default_policy(settings: Settings) -> Policy:
@@ -156,8 +153,9 @@ class Policies:
             guard = self._guard(policy, name, tuning)
             steps.append(Step(guard, mode=tuning.mode, action=tuning.action,
                               budget_s=tuning.budget_s, on_timeout=tuning.on_timeout))
-        return ActivePolicy(policy.name, Pipeline(policy.name, tuple(steps)), output,
-                            frozenset(policy.trusted_roles), policy.allow_token_ids)
+        pipeline = Pipeline(policy.name, tuple(steps))
+        return ActivePolicy(policy.name, pipeline, output, frozenset(policy.trusted_roles),
+                            policy.allow_token_ids, tuple(pipeline.output_steps()))
 
     def _guard(self, policy: Policy, name: str, tuning: GuardPolicy) -> Guard:
         s = self.settings

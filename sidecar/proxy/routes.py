@@ -91,7 +91,11 @@ async def handle_model_call(request: web.Request) -> web.StreamResponse:
     # 6-7. limits and abuse: two scripts issued together, so they share one write and one
     # round trip on the store's pipelined connection.
     prompt_estimate = prompt_tokens(ctx.route, parsed.body)
-    estimate = estimate_tokens(ctx.route, parsed.body, settings.limits, prompt_estimate)
+    # Replayed history joins after admission, so its most is reserved now.
+    replay_allowance = settings.conversations.replay_max_tokens \
+        if conversation and conversation.replay else 0
+    estimate = estimate_tokens(ctx.route, parsed.body, settings.limits,
+                               prompt_estimate + replay_allowance)
     admission = await admit_and_judge(app, principal, ctx, parsed, estimate)
     turn = None
     if conversation:
