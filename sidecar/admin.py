@@ -143,7 +143,14 @@ async def rotate_key(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return _json(OPENAPI)
+    """The document, with the policy names this sidecar's settings define as an enum."""
+    names = ["", *sorted(request.app[PROXY][POLICIES].by_name), None]
+    policy = {**_POLICY, "enum": names}
+    doc = orjson.loads(orjson.dumps(OPENAPI))
+    for path, method in (("/admin/keys", "post"), ("/admin/keys/{key_id}", "patch")):
+        body = doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+        body["properties"]["policy"] = policy
+    return _json(doc)
 
 
 def create_admin_app(proxy_app: web.Application, token: str) -> web.Application:
@@ -170,8 +177,9 @@ _RULE = {
         "mode": {"type": "string", "enum": ["enforce", "shadow"]},
     },
 }
-_POLICY = {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]{0,63}$",
-           "description": "guard policy name (settings [policies.<name>]); empty = tenant's or default"}
+_POLICY = {"type": "string", "nullable": True, "enum": ["", "default", None],
+           "description": "guard policy name (settings [policies.<name>]); empty = the tenant's "
+                          "or the default; the served document lists the configured names"}
 _SCOPES = {"type": "array", "minItems": 1, "uniqueItems": True,
            "items": {"type": "string", "enum": ["chat", "completions", "embeddings", "models",
                                                 "conversations"]}}
