@@ -103,7 +103,7 @@ def test_admin_api_conforms_to_its_schema(case: schemathesis.Case, admin_url: st
 
 async def test_a_key_names_only_a_configured_policy(admin_url: str) -> None:
     """`policy` on create and PATCH must be a policy the settings define (400 names the choice);
-    the served OpenAPI document lists the configured names; a rotated key keeps its policy."""
+    the served OpenAPI document lists the configured names."""
     auth = {"Authorization": f"Bearer {TOKEN}"}
     async with aiohttp.ClientSession(headers=auth) as session:
         async with session.post(admin_url + "/admin/keys", json={
