@@ -24,6 +24,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TOKEN_DIGEST = web.AppKey("token_digest", bytes)
 PROXY = web.AppKey("proxy", web.Application)
 MAX_ADMIN_BODY = 64 * 1024
+SERVER_NAME = "ai-security-sidecar"  # never aiohttp's "Python/3.x aiohttp/3.y"
 # Query parameters each route takes; anything else is refused, not silently ignored.
 _QUERY = {("GET", "/admin/keys"): frozenset({"tenant"})}
 
@@ -134,8 +135,13 @@ async def openapi(request: web.Request) -> web.Response:
     return _json(OPENAPI)
 
 
+async def _hide_server_version(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER_NAME
+
+
 def create_admin_app(proxy_app: web.Application, token: str) -> web.Application:
     app = web.Application(middlewares=[admin_middleware], client_max_size=MAX_ADMIN_BODY)
+    app.on_response_prepare.append(_hide_server_version)
     app[TOKEN_DIGEST] = hashlib.sha256(token.encode()).digest()
     app[PROXY] = proxy_app
     app.router.add_post("/admin/keys", create_key)

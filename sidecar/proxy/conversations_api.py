@@ -39,7 +39,7 @@ from sidecar.conversations import (
     select_for_replay,
     valid_conversation_id,
 )
-from sidecar.errors import InvalidRequest, NotFound, StoreUnavailable
+from sidecar.errors import InsufficientScope, InvalidRequest, NotFound, StoreUnavailable
 from sidecar.guards.injection import InjectionDetector, content_text, default_detector
 from sidecar.guards.validate import estimate_tokens
 from sidecar.log import log_fields
@@ -58,6 +58,7 @@ PER_MESSAGE_TOKENS = 4
 # Resource -> route name, for `routes.ROUTE_OF_RESOURCE` (the route name is the scope).
 CONVERSATION_RESOURCES = {"/v1/conversations": "conversations",
                           "/v1/conversations/{conversation_id}": "conversations"}
+REPLAY_SCOPE = "conversations"  # the scope that reads stored conversations, replay included
 _SYSTEM_ROLES = frozenset({"system", "developer"})
 
 
@@ -183,6 +184,8 @@ async def begin_turn(app: web.Application, principal: Principal, conv: Conversat
     turn = Turn(conv.conversation_id, principal.tenant, principal.key_id, new_messages(messages))
     if not conv.replay:
         return turn
+    if REPLAY_SCOPE not in principal.scopes:  # replaying is reading: the same right as GET
+        raise InsufficientScope(f"Replaying a conversation needs the '{REPLAY_SCOPE}' scope.")
     conversations = app[CONVERSATIONS]
     try:
         history = await conversations.service.history(principal.tenant, conv.conversation_id)

@@ -24,7 +24,7 @@ from sidecar.appstate import (
     SETTINGS,
     UPSTREAM,
 )
-from sidecar.errors import InsufficientScope, NotFound, SidecarError
+from sidecar.errors import InsufficientScope, InvalidRequest, NotFound, SidecarError
 from sidecar.guards.fingerprint import Features, fingerprint
 from sidecar.limits.limiter import Admission
 from sidecar.limits.tokens import estimate_tokens, prompt_tokens
@@ -51,10 +51,16 @@ POST_ROUTES = {
 }
 ROUTE_OF_RESOURCE = {**POST_ROUTES, "/v1/models": "models", "/v1/models/{model}": "models",
                      **CONVERSATION_RESOURCES}
+TWO_CREDENTIALS = ("Send the API key once: in Authorization: Bearer or in X-API-Key, "
+                   "not in both and not twice.")
 
 
 def presented_key(request: web.Request) -> str | None:
-    """The key from `Authorization: Bearer <key>` or `X-API-Key` (never from the URL)."""
+    """The key from `Authorization: Bearer <key>` or `X-API-Key` (never from the URL); a 400
+    when credentials come twice or in both headers (no silent first-one-wins)."""
+    if len(request.headers.getall("Authorization", ())) + \
+            len(request.headers.getall("X-API-Key", ())) > 1:
+        raise InvalidRequest(TWO_CREDENTIALS)
     header = request.headers.get("Authorization")
     if header:
         scheme, _, value = header.partition(" ")

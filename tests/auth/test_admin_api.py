@@ -99,3 +99,14 @@ schema = schemathesis.openapi.from_dict(OPENAPI)
 def test_admin_api_conforms_to_its_schema(case: schemathesis.Case, admin_url: str) -> None:
     """Generated requests never get a 5xx and every answer matches the OpenAPI document."""
     case.call_and_validate(base_url=admin_url, headers={"Authorization": f"Bearer {TOKEN}"})
+
+
+async def test_admin_answers_name_no_versions(admin_url: str) -> None:
+    """No admin answer (success, refusal, unknown URL) names the Python or aiohttp version."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession() as session:
+        for path, headers in (("/admin/keys?tenant=a", auth), ("/admin/keys?tenant=a", {}),
+                              ("/admin/nothing", auth), ("/admin/openapi.json", {})):
+            async with session.get(admin_url + path, headers=headers) as response:
+                server = response.headers.get("Server", "")
+                assert "Python" not in server and "aiohttp" not in server, (path, server)

@@ -8,6 +8,7 @@ import time
 import aiohttp
 import orjson
 import pytest
+from multidict import CIMultiDict
 
 from sidecar.appstate import AUTH
 from sidecar.auth.keyformat import checksum, make_key, parse_key
@@ -203,3 +204,23 @@ async def test_no_raw_key_is_stored(redis_url: str, redis_proc: RedisProcess) ->
     assert seen
     for key, secret in zip(keys, secrets_, strict=True):
         assert key.encode() not in seen and secret.encode() not in seen
+
+
+@pytest.mark.parametrize("headers", [
+    [("Authorization", "Bearer {key}"), ("Authorization", "Bearer {key}")],
+    [("Authorization", "Bearer {key}"), ("X-API-Key", "{key}")],
+    [("Authorization", "Basic dXNlcjpwYXNz"), ("X-API-Key", "{key}")],
+    [("X-API-Key", "{key}"), ("X-API-Key", "{key}")],
+], ids=["two-authorization", "bearer-and-x-api-key", "basic-and-x-api-key", "two-x-api-key"])
+async def test_two_credentials_are_a_400(make_sidecar: SidecarFactory, api_key: str,
+                                         headers: list[tuple[str, str]]) -> None:
+    """A request that carries a key twice, or in both headers, is refused with a 400 that says
+    so, instead of one of them silently winning."""
+    sidecar = await make_sidecar()
+    sent = CIMultiDict((name, value.format(key=api_key)) for name, value in headers)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(sidecar.make_url(CHAT), json=BODY, headers=sent) as response:
+            body = await response.json()
+            assert response.status == 400
+    assert body["error"]["code"] == "invalid_request"
+    assert "once" in body["error"]["message"]

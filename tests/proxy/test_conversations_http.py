@@ -7,7 +7,7 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import SidecarFactory
+from tests.conftest import SidecarFactory, create_key
 
 CHAT = "/v1/chat/completions"
 
@@ -56,3 +56,31 @@ async def test_bad_conversation_id_is_400(make_sidecar: SidecarFactory,
                             headers={"X-Conversation-Id": "bad id/../x"}) as response:
         assert response.status == 400
         assert (await response.json())["error"]["code"] == "invalid_request"
+
+
+async def test_replay_needs_the_conversations_scope(make_sidecar: SidecarFactory,
+                                                    mock_upstream: TestServer, redis_url: str,
+                                                    session: aiohttp.ClientSession) -> None:
+    """A chat-only key of the same tenant cannot replay another key's conversation: replaying
+    is reading, so it gets 403 insufficient_scope and nothing of that history reaches the
+    provider or the reply; a key with the `conversations` scope may replay it."""
+    sidecar = await make_sidecar()
+    conv = {"X-Conversation-Id": "owner-secret"}
+    async with session.post(sidecar.make_url(CHAT), json=chat("the launch code is 4242"),
+                            headers=conv) as response:
+        assert response.status == 200
+    async with session.get(mock_upstream.make_url("/_mock/requests")) as response:
+        before = len((await response.json())["requests"])
+    chat_only = await create_key(redis_url, scopes=["chat"])
+    replay = {**conv, "X-Conversation-Replay": "true", "Authorization": f"Bearer {chat_only}"}
+    async with aiohttp.ClientSession() as other:
+        async with other.post(sidecar.make_url(CHAT), json=chat("repeat everything"),
+                              headers=replay) as response:
+            text = await response.text()
+            assert response.status == 403
+    assert "insufficient_scope" in text and "4242" not in text
+    async with session.get(mock_upstream.make_url("/_mock/requests")) as response:
+        assert len((await response.json())["requests"]) == before
+    async with session.post(sidecar.make_url(CHAT), json=chat("and again"),
+                            headers={**conv, "X-Conversation-Replay": "true"}) as response:
+        assert response.status == 200
