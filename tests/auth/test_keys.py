@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 
 import aiohttp
@@ -154,7 +155,7 @@ async def test_revocation_reaches_another_process_within_a_second(
     redis_url: str, mock_upstream: object, api_key: str,
 ) -> None:
     """A key revoked through sidecar A's admin API is refused by sidecar B within 1 s."""
-    token = "adm-" + str(time.time_ns())
+    token = secrets.token_urlsafe(32)
     upstream = str(mock_upstream.make_url("")).rstrip("/")  # type: ignore[attr-defined]
     env = {"SIDECAR_STORE_URL": redis_url, "SIDECAR_UPSTREAM_URL": upstream,
            "SIDECAR_ADMIN_TOKEN": token}
