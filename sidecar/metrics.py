@@ -65,6 +65,10 @@ class Metrics:
                               ["direction"], registry=r)
         self.store_errors = Counter("sidecar_store_errors_total", "Failed store operations",
                                     ["op"], registry=r)
+        self.budget_overrun_tokens = Counter(
+            "sidecar_budget_overrun_tokens_total",
+            "Tokens settled above what their request reserved (the budget check did not see them)",
+            registry=r)
         self.sanitized = Counter("sidecar_sanitized_requests_total",
                                  "Requests whose text the sanitizer changed", registry=r)
         self.abuse_suspects = Counter("sidecar_abuse_suspects_total",

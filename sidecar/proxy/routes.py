@@ -27,7 +27,7 @@ from sidecar.appstate import (
 from sidecar.errors import InsufficientScope, InvalidRequest, NotFound, SidecarError
 from sidecar.guards.fingerprint import Features, fingerprint
 from sidecar.limits.limiter import Admission
-from sidecar.limits.tokens import estimate_tokens, prompt_tokens
+from sidecar.limits.tokens import clamp_cap, estimate_tokens, prompt_tokens
 from sidecar.model import Principal
 from sidecar.proxy.body import check_content_headers, media_type, read_body
 from sidecar.proxy.context import RequestContext
@@ -96,11 +96,13 @@ async def handle_model_call(request: web.Request) -> web.StreamResponse:
     changed = changed or bool(turn and turn.replayed)
     scan, canary_placed = app[OUTPUT_GUARD].prepare(parsed)
     strip_usage = ask_for_stream_usage(parsed)
+    # 6 (reservation): the estimate, and a completion cap no larger than what it reserves.
+    prompt_estimate = prompt_tokens(ctx.route, parsed.body)
+    estimate = estimate_tokens(ctx.route, parsed.body, settings.limits, prompt_estimate)
+    changed = clamp_cap(ctx.route, parsed.body, estimate - prompt_estimate) or changed
     body = orjson.dumps(parsed.body) if changed or canary_placed or strip_usage else raw
     # 6-7. limits and abuse: two scripts issued together, so they share one write and one
     # round trip on the store's pipelined connection.
-    prompt_estimate = prompt_tokens(ctx.route, parsed.body)
-    estimate = estimate_tokens(ctx.route, parsed.body, settings.limits, prompt_estimate)
     admission = await admit_and_judge(app, principal, ctx, parsed, estimate)
     # 8. upstream; 9. output guards inside the relay; 10. settlement.
     processor = ResponseProcessor(ctx.route, scan, app[METRICS], strip_usage)
