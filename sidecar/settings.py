@@ -190,8 +190,9 @@ class AuthSettings:
     cache_size: int = _f(10_000, "verified keys kept per process (LRU)", min=1)
     negative_ttl_s: float = _f(5.0, "how long a refused key is refused without asking again",
                                min=0, max=300)
-    failed_per_minute: int = _f(20, "failed verifications per key id per minute before refusing "
-                                "without verifying", min=1)
+    failed_per_minute: int = _f(20, "failed verifications per key id and client address per "
+                                "minute before that address is refused without verifying (a key "
+                                "verified before in this process is never refused by it)", min=1)
     max_concurrent_verifications: int = _f(2, "argon2 verifications running at once per process",
                                            min=1, max=64)
     argon2_time_cost: int = _f(3, "argon2id iterations (RFC 9106: 3)", min=1, max=20)

@@ -70,7 +70,7 @@ def presented_key(request: web.Request) -> str | None:
 
 async def authorize(request: web.Request, ctx: RequestContext) -> Principal:
     """Steps 2-3: who is calling, and may they use this route."""
-    principal = await request.app[AUTH].authenticate(presented_key(request))
+    principal = await request.app[AUTH].authenticate(presented_key(request), request.remote)
     ctx.key_id = principal.key_id
     if ctx.route not in principal.scopes:
         raise InsufficientScope()
