@@ -197,7 +197,7 @@ async def test_replay_reads_only_the_callers_tenant(make_service: ServiceFactory
     turn = await begin_turn(app, PRINCIPAL, ConversationRequest("c1", False),
                             chat({"role": "user", "content": "tenant a text"}))
     await finish_turn(app, turn, "req_1", "reply for a")
-    other = Principal("key_b1", "tenant-b", frozenset({"chat"}))
+    other = Principal("key_b1", "tenant-b", frozenset({"chat", "conversations"}))
     request = chat({"role": "user", "content": "hi"})
     turn_b = await begin_turn(app, other, ConversationRequest("c1", True), request)
     assert turn_b.replayed == 0 and request.body["messages"] == [{"role": "user", "content": "hi"}]
