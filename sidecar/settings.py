@@ -128,6 +128,11 @@ class ConversationSettings:
                         min=1024)
     replay_max_tokens: int = _f(8000, "estimated tokens of history put before a replayed request",
                                 min=1)
+    max_per_tenant: int = _f(10_000, "conversations a tenant may keep; a turn that would start "
+                             "another is refused (403 conversation_quota_exceeded)", min=1)
+    max_bytes_per_tenant: int = _f(256 * 1024 * 1024, "bytes of stored messages a tenant may keep; "
+                                   "once reached, turns are refused until conversations are "
+                                   "deleted or expire", min=1024)
     master_key_env: str = _f("SIDECAR_CONVERSATIONS_MASTER_KEY",
                              "variable holding the base64 master key for encryption at rest "
                              "(unset: stored in plain text)")

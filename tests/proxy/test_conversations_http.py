@@ -7,6 +7,7 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import TestServer
 
+from sidecar.metrics import Metrics
 from tests.conftest import SidecarFactory, create_key
 
 CHAT = "/v1/chat/completions"
@@ -84,3 +85,41 @@ async def test_replay_needs_the_conversations_scope(make_sidecar: SidecarFactory
     async with session.post(sidecar.make_url(CHAT), json=chat("and again"),
                             headers={**conv, "X-Conversation-Replay": "true"}) as response:
         assert response.status == 200
+
+
+async def test_conversation_quotas_refuse_before_anything_is_spent(
+        make_sidecar: SidecarFactory, mock_upstream: TestServer,
+        session: aiohttp.ClientSession) -> None:
+    """With caps of two conversations and 4 KiB per tenant: a third conversation is refused
+    with 403 conversation_quota_exceeded before the provider is called (and counted), the
+    existing ones go on until the tenant's bytes reach the cap, and deleting a conversation
+    makes room again."""
+    metrics = Metrics()
+    sidecar = await make_sidecar(metrics=metrics, conversations_max_per_tenant="2",
+                                 conversations_max_bytes_per_tenant="4096")
+
+    async def turn(conversation: str, text: str = "hello") -> tuple[int, dict[str, Any]]:
+        async with session.post(sidecar.make_url(CHAT), json=chat(text),
+                                headers={"X-Conversation-Id": conversation}) as response:
+            return response.status, await response.json()
+
+    async def provider_calls() -> int:
+        async with session.get(mock_upstream.make_url("/_mock/requests")) as response:
+            return len((await response.json())["requests"])
+
+    assert (await turn("a"))[0] == 200 and (await turn("b"))[0] == 200
+    calls = await provider_calls()
+    status, body = await turn("c")
+    assert status == 403 and body["error"]["code"] == "conversation_quota_exceeded"
+    assert "conversations" in body["error"]["message"]
+    assert await provider_calls() == calls
+    assert (await turn("a", "x" * 3000))[0] == 200  # an existing one may still grow ...
+    status, body = await turn("b")                   # ... until the tenant's bytes reach the cap
+    assert status == 403 and "bytes" in body["error"]["message"]
+    async with session.delete(sidecar.make_url("/v1/conversations/a")) as response:
+        assert response.status == 200
+    assert (await turn("c"))[0] == 200
+    refused = {cap: metrics.registry.get_sample_value(
+        "sidecar_conversation_quota_exceeded_total", {"cap": cap, "outcome": "refused"})
+        for cap in ("conversations", "bytes")}
+    assert refused == {"conversations": 1, "bytes": 1}
