@@ -1,29 +1,45 @@
 """The admin API (admin listener): key management behind a bearer admin token.
 
-The token is kept only as a SHA-256 digest in memory and compared in constant time. With no
-token configured the admin listener does not start (the caller logs why).
+The token is kept only as a SHA-256 digest in memory and compared in constant time; settings
+refuse a weak one at start. With no token configured the admin listener does not start (the
+caller logs why). Wrong tokens are counted per client address: after five in a minute each
+answer is delayed, and past `admin.failures_per_minute` the address gets 429 until its minute
+is over. Every action (and every refused token) is one JSON line on the `sidecar.audit` logger.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
+import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from sidecar.appstate import AUTH, POLICIES
+from sidecar.appstate import AUTH, POLICIES, SETTINGS
+from sidecar.auth.failures import FailureWindow
 from sidecar.auth.keyformat import is_key_id
 from sidecar.auth.records import TENANT_RE, KeyNotFound, KeyRequestError, parse_key_spec
 from sidecar.errors import error_body
+from sidecar.log import log_fields
 from sidecar.store.redis import StoreError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TOKEN_DIGEST = web.AppKey("token_digest", bytes)
+TOKEN_FINGERPRINT = web.AppKey("token_fingerprint", str)
+FAILURES = web.AppKey("admin_failures", FailureWindow)
+FAILURE_DELAY = web.AppKey("admin_failure_delay_s", float)
+AUDIT = web.RequestKey("admin_audit", dict[str, str])
+SLOW_AFTER = 5  # wrong tokens per address and minute answered at once; later ones wait
+audit_log = logging.getLogger("sidecar.audit")
 PROXY = web.AppKey("proxy", web.Application)
 MAX_ADMIN_BODY = 64 * 1024
+SERVER_NAME = "ai-security-sidecar"  # never aiohttp's "Python/3.x aiohttp/3.y"
 # Query parameters each route takes; anything else is refused, not silently ignored.
 _QUERY = {("GET", "/admin/keys"): frozenset({"tenant"})}
 
@@ -34,20 +50,67 @@ def _error(status: int, code: str, message: str) -> web.Response:
                         content_type="application/json")
 
 
+def token_fingerprint(token: str) -> str:
+    """Names the admin token in audit lines (which token acted, across a rotation) without
+    revealing it: 48 bits of a labelled SHA-256 of a token of at least 32 characters."""
+    return hashlib.sha256(b"sidecar-admin-token\x00" + token.encode()).hexdigest()[:12]
+
+
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
 @web.middleware
 async def admin_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Token check for everything but the OpenAPI document; errors in the common JSON shape."""
+    """Token check (with the guesser's slow-down and 429) for everything but the OpenAPI
+    document, one audit line per action, errors in the common JSON shape."""
+    if request.path == "/admin/openapi.json":
+        return await _dispatch(request, handler)
+    refusal = await _check_token(request)
+    if refusal is not None:
+        return refusal
+    request[AUDIT] = {}
+    response = await _dispatch(request, handler)
+    route = request.match_info.route.name
+    _audit(request, route or "admin.unknown_url", response.status,
+           admin=request.app[TOKEN_FINGERPRINT], **request[AUDIT])
+    return response
+
+
+async def _check_token(request: web.Request) -> web.Response | None:
+    """None for the right bearer token; else a 401 (slowed down after the address's first
+    SLOW_AFTER failures in a minute) or, past its budget, a 429 for every request from that
+    address, the right token included, so the answer tells a guesser nothing. Counting and
+    checking happen with no await in between: concurrent guesses cannot slip past the budget."""
+    failures = request.app[FAILURES]
+    client = request.remote or "unknown"
+    now = time.monotonic()
+    if failures.over(client, now):
+        response = _error(429, "too_many_admin_failures",
+                          "Too many wrong admin tokens from this address; try again later.")
+        response.headers["Retry-After"] = str(max(1, math.ceil(failures.retry_after(client, now))))
+        return response
+    presented = request.headers.get("Authorization", "")
+    scheme, _, token = presented.partition(" ")
+    digest = hashlib.sha256(token.strip().encode()).digest()
+    if scheme.lower() == "bearer" and hmac.compare_digest(digest, request.app[TOKEN_DIGEST]):
+        return None
+    count = failures.add(client, now)
+    _audit(request, "admin.denied" if count < failures.limit else "admin.locked", 401)
+    if count > SLOW_AFTER:
+        await asyncio.sleep(request.app[FAILURE_DELAY])
+    return _error(401, "invalid_admin_token", "A valid admin token is required.")
+
+
+def _audit(request: web.Request, action: str, status: int, **fields: Any) -> None:
+    """One JSON line on the `sidecar.audit` logger: who (client address, fingerprint of the
+    admin token used), what, on which key and tenant. Never a raw key or the token."""
+    log_fields(audit_log, logging.INFO, "admin action", action=action, status=status,
+               client=request.remote, method=request.method, **fields)
+
+
+async def _dispatch(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        if request.path != "/admin/openapi.json":
-            presented = request.headers.get("Authorization", "")
-            scheme, _, token = presented.partition(" ")
-            digest = hashlib.sha256(token.strip().encode()).digest()
-            if scheme.lower() != "bearer" or not hmac.compare_digest(digest, request.app[TOKEN_DIGEST]):
-                return _error(401, "invalid_admin_token", "A valid admin token is required.")
         allowed = _QUERY.get((request.method, request.path), frozenset())
         unknown = set(request.query) - allowed
         if unknown:
@@ -60,6 +123,8 @@ async def admin_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _error(404, "not_found", "No key with that id.")
     except StoreError:
         return _error(503, "store_unavailable", "The store is unavailable; try again shortly.")
+    except TimeoutError:
+        return _error(408, "request_timeout", "The request body did not arrive in time.")
     except web.HTTPException as exc:
         if exc.status == 405:
             response = _error(405, "method_not_allowed", "This method is not allowed on this URL.")
@@ -73,7 +138,8 @@ async def admin_middleware(request: web.Request, handler: Handler) -> web.Stream
 async def _body(request: web.Request) -> Any:
     if request.content_type != "application/json":
         raise KeyRequestError("body: expected Content-Type application/json")
-    raw = await request.read()
+    async with asyncio.timeout(request.app[PROXY][SETTINGS].body_timeout_s):  # as the proxy's
+        raw = await request.read()
     try:
         return orjson.loads(raw) if raw.strip() else {}
     except orjson.JSONDecodeError:
@@ -84,6 +150,7 @@ def _key_id(request: web.Request) -> str:
     key_id = request.match_info["key_id"]
     if not is_key_id(key_id):
         raise KeyNotFound(key_id)
+    request[AUDIT]["key_id"] = key_id
     return key_id
 
 
@@ -100,6 +167,7 @@ async def create_key(request: web.Request) -> web.Response:
     _known_policy(request, body)
     spec = parse_key_spec(body)
     raw_key, record = await request.app[PROXY][AUTH].records.create(spec)
+    request[AUDIT].update(key_id=record.key_id, tenant=record.tenant)
     return _json({"key": raw_key, **record.public()}, status=201)
 
 
@@ -107,12 +175,14 @@ async def list_keys(request: web.Request) -> web.Response:
     tenant = request.query.get("tenant", "")
     if not TENANT_RE.fullmatch(tenant):
         raise KeyRequestError("tenant: query parameter required (1-64 characters of A-Z a-z 0-9 . _ -)")
+    request[AUDIT].update(tenant=tenant)
     records = await request.app[PROXY][AUTH].records.list(tenant)
     return _json({"data": [r.public() for r in records]})
 
 
 async def get_key(request: web.Request) -> web.Response:
     record = await request.app[PROXY][AUTH].records.get(_key_id(request))
+    request[AUDIT].update(key_id=record.key_id, tenant=record.tenant)
     return _json(record.public())
 
 
@@ -122,6 +192,7 @@ async def patch_key(request: web.Request) -> web.Response:
     _known_policy(request, body)
     record = await request.app[PROXY][AUTH].records.update(key_id, body)
     request.app[PROXY][AUTH].invalidate(key_id)
+    request[AUDIT].update(key_id=record.key_id, tenant=record.tenant)
     return _json(record.public())
 
 
@@ -129,6 +200,7 @@ async def revoke_key(request: web.Request) -> web.Response:
     key_id = _key_id(request)
     record = await request.app[PROXY][AUTH].records.revoke(key_id)
     request.app[PROXY][AUTH].invalidate(key_id)
+    request[AUDIT].update(key_id=record.key_id, tenant=record.tenant)
     return _json(record.public())
 
 
@@ -139,6 +211,7 @@ async def rotate_key(request: web.Request) -> web.Response:
         raise KeyRequestError("body: expected {\"grace_s\": <seconds>}")
     raw_key, new, old = await request.app[PROXY][AUTH].records.rotate(key_id, body.get("grace_s", 0))
     request.app[PROXY][AUTH].invalidate(key_id)
+    request[AUDIT].update(key_id=new.key_id, tenant=new.tenant, previous_key_id=old.key_id)
     return _json({"key": raw_key, **new.public(), "previous": old.public()}, status=201)
 
 
@@ -153,16 +226,26 @@ async def openapi(request: web.Request) -> web.Response:
     return _json(doc)
 
 
+async def _hide_server_version(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER_NAME
+
+
 def create_admin_app(proxy_app: web.Application, token: str) -> web.Application:
     app = web.Application(middlewares=[admin_middleware], client_max_size=MAX_ADMIN_BODY)
+    app.on_response_prepare.append(_hide_server_version)
     app[TOKEN_DIGEST] = hashlib.sha256(token.encode()).digest()
+    app[TOKEN_FINGERPRINT] = token_fingerprint(token)
+    admin = proxy_app[SETTINGS].admin
+    app[FAILURES] = FailureWindow(admin.failures_per_minute, size=10_000)
+    app[FAILURE_DELAY] = admin.failure_delay_s
     app[PROXY] = proxy_app
-    app.router.add_post("/admin/keys", create_key)
-    app.router.add_get("/admin/keys", list_keys, allow_head=False)
-    app.router.add_get("/admin/keys/{key_id}", get_key, allow_head=False)
-    app.router.add_patch("/admin/keys/{key_id}", patch_key)
-    app.router.add_post("/admin/keys/{key_id}/revoke", revoke_key)
-    app.router.add_post("/admin/keys/{key_id}/rotate", rotate_key)
+    # Route names are the audit log's actions.
+    app.router.add_post("/admin/keys", create_key, name="key.create")
+    app.router.add_get("/admin/keys", list_keys, allow_head=False, name="key.list")
+    app.router.add_get("/admin/keys/{key_id}", get_key, allow_head=False, name="key.show")
+    app.router.add_patch("/admin/keys/{key_id}", patch_key, name="key.update")
+    app.router.add_post("/admin/keys/{key_id}/revoke", revoke_key, name="key.revoke")
+    app.router.add_post("/admin/keys/{key_id}/rotate", rotate_key, name="key.rotate")
     app.router.add_get("/admin/openapi.json", openapi, allow_head=False)
     return app
 
@@ -208,7 +291,10 @@ def _resp(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 _ERRORS = {"400": _resp("Invalid request", _ERROR), "401": _resp("Missing or wrong admin token", _ERROR),
-           "404": _resp("No such key", _ERROR), "503": _resp("Store unavailable", _ERROR)}
+           "404": _resp("No such key", _ERROR),
+           "408": _resp("The request body did not arrive within body_timeout_s", _ERROR),
+           "429": _resp("Too many wrong admin tokens from this address (see Retry-After)", _ERROR),
+           "503": _resp("Store unavailable", _ERROR)}
 _KEY_ID_PARAM = {"name": "key_id", "in": "path", "required": True,
                  "schema": {"type": "string", "pattern": "^[0-9A-Za-z]{12}$"}}
 _KEY_LIST = {"type": "object", "required": ["data"],

@@ -63,6 +63,9 @@ def setup_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").disabled = True
+    # Admin audit lines are kept whatever the level: who changed which key must not depend on
+    # how chatty the operator wants the rest of the log.
+    logging.getLogger("sidecar.audit").setLevel(min(logging.INFO, logging.getLevelName(level)))
     quiet_parser_errors()
 
 

@@ -65,6 +65,15 @@ class Metrics:
                               ["direction"], registry=r)
         self.store_errors = Counter("sidecar_store_errors_total", "Failed store operations",
                                     ["op"], registry=r)
+        self.budget_overrun_tokens = Counter(
+            "sidecar_budget_overrun_tokens_total",
+            "Tokens settled above what their request reserved (the budget check did not see them)",
+            registry=r)
+        self.conversation_quota = Counter(
+            "sidecar_conversation_quota_exceeded_total",
+            "Conversation turns a tenant quota stopped: refused before the provider call, or "
+            "dropped after the reply (a concurrent request took the room)",
+            ["cap", "outcome"], registry=r)
         self.sanitized = Counter("sidecar_sanitized_requests_total",
                                  "Requests whose text the sanitizer changed", registry=r)
         self.abuse_suspects = Counter("sidecar_abuse_suspects_total",

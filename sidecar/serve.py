@@ -87,7 +87,10 @@ async def run_listeners(settings: Settings, *, reuse_port: bool, run_mock: bool)
                                   keepalive_timeout=settings.header_timeout_s)
     await _start_site(health_runner, settings.metrics.listen, reuse_port)
     admin_app = create_admin(proxy_app)
-    admin_runner = web.AppRunner(admin_app, access_log=None) if admin_app is not None else None
+    # The admin listener gets the proxy's header deadline (its body deadline is in admin.py).
+    admin_runner = web.AppRunner(admin_app, access_log=None,
+                                 keepalive_timeout=settings.header_timeout_s) \
+        if admin_app is not None else None
     if admin_runner is not None:
         await _start_site(admin_runner, settings.admin.listen, reuse_port)
     log_fields(log, logging.INFO, "sidecar listening", proxy=settings.listen,

@@ -71,7 +71,12 @@ class MetricsSettings:
 @dataclass(frozen=True, slots=True)
 class AdminSettings:
     listen: str = _f("127.0.0.1:9091", "host:port of the admin API")
-    token: Secret = _f(Secret(""), "bearer token for the admin API; empty = admin API off")
+    token: Secret = _f(Secret(""), "bearer token for the admin API (at least 32 characters, 8 of "
+                       "them different); empty = admin API off")
+    failures_per_minute: int = _f(20, "wrong admin tokens per client address per minute before "
+                                  "that address gets 429 until the minute is over", min=1)
+    failure_delay_s: float = _f(1.0, "delay of each wrong-token answer after an address's first "
+                                "five in a minute", min=0, max=10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +128,11 @@ class ConversationSettings:
                         min=1024)
     replay_max_tokens: int = _f(8000, "estimated tokens of history put before a replayed request",
                                 min=1)
+    max_per_tenant: int = _f(10_000, "conversations a tenant may keep; a turn that would start "
+                             "another is refused (403 conversation_quota_exceeded)", min=1)
+    max_bytes_per_tenant: int = _f(256 * 1024 * 1024, "bytes of stored messages a tenant may keep; "
+                                   "once reached, turns are refused until conversations are "
+                                   "deleted or expire", min=1024)
     master_key_env: str = _f("SIDECAR_CONVERSATIONS_MASTER_KEY",
                              "variable holding the base64 master key for encryption at rest "
                              "(unset: stored in plain text)")
@@ -185,8 +195,9 @@ class AuthSettings:
     cache_size: int = _f(10_000, "verified keys kept per process (LRU)", min=1)
     negative_ttl_s: float = _f(5.0, "how long a refused key is refused without asking again",
                                min=0, max=300)
-    failed_per_minute: int = _f(20, "failed verifications per key id per minute before refusing "
-                                "without verifying", min=1)
+    failed_per_minute: int = _f(20, "failed verifications per key id and client address per "
+                                "minute before that address is refused without verifying (a key "
+                                "verified before in this process is never refused by it)", min=1)
     max_concurrent_verifications: int = _f(2, "argon2 verifications running at once per process",
                                            min=1, max=64)
     argon2_time_cost: int = _f(3, "argon2id iterations (RFC 9106: 3)", min=1, max=20)
@@ -596,8 +607,28 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+ADMIN_TOKEN_MIN_CHARS = 32
+ADMIN_TOKEN_MIN_DISTINCT = 8
+
+
+def admin_token_problem(token: str) -> str | None:
+    """Why `token` is too weak to guard the admin API, or None. A random token passes (32
+    URL-safe characters carry 192 bits; 32 hex characters, 128); a short word or a repeated
+    pattern does not. Never names the token itself."""
+    if len(token) < ADMIN_TOKEN_MIN_CHARS:
+        return f"needs at least {ADMIN_TOKEN_MIN_CHARS} characters, got {len(token)}"
+    if len(set(token)) < ADMIN_TOKEN_MIN_DISTINCT:
+        return f"needs at least {ADMIN_TOKEN_MIN_DISTINCT} different characters"
+    return None
+
+
 def _check_relations(s: Settings) -> None:
     _check_listen("listen", s.listen)
+    if s.admin.token:
+        problem = admin_token_problem(s.admin.token)
+        if problem:
+            raise ConfigError(f"admin.token: too weak: {problem} (make one with: python3 -c "
+                              "'import secrets; print(secrets.token_urlsafe(32))')")
     _check_listen("metrics.listen", s.metrics.listen)
     _check_listen("admin.listen", s.admin.listen)
     if s.store.url.partition("://")[0] in SENTINEL_SCHEMES:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,7 @@ def test_cli_exits_2_with_one_line(monkeypatch: pytest.MonkeyPatch,
 def test_check_config_masks_secrets(monkeypatch: pytest.MonkeyPatch,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     """check-config prints the effective settings without the admin token or provider key."""
-    token, key = "admintok-" + "x" * 20, "provkey-" + "y" * 20
+    token, key = secrets.token_urlsafe(32), "provkey-" + "y" * 20
     monkeypatch.setenv("SIDECAR_ADMIN_TOKEN", token)
     monkeypatch.setenv("OPENAI_API_KEY", key)
     assert main(["check-config"]) == 0

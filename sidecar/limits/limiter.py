@@ -242,6 +242,10 @@ class Limiter:
         amount = max(0, int(amount))
         if not admission.token_keys:
             return None
+        if amount > admission.reserved_tokens:
+            # Charged in full (the provider did spend it), but never silently: the reservation
+            # was the promise the budget check relied on.
+            self.metrics.budget_overrun_tokens.inc(amount - admission.reserved_tokens)
         if admission.degraded:
             self.fallback.adjust(admission.token_keys[::2], amount - admission.reserved_tokens)
             return None

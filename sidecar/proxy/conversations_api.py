@@ -7,9 +7,11 @@ answers 404 exactly as a missing one does.
 Request path (called from `proxy/routes.py`):
   step 3/4  `conversation_request(headers, route)`: `X-Conversation-Id` (1-128 of
             [A-Za-z0-9._-]) and `X-Conversation-Replay: true`, or a 400;
-  after 5   `begin_turn(app, principal, conv, parsed)`: remembers the request's new user and
-            tool messages and, with replay, puts the stored history (never a flagged message,
-            newest kept within `replay_max_tokens`) after the request's system messages;
+  after 5   `begin_turn(app, principal, conv, parsed)`: refuses a turn the tenant's quotas
+            would not keep (403), remembers the request's new user and tool messages and,
+            with replay (scope `conversations`: replaying is reading), puts the stored history
+            (never a flagged message, newest kept within `replay_max_tokens`) after the
+            request's system messages;
   step 9    `ReplyCollector`: the assistant's reply exactly as the client received it;
   step 10   `finish_turn(app, turn, request_id, reply)`: scores every message with the
             injection detector, stores the turn; retried once, then counted and logged; never
@@ -29,6 +31,7 @@ from aiohttp import web
 from sidecar.appstate import CONTEXT, METRICS, POLICIES, SETTINGS, STORE
 from sidecar.conversations import (
     STORED_ROLES,
+    ConversationQuotaExceeded,
     ConversationService,
     ConversationSummary,
     Keyring,
@@ -39,7 +42,7 @@ from sidecar.conversations import (
     select_for_replay,
     valid_conversation_id,
 )
-from sidecar.errors import InvalidRequest, NotFound, StoreUnavailable
+from sidecar.errors import InsufficientScope, InvalidRequest, NotFound, StoreUnavailable
 from sidecar.guards.injection import InjectionResult, content_text
 from sidecar.guards.validate import estimate_tokens
 from sidecar.log import log_fields
@@ -59,6 +62,7 @@ PER_MESSAGE_TOKENS = 4
 # Resource -> route name, for `routes.ROUTE_OF_RESOURCE` (the route name is the scope).
 CONVERSATION_RESOURCES = {"/v1/conversations": "conversations",
                           "/v1/conversations/{conversation_id}": "conversations"}
+REPLAY_SCOPE = "conversations"  # the scope that reads stored conversations, replay included
 _SYSTEM_ROLES = frozenset({"system", "developer"})
 
 
@@ -181,9 +185,12 @@ async def begin_turn(app: web.Application, principal: Principal, conv: Conversat
     (503) when the history cannot be read."""
     messages: list[Any] = parsed.body["messages"]
     turn = Turn(conv.conversation_id, principal.tenant, principal.key_id, new_messages(messages))
+    if conv.replay and REPLAY_SCOPE not in principal.scopes:  # replaying is reading, as GET is
+        raise InsufficientScope(f"Replaying a conversation needs the '{REPLAY_SCOPE}' scope.")
+    conversations = app[CONVERSATIONS]
+    await check_quota(conversations, turn)
     if not conv.replay:
         return turn
-    conversations = app[CONVERSATIONS]
     try:
         history = await conversations.service.history(principal.tenant, conv.conversation_id)
     except StoreError:
@@ -201,6 +208,19 @@ async def begin_turn(app: web.Application, principal: Principal, conv: Conversat
         parsed.body["messages"] = [*messages[:at], *replay, *messages[at:]]
         turn.replayed = len(replay)
     return turn
+
+
+async def check_quota(conversations: Conversations, turn: Turn) -> None:
+    """Refuse (403 conversation_quota_exceeded, counted) a turn the tenant's quotas would not
+    store, before the provider is paid for a reply that could not be kept. A store failure
+    here lets the request through: the write after the reply meets it and is counted."""
+    try:
+        await conversations.service.check_quota(turn.tenant, turn.conversation_id)
+    except ConversationQuotaExceeded as exc:
+        conversations.metrics.conversation_quota.labels(exc.cap, "refused").inc()
+        raise
+    except StoreError:
+        pass
 
 
 @dataclass(slots=True)
@@ -313,6 +333,12 @@ async def finish_turn(app: web.Application, turn: Turn, request_id: str,
                     raise
                 log_fields(log, logging.WARNING, "conversation write failed; retrying",
                            request_id=request_id, error=error)
+    except ConversationQuotaExceeded as exc:
+        # Another request took the room after this one's check: the reply was delivered, the
+        # turn cannot be kept. Counted and logged (without content), never silent.
+        conversations.metrics.conversation_quota.labels(exc.cap, "dropped").inc()
+        log_fields(log, logging.WARNING, "conversation turn dropped: tenant quota reached",
+                   request_id=request_id, key_id=turn.key_id, cap=exc.cap)
     except Exception as exc:
         conversations.metrics.store_errors.labels(STORE_OP).inc()
         log_fields(log, logging.ERROR, "conversation turn not stored", request_id=request_id,

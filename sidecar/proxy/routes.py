@@ -23,10 +23,10 @@ from sidecar.appstate import (
     SETTINGS,
     UPSTREAM,
 )
-from sidecar.errors import InsufficientScope, NotFound, SidecarError
+from sidecar.errors import InsufficientScope, InvalidRequest, NotFound, SidecarError
 from sidecar.guards.fingerprint import Features, fingerprint
 from sidecar.limits.limiter import Admission
-from sidecar.limits.tokens import estimate_tokens, prompt_tokens
+from sidecar.limits.tokens import clamp_cap, estimate_tokens, prompt_tokens
 from sidecar.model import Principal
 from sidecar.proxy.body import check_content_headers, media_type, read_body
 from sidecar.proxy.context import RequestContext
@@ -50,10 +50,16 @@ POST_ROUTES = {
 }
 ROUTE_OF_RESOURCE = {**POST_ROUTES, "/v1/models": "models", "/v1/models/{model}": "models",
                      **CONVERSATION_RESOURCES}
+TWO_CREDENTIALS = ("Send the API key once: in Authorization: Bearer or in X-API-Key, "
+                   "not in both and not twice.")
 
 
 def presented_key(request: web.Request) -> str | None:
-    """The key from `Authorization: Bearer <key>` or `X-API-Key` (never from the URL)."""
+    """The key from `Authorization: Bearer <key>` or `X-API-Key` (never from the URL); a 400
+    when credentials come twice or in both headers (no silent first-one-wins)."""
+    if len(request.headers.getall("Authorization", ())) + \
+            len(request.headers.getall("X-API-Key", ())) > 1:
+        raise InvalidRequest(TWO_CREDENTIALS)
     header = request.headers.get("Authorization")
     if header:
         scheme, _, value = header.partition(" ")
@@ -63,7 +69,7 @@ def presented_key(request: web.Request) -> str | None:
 
 async def authorize(request: web.Request, ctx: RequestContext) -> Principal:
     """Steps 2-3: who is calling, and may they use this route."""
-    principal = await request.app[AUTH].authenticate(presented_key(request))
+    principal = await request.app[AUTH].authenticate(presented_key(request), request.remote)
     ctx.key_id = principal.key_id
     if ctx.route not in principal.scopes:
         raise InsufficientScope()
@@ -96,6 +102,8 @@ async def handle_model_call(request: web.Request) -> web.StreamResponse:
         if conversation and conversation.replay else 0
     estimate = estimate_tokens(ctx.route, parsed.body, settings.limits,
                                prompt_estimate + replay_allowance)
+    # A completion cap no larger than what the estimate reserves for the completion.
+    clamp_cap(ctx.route, parsed.body, estimate - prompt_estimate - replay_allowance)
     admission = await admit_and_judge(app, principal, ctx, parsed, estimate)
     turn = None
     if conversation:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+import secrets
 import typing
 from pathlib import Path
 from typing import Any
@@ -139,7 +140,8 @@ def _sidecar_settings(docs: list[Doc], tmp_path: Path) -> tuple[Settings, dict[s
     for source in sidecar.get("envFrom", []):
         env.update(_one(docs, "ConfigMap", source["configMapRef"]["name"])["data"])
     for var in sidecar["env"]:
-        env[var["name"]] = var.get("value", "placeholder-from-secret")
+        # A secret reference stands for an operator-made secret (the admin token must be strong).
+        env[var["name"]] = var.get("value", "from-secret-" + secrets.token_urlsafe(32))
     mount = next(m for m in sidecar["volumeMounts"] if env["SIDECAR_CONFIG"].startswith(m["mountPath"]))
     volume = next(v for v in pod_spec(deployment)["volumes"] if v["name"] == mount["name"])  # type: ignore[index]
     assert volume["configMap"]["name"] == "sidecar-config"
