@@ -27,6 +27,7 @@ from sidecar.appstate import (
     SETTINGS,
     STORE,
     UPSTREAM,
+    USAGE,
     Background,
     Lifecycle,
 )
@@ -47,6 +48,7 @@ from sidecar.proxy.routes import ROUTE_OF_RESOURCE, add_routes
 from sidecar.proxy.upstream import Upstream
 from sidecar.settings import Settings
 from sidecar.store.redis import connect
+from sidecar.usage import UsageService
 
 log = logging.getLogger("sidecar")
 access_log = logging.getLogger("sidecar.access")
@@ -162,6 +164,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[AUTH] = auth
     app[LIMITER] = Limiter(store, settings.limits, app[METRICS])
     app[ABUSE] = AbuseService(store, settings.abuse, app[METRICS])
+    app[USAGE] = UsageService(store, settings.usage, app[METRICS])
     if store.is_memory and a.demo_key:
         await _print_demo_key(auth)
     stop = asyncio.Event()

@@ -18,6 +18,7 @@ from sidecar.proxy.guarding import InputGuard, OutputGuard
 from sidecar.proxy.upstream import Upstream
 from sidecar.settings import Settings
 from sidecar.store.redis import Store
+from sidecar.usage import UsageService
 
 
 class Background:
@@ -55,4 +56,5 @@ STORE = web.AppKey("store", Store)
 UPSTREAM = web.AppKey("upstream", Upstream)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 AUTH = web.AppKey("auth", Authenticator)
+USAGE = web.AppKey("usage", UsageService)
 CONTEXT = web.RequestKey("context", RequestContext)

@@ -209,6 +209,30 @@ class LimitsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelPrice:
+    """What a model costs, in US dollars per million tokens (docs/usage.md)."""
+
+    model: str
+    input_per_mtok: float
+    output_per_mtok: float
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSettings:
+    record: bool = _f(True, "keep a usage report per tenant, key, model and hour in the store "
+                      "(one more script per answered request, in the same write as settlement)")
+    retention_days: int = _f(35, "how long hourly usage is kept in the store", min=1, max=400)
+    metric_tenants: tuple[str, ...] = _f((), "tenants with their own `tenant` label on the usage "
+                                         "metrics; \"*\" = any, first come, up to max_label_values; "
+                                         "empty = no tenant label (value \"all\")")
+    metric_models: tuple[str, ...] = _f((), "models with their own `model` label, as metric_tenants")
+    max_label_values: int = _f(50, "most distinct values per label; the rest count as \"other\"",
+                               min=1, max=1000)
+    prices: tuple[ModelPrice, ...] = _f((), "price per model: a table of model -> "
+                                        "{input = $/Mtok, output = $/Mtok}; models not listed cost 0")
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     listen: str = _f("127.0.0.1:8080", "host:port of the OpenAI-compatible proxy")
     workers: int = _f(1, "worker processes sharing the proxy port", min=1, max=256)
@@ -230,6 +254,7 @@ class Settings:
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     conversations: ConversationSettings = field(default_factory=ConversationSettings)
     abuse: AbuseSettings = field(default_factory=AbuseSettings)
+    usage: UsageSettings = field(default_factory=UsageSettings)
 
     @property
     def upstream_key(self) -> Secret:
@@ -275,6 +300,8 @@ def _coerce(name: str, hint: Any, raw: Any, meta: Mapping[str, Any]) -> Any:
             value = match
         elif origin is tuple and get_args(hint)[0] is LimitRule:
             return _limit_rules(name, raw)
+        elif origin is tuple and get_args(hint)[0] is ModelPrice:
+            return _prices(name, raw)
         elif origin is tuple and get_args(hint)[0] is str:
             items = raw.split(",") if isinstance(raw, str) else raw
             if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
@@ -313,6 +340,24 @@ def _limit_rules(name: str, raw: Any) -> tuple[LimitRule, ...]:
     if not isinstance(raw, list):
         raise ConfigError(f"{name}: expected a list of rules")
     return tuple(parse_limit_rule(f"{name}[{i}]", item) for i, item in enumerate(raw))
+
+
+def _prices(name: str, raw: Any) -> tuple[ModelPrice, ...]:
+    """A price table from TOML or env JSON, e.g. {"gpt-4o": {"input": 2.5, "output": 10}}."""
+    raw = _from_env_json(name, raw, "object of model -> {input, output}")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: expected a table of model -> {{input = ..., output = ...}}")
+    prices = []
+    for model, entry in raw.items():
+        where = f"{name}.{model}"
+        if not isinstance(entry, dict) or set(entry) != {"input", "output"}:
+            raise ConfigError(f"{where}: expected {{input = <$ per million tokens>, output = ...}}")
+        for part in ("input", "output"):
+            value = entry[part]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1e6:
+                raise ConfigError(f"{where}.{part}: expected dollars per million tokens, 0 to 1e6")
+        prices.append(ModelPrice(model, float(entry["input"]), float(entry["output"])))
+    return tuple(prices)
 
 
 def _actions(name: str, raw: Any) -> tuple[tuple[str, str], ...]:

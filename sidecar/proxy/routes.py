@@ -23,6 +23,7 @@ from sidecar.appstate import (
     OUTPUT_GUARD,
     SETTINGS,
     UPSTREAM,
+    USAGE,
 )
 from sidecar.errors import InsufficientScope, NotFound, SidecarError
 from sidecar.guards.fingerprint import Features, fingerprint
@@ -105,7 +106,8 @@ async def handle_model_call(request: web.Request) -> web.StreamResponse:
                                collector)
         settled = True
         # Settlement is bookkeeping the client need not wait for (shutdown waits for it).
-        settle_later(app, principal, admission, processor, prompt_estimate, failed=bool(ctx.reason))
+        settle_later(app, principal, admission, processor, prompt_estimate, failed=bool(ctx.reason),
+                     model=ctx.model)
         if turn and collector and not ctx.reason and result.status == 200:
             # Stored as the client received it (after output redaction), before the next turn
             # can ask for it; never fails the reply.
@@ -117,7 +119,8 @@ async def handle_model_call(request: web.Request) -> web.StreamResponse:
     except BaseException:
         if not settled:
             # Outlives the client's disconnect: usage streamed so far is still charged.
-            settle_later(app, principal, admission, processor, prompt_estimate, failed=True)
+            settle_later(app, principal, admission, processor, prompt_estimate, failed=True,
+                         model=ctx.model)
         raise
 
 
@@ -125,6 +128,7 @@ async def admit_and_judge(app: web.Application, principal: Principal, ctx: Reque
                           parsed: ParsedRequest, estimate: int) -> Admission:
     """Admission and the model-extraction check together (both scripts leave in one write:
     one round trip, no task); an abuse refusal wins."""
+    ctx.model = str(parsed.body.get("model", ""))  # what usage is booked under (step 10)
     limiter = app[LIMITER]
     abuse = app[ABUSE]
     if not abuse.settings.enabled:
@@ -195,11 +199,12 @@ async def forward(request: web.Request, ctx: RequestContext, body: bytes, stream
 
 
 def settle_later(app: web.Application, principal: Principal, admission: Admission,
-                 processor: ResponseProcessor, prompt_estimate: int, *, failed: bool) -> None:
+                 processor: ResponseProcessor, prompt_estimate: int, *, failed: bool,
+                 model: str = "") -> None:
     """Replace the reservation with what was used, without making the client wait: the
-    provider's usage when it reported it (both store calls leave now, in one write, and are
-    booked by callback: no task); otherwise, after a failure, the prompt plus what was
-    streamed, or nothing at all (in a background task)."""
+    provider's usage when it reported it (settlement, the usage report and the abuse output
+    count leave now, in one write, and are booked by callback: no task); otherwise, after a
+    failure, the prompt plus what was streamed, or nothing at all (in a background task)."""
     limiter = app[LIMITER]
     background = app[BACKGROUND]
     if processor.usage_total is not None:
@@ -208,6 +213,8 @@ def settle_later(app: web.Application, principal: Principal, admission: Admissio
         metrics.completion_tokens.inc(processor.usage_completion)
         background.track(limiter.settle_soon(admission, processor.usage_total))
         background.track(app[ABUSE].record_output_soon(principal, processor.usage_completion))
+        background.track(app[USAGE].record_soon(principal, model, processor.usage_prompt,
+                                                processor.usage_completion))
     elif failed and processor.streamed_chars:
         used = prompt_estimate + (processor.streamed_chars + 3) // 4
         background.start(limiter.settle(admission, min(used, admission.reserved_tokens or used)))
