@@ -45,6 +45,7 @@ from sidecar.proxy.guarding import InputGuard, OutputGuard
 from sidecar.proxy.parse_errors import install_json_parser_errors
 from sidecar.proxy.relay import error_response, plain_error
 from sidecar.proxy.routes import ROUTE_OF_RESOURCE, add_routes
+from sidecar.proxy.server_timing import add_server_timing
 from sidecar.proxy.upstream import Upstream
 from sidecar.settings import Settings
 from sidecar.store.redis import connect
@@ -139,6 +140,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> web.Applic
     app[METRICS] = metrics or Metrics()
     app[LIFECYCLE] = Lifecycle()
     app.on_response_prepare.append(_hide_server_version)
+    app.on_response_prepare.append(add_server_timing)
     app[INPUT_GUARD] = InputGuard(settings.input, app[METRICS],
                                   OutputScanner(provider_key=settings.upstream_key or None))
     app[OUTPUT_GUARD] = OutputGuard(settings.output, settings.upstream_key, settings.admin.token)
