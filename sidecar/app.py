@@ -26,6 +26,7 @@ from sidecar.appstate import (
     OUTPUT_GUARD,
     SETTINGS,
     STORE,
+    TRACING,
     UPSTREAM,
     USAGE,
     Background,
@@ -49,6 +50,7 @@ from sidecar.proxy.server_timing import add_server_timing
 from sidecar.proxy.upstream import Upstream
 from sidecar.settings import Settings
 from sidecar.store.redis import connect
+from sidecar.tracing import Tracing
 from sidecar.usage import UsageService
 
 log = logging.getLogger("sidecar")
@@ -131,13 +133,16 @@ async def _hide_server_version(request: web.Request, response: web.StreamRespons
     response.headers["Server"] = SERVER_NAME
 
 
-def create_app(settings: Settings, metrics: Metrics | None = None) -> web.Application:
+def create_app(settings: Settings, metrics: Metrics | None = None,
+               tracing: Tracing | None = None) -> web.Application:
     """The proxy app; its cleanup context opens and closes the store and the upstream session."""
     quiet_parser_errors()
     install_json_parser_errors()
     app = web.Application(middlewares=[context_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = metrics or Metrics()
+    app[TRACING] = tracing if tracing is not None else Tracing.from_env()
+    app[TRACING].install(app)  # nothing at all when tracing is off
     app[LIFECYCLE] = Lifecycle()
     app.on_response_prepare.append(_hide_server_version)
     app.on_response_prepare.append(add_server_timing)

@@ -18,6 +18,7 @@ from sidecar.proxy.guarding import InputGuard, OutputGuard
 from sidecar.proxy.upstream import Upstream
 from sidecar.settings import Settings
 from sidecar.store.redis import Store
+from sidecar.tracing import Tracing
 from sidecar.usage import UsageService
 
 
@@ -57,4 +58,5 @@ UPSTREAM = web.AppKey("upstream", Upstream)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 AUTH = web.AppKey("auth", Authenticator)
 USAGE = web.AppKey("usage", UsageService)
+TRACING = web.AppKey("tracing", Tracing)
 CONTEXT = web.RequestKey("context", RequestContext)

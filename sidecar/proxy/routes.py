@@ -6,6 +6,7 @@ The order of the checks is written out once, here, as plain sequential code.
 from __future__ import annotations
 
 from time import perf_counter
+from typing import Any
 from urllib.parse import quote
 
 import orjson
@@ -22,6 +23,7 @@ from sidecar.appstate import (
     METRICS,
     OUTPUT_GUARD,
     SETTINGS,
+    TRACING,
     UPSTREAM,
     USAGE,
 )
@@ -43,6 +45,7 @@ from sidecar.proxy.conversations_api import (
 from sidecar.proxy.openai import ParsedRequest, parse_body
 from sidecar.proxy.relay import relay_stream, relay_whole
 from sidecar.proxy.response import ResponseProcessor
+from sidecar.tracing import NO_SPAN
 
 # path -> (route name, method)
 POST_ROUTES = {
@@ -77,17 +80,22 @@ async def handle_model_call(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings = app[SETTINGS]
     ctx = request[CONTEXT]
+    tracing = app[TRACING]  # spans below are shared no-ops unless OTEL_* turns tracing on
     # 1. context: set by the middleware (request id, timing, error rendering).
     # 2-3. auth and scope.
-    principal = await authorize(request, ctx)
+    with tracing.span("sidecar.auth"):
+        principal = await authorize(request, ctx)
     # 4. parse: capped body, JSON, shape.
     check_content_headers(request)
     raw = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
     parsed = parse_body(ctx.route, raw, settings.max_json_depth)
     conversation = conversation_request(request.headers, ctx.route)
     # 5. input guards: validate, sanitize, injection, optional PII redaction; prepare output scan.
-    changed = app[INPUT_GUARD].check(parsed, ctx)
-    turn = await begin_turn(app, principal, conversation, parsed) if conversation else None
+    with tracing.span("sidecar.guards.input") as span:
+        changed = app[INPUT_GUARD].check(parsed, ctx)
+        span.set_attribute("sidecar.guard.verdict", "modify" if changed else "allow")
+    with tracing.span("sidecar.store.conversation") if conversation else NO_SPAN:
+        turn = await begin_turn(app, principal, conversation, parsed) if conversation else None
     changed = changed or bool(turn and turn.replayed)
     scan, canary_placed = app[OUTPUT_GUARD].prepare(parsed)
     strip_usage = ask_for_stream_usage(parsed)
@@ -96,9 +104,11 @@ async def handle_model_call(request: web.Request) -> web.StreamResponse:
     # round trip on the store's pipelined connection.
     prompt_estimate = prompt_tokens(ctx.route, parsed.body)
     estimate = estimate_tokens(ctx.route, parsed.body, settings.limits, prompt_estimate)
-    admission = await admit_and_judge(app, principal, ctx, parsed, estimate)
+    with tracing.span("sidecar.store.admit"):
+        admission = await admit_and_judge(app, principal, ctx, parsed, estimate)
     # 8. upstream; 9. output guards inside the relay; 10. settlement.
     processor = ResponseProcessor(ctx.route, scan, app[METRICS], strip_usage)
+    processor.noting = tracing.enabled
     collector = ReplyCollector() if turn else None
     settled = False
     try:
@@ -186,16 +196,36 @@ async def forward(request: web.Request, ctx: RequestContext, body: bytes, stream
                   processor: ResponseProcessor, headers: dict[str, str],
                   collector: ReplyCollector | None = None) -> web.StreamResponse:
     upstream = request.app[UPSTREAM]
-    sent = perf_counter()
-    async with upstream.request("POST", request.path, body,
-                                upstream.headers_for(request.headers, ctx.request_id)) as exchange:
-        response, deadline = exchange
-        ctx.upstream_s += perf_counter() - sent
-        if stream and response.status == 200 and \
-                media_type(response.headers.get("Content-Type")) == "text/event-stream":
-            return await relay_stream(request, upstream, response, ctx, processor, headers, collector,
-                                      deadline)
-        return await relay_whole(upstream, response, ctx, processor, headers, collector)
+    tracing = request.app[TRACING]
+    upstream_headers = upstream.headers_for(request.headers, ctx.request_id)
+    with tracing.client_span(ctx.route, ctx.model, upstream.base_url) as span:
+        tracing.inject(upstream_headers)  # the provider continues this trace (W3C traceparent)
+        sent = perf_counter()
+        async with upstream.request("POST", request.path, body, upstream_headers) as exchange:
+            response, deadline = exchange
+            ctx.upstream_s += perf_counter() - sent
+            if stream and response.status == 200 and \
+                    media_type(response.headers.get("Content-Type")) == "text/event-stream":
+                result = await relay_stream(request, upstream, response, ctx, processor, headers,
+                                            collector, deadline)
+            else:
+                result = await relay_whole(upstream, response, ctx, processor, headers, collector)
+        if tracing.enabled:
+            describe_response(span, response.status, processor)
+        return result
+
+
+def describe_response(span: Any, status: int, processor: ResponseProcessor) -> None:
+    """GenAI attributes of the provider's answer (counts and names only, never text)."""
+    span.set_attribute("http.response.status_code", status)
+    if processor.response_model:
+        span.set_attribute("gen_ai.response.model", processor.response_model)
+    if processor.finish_reasons:
+        span.set_attribute("gen_ai.response.finish_reasons", processor.finish_reasons)
+    if processor.usage_total is not None:
+        span.set_attribute("gen_ai.usage.input_tokens", processor.usage_prompt)
+        span.set_attribute("gen_ai.usage.output_tokens", processor.usage_completion)
+    span.set_attribute("sidecar.guard.output.verdict", "block" if processor.blocked else "allow")
 
 
 def settle_later(app: web.Application, principal: Principal, admission: Admission,
