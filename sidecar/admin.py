@@ -205,11 +205,12 @@ def create_admin_app(proxy_app: web.Application, token: str) -> web.Application:
 
 _RULE = {
     "type": "object", "additionalProperties": False, "required": ["window_s"],
-    "anyOf": [{"required": ["requests"]}, {"required": ["tokens"]}],
+    "anyOf": [{"required": ["requests"]}, {"required": ["tokens"]}, {"required": ["cost_usd"]}],
     "properties": {
         "window_s": {"type": "integer", "minimum": 1, "maximum": 2678400},
         "requests": {"type": "integer", "minimum": 1, "maximum": 1_000_000_000_000},
         "tokens": {"type": "integer", "minimum": 1, "maximum": 1_000_000_000_000},
+        "cost_usd": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1_000_000},
         "mode": {"type": "string", "enum": ["enforce", "shadow"]},
     },
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -231,6 +232,15 @@ class UsageSettings:
     prices: tuple[ModelPrice, ...] = _f((), "price per model: a table of model -> "
                                         "{input = $/Mtok, output = $/Mtok}; models not listed cost 0")
 
+    def cost_nusd(self, model: str, prompt: int, completion: int) -> int:
+        """What `prompt` and `completion` tokens of `model` cost, in nano-dollars (integers add up
+        exactly: tokens x dollars per million tokens x 1000), rounded up; 0 when unpriced."""
+        for price in self.prices:
+            if price.model == model:
+                return math.ceil((prompt * price.input_per_mtok + completion * price.output_per_mtok)
+                                 * 1000 - 1e-6)
+        return 0
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -373,11 +383,14 @@ def _actions(name: str, raw: Any) -> tuple[tuple[str, str], ...]:
     return tuple(merged.items())
 
 
+MAX_COST_USD = 1e6  # a cost budget in nano-dollars stays an exact integer in Lua (< 2**53)
+
+
 def parse_limit_rule(name: str, item: Any) -> LimitRule:
     """One rule such as {"window_s": 60, "requests": 100} or {"window_s": 86400, "tokens": 2e6}."""
     if not isinstance(item, dict):
         raise ConfigError(f"{name}: expected a table such as {{window_s = 60, requests = 100}}")
-    unknown = set(item) - {"window_s", "requests", "tokens", "mode"}
+    unknown = set(item) - {"window_s", "requests", "tokens", "mode", "cost_usd"}
     if unknown:
         raise ConfigError(f"{name}: unknown field {sorted(unknown)[0]!r}")
     values: dict[str, Any] = {}
@@ -391,8 +404,13 @@ def parse_limit_rule(name: str, item: Any) -> LimitRule:
         raise ConfigError(f"{name}.window_s: required")
     if values["window_s"] > 31 * 86400:
         raise ConfigError(f"{name}.window_s: must be at most {31 * 86400}")
-    if "requests" not in values and "tokens" not in values:
-        raise ConfigError(f"{name}: needs requests or tokens")
+    if "cost_usd" in item:
+        cost = item["cost_usd"]
+        if isinstance(cost, bool) or not isinstance(cost, int | float) or not 0 < cost <= MAX_COST_USD:
+            raise ConfigError(f"{name}.cost_usd: expected US dollars above 0, at most {MAX_COST_USD:g}")
+        values["cost_usd"] = float(cost)
+    if "requests" not in values and "tokens" not in values and "cost_usd" not in values:
+        raise ConfigError(f"{name}: needs requests, tokens or cost_usd")
     mode = item.get("mode", "enforce")
     if mode not in ("enforce", "shadow"):
         raise ConfigError(f"{name}.mode: expected enforce or shadow")

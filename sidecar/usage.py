@@ -60,22 +60,14 @@ class UsageService:
         self._store_errors = metrics.store_errors.labels("usage_record")
         self.tenant_label = UsageLabels(settings.metric_tenants, settings.max_label_values)
         self.model_label = UsageLabels(settings.metric_models, settings.max_label_values)
-        self._prices = {p.model: (p.input_per_mtok, p.output_per_mtok) for p in settings.prices}
         self._ttl_s = settings.retention_days * 86400 + 3600
-
-    def cost_nusd(self, model: str, prompt: int, completion: int) -> int:
-        """Cost in nano-dollars: tokens x dollars per million tokens x 1000 (0 when unpriced)."""
-        price = self._prices.get(model)
-        if price is None:
-            return 0
-        return round((prompt * price[0] + completion * price[1]) * 1000)
 
     def record_soon(self, principal: Principal, model: str, prompt: int,
                     completion: int) -> asyncio.Future[Any] | None:
         """Count one answered request's usage now and send its report write (not awaited: it
         shares the turn's write with settlement). Returns what to wait for at shutdown."""
         model = model[:MAX_MODEL_CHARS]
-        cost = self.cost_nusd(model, prompt, completion)
+        cost = self.settings.cost_nusd(model, prompt, completion)
         tenant, label = self.tenant_label(principal.tenant), self.model_label(model)
         m = self.metrics
         m.requests.labels(tenant, label).inc()

@@ -105,7 +105,7 @@ async def handle_model_call(request: web.Request) -> web.StreamResponse:
     prompt_estimate = prompt_tokens(ctx.route, parsed.body)
     estimate = estimate_tokens(ctx.route, parsed.body, settings.limits, prompt_estimate)
     with tracing.span("sidecar.store.admit"):
-        admission = await admit_and_judge(app, principal, ctx, parsed, estimate)
+        admission = await admit_and_judge(app, principal, ctx, parsed, estimate, prompt_estimate)
     # 8. upstream; 9. output guards inside the relay; 10. settlement.
     processor = ResponseProcessor(ctx.route, scan, app[METRICS], strip_usage)
     processor.noting = tracing.enabled
@@ -135,19 +135,21 @@ async def handle_model_call(request: web.Request) -> web.StreamResponse:
 
 
 async def admit_and_judge(app: web.Application, principal: Principal, ctx: RequestContext,
-                          parsed: ParsedRequest, estimate: int) -> Admission:
+                          parsed: ParsedRequest, estimate: int, prompt_estimate: int = 0) -> Admission:
     """Admission and the model-extraction check together (both scripts leave in one write:
-    one round trip, no task); an abuse refusal wins."""
+    one round trip, no task); an abuse refusal wins. Cost budgets reserve the estimate's
+    price (prompt at the input price, the rest at the output price)."""
     ctx.model = str(parsed.body.get("model", ""))  # what usage is booked under (step 10)
+    money = app[SETTINGS].usage.cost_nusd(ctx.model, prompt_estimate, estimate - prompt_estimate)
     limiter = app[LIMITER]
     abuse = app[ABUSE]
     if not abuse.settings.enabled:
-        return await limiter.admit(principal, ctx.request_id, estimate)
+        return await limiter.admit(principal, ctx.request_id, estimate, money)
     limiter.refuse_if_denied(principal)  # over its request limit: nothing goes to the store
     check = abuse.begin(principal, request_features(parsed))
     refusal: SidecarError | None = None
     try:
-        admitted = await limiter.admit(principal, ctx.request_id, estimate)
+        admitted = await limiter.admit(principal, ctx.request_id, estimate, money)
     except SidecarError as exc:
         refusal = exc
     except BaseException:
@@ -237,17 +239,22 @@ def settle_later(app: web.Application, principal: Principal, admission: Admissio
     failure, the prompt plus what was streamed, or nothing at all (in a background task)."""
     limiter = app[LIMITER]
     background = app[BACKGROUND]
+    prices = app[SETTINGS].usage
     if processor.usage_total is not None:
         metrics = app[METRICS]
         metrics.prompt_tokens.inc(processor.usage_prompt)
         metrics.completion_tokens.inc(processor.usage_completion)
-        background.track(limiter.settle_soon(admission, processor.usage_total))
+        cost = prices.cost_nusd(model, processor.usage_prompt, processor.usage_completion) \
+            if admission.cost_keys else 0
+        background.track(limiter.settle_soon(admission, processor.usage_total, cost))
         background.track(app[ABUSE].record_output_soon(principal, processor.usage_completion))
         background.track(app[USAGE].record_soon(principal, model, processor.usage_prompt,
                                                 processor.usage_completion))
     elif failed and processor.streamed_chars:
-        used = prompt_estimate + (processor.streamed_chars + 3) // 4
-        background.start(limiter.settle(admission, min(used, admission.reserved_tokens or used)))
+        streamed = (processor.streamed_chars + 3) // 4
+        used = prompt_estimate + streamed
+        cost = min(prices.cost_nusd(model, prompt_estimate, streamed), admission.reserved_cost)
+        background.start(limiter.settle(admission, min(used, admission.reserved_tokens or used), cost))
     elif failed:
         background.start(limiter.refund(admission))
 

@@ -3,6 +3,7 @@ provider reported, per tenant and model; labels stay capped; the report is check
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections import Counter, defaultdict
@@ -16,7 +17,6 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
 from sidecar.admin import create_admin_app
-from sidecar.appstate import BACKGROUND
 from sidecar.auth.keyformat import parse_key
 from sidecar.metrics import Metrics
 from sidecar.model import Principal
@@ -87,10 +87,14 @@ async def traffic(make_sidecar: SidecarFactory, redis_url: str, aiohttp_server: 
             s["requests"] += 1
             s["prompt_tokens"] += usage["prompt_tokens"]
             s["completion_tokens"] += usage.get("completion_tokens", 0)
-    # Bookings leave after the answer; wait for every one of them to be in.
-    background = server.app[BACKGROUND]
-    while background.tasks:
-        await next(iter(background.tasks))
+    # Bookings land after the answers: wait (bounded) until the store holds every request.
+    client = redis.Redis.from_url(redis_url)
+    expected = sum(s["requests"] for s in sums.values())
+    deadline = time.monotonic() + 5
+    while sum(int(v) for key in client.scan_iter("usage:*") for f, v in client.hgetall(key).items()
+              if f.startswith(b"r|")) != expected:
+        assert time.monotonic() < deadline, "usage bookings did not land"
+        await asyncio.sleep(0.01)
     return server, admin, metrics, sums, {"second_a": _key_id(second_a)}
 
 
