@@ -61,6 +61,7 @@ class UsageService:
         self.tenant_label = UsageLabels(settings.metric_tenants, settings.max_label_values)
         self.model_label = UsageLabels(settings.metric_models, settings.max_label_values)
         self._ttl_s = settings.retention_days * 86400 + 3600
+        self._children: dict[tuple[str, str], tuple[Any, Any, Any, Any]] = {}
 
     def record_soon(self, principal: Principal, model: str, prompt: int,
                     completion: int) -> asyncio.Future[Any] | None:
@@ -68,18 +69,28 @@ class UsageService:
         shares the turn's write with settlement). Returns what to wait for at shutdown."""
         model = model[:MAX_MODEL_CHARS]
         cost = self.settings.cost_nusd(model, prompt, completion)
-        tenant, label = self.tenant_label(principal.tenant), self.model_label(model)
-        m = self.metrics
-        m.requests.labels(tenant, label).inc()
-        m.tokens.labels(tenant, label, "prompt").inc(prompt)
-        m.tokens.labels(tenant, label, "completion").inc(completion)
+        series = self._series(self.tenant_label(principal.tenant), self.model_label(model))
+        series[0].inc()
+        series[1].inc(prompt)
+        series[2].inc(completion)
         if cost:
-            m.cost.labels(tenant, label).inc(cost / NANO)
+            series[3].inc(cost / NANO)
         if not self.settings.record:
             return None
         call = self.store.start("usage", [usage_prefix(principal.tenant)],
                                 [principal.key_id, model, prompt, completion, cost, self._ttl_s])
         return call.when_done(self._booked)
+
+    def _series(self, tenant: str, model: str) -> tuple[Any, Any, Any, Any]:
+        """The four counters of a (tenant, model) label pair, resolved once: `labels()` costs a
+        lock and a tuple per call. Bounded: both labels are capped."""
+        found = self._children.get((tenant, model))
+        if found is None:
+            m = self.metrics
+            found = self._children[(tenant, model)] = (
+                m.requests.labels(tenant, model), m.tokens.labels(tenant, model, "prompt"),
+                m.tokens.labels(tenant, model, "completion"), m.cost.labels(tenant, model))
+        return found
 
     def _booked(self, error: StoreError | None) -> None:
         if error is not None:
