@@ -36,6 +36,9 @@ TEMPLATE_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSe
 #: Variables OpenAI-compatible SDKs read their base URL from; each one an app container already
 #: sets is rewritten, and the first is added where none is set.
 BASE_URL_VARIABLES = ("OPENAI_BASE_URL", "OPENAI_API_BASE")
+#: Where the container's small in-memory emptyDir is mounted: a path inside the pod, not a
+#: temporary file on the machine running inject.
+TMP_MOUNT = "/tmp"  # noqa: S108  # nosec B108
 
 
 class InjectError(Exception):
@@ -102,7 +105,7 @@ def sidecar_container(options: InjectOptions) -> Doc:
             "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
         },
         "volumeMounts": [{"name": "sidecar-config", "mountPath": "/etc/sidecar", "readOnly": True},
-                         {"name": "sidecar-tmp", "mountPath": "/tmp"}],  # noqa: S108 - an emptyDir
+                         {"name": "sidecar-tmp", "mountPath": TMP_MOUNT}],
     }
 
 
