@@ -56,6 +56,14 @@ class _NoSpan:
 NO_SPAN = _NoSpan()
 
 
+def mark_failed(span: Any, error_type: str) -> None:
+    """Mark a real span failed, with `error.type` (a code or status, never a message)."""
+    from opentelemetry.trace import Status, StatusCode
+
+    span.set_attribute("error.type", error_type)
+    span.set_status(Status(StatusCode.ERROR))
+
+
 def wanted(env: Mapping[str, str]) -> bool:
     """True when the standard OpenTelemetry variables ask for traces."""
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
@@ -117,7 +125,7 @@ class Tracing:
     @contextmanager
     def _span(self, name: str, attributes: dict[str, AttributeValue], kind: Any = None,
               context: Any = None) -> Iterator[Span]:
-        from opentelemetry.trace import SpanKind, Status, StatusCode
+        from opentelemetry.trace import SpanKind
 
         assert self._tracer is not None
         with self._tracer.start_as_current_span(
@@ -127,8 +135,7 @@ class Tracing:
                 yield span
             except BaseException as exc:
                 code = getattr(exc, "code", None)  # SidecarError: its public code, never a message
-                span.set_attribute("error.type", code if isinstance(code, str) else type(exc).__name__)
-                span.set_status(Status(StatusCode.ERROR))
+                mark_failed(span, code if isinstance(code, str) else type(exc).__name__)
                 raise
 
     def client_span(self, route: str, model: str, base_url: str) -> AbstractContextManager[Any]:
@@ -179,9 +186,7 @@ class Tracing:
                         span.set_attribute("sidecar.refusal", ctx.reason)
                 span.set_attribute("http.response.status_code", response.status)
                 if response.status >= 500:
-                    from opentelemetry.trace import Status, StatusCode
-
-                    span.set_status(Status(StatusCode.ERROR))
+                    mark_failed(span, ctx.reason if ctx is not None and ctx.reason else str(response.status))
                 return response
 
         return tracing_middleware

@@ -45,7 +45,7 @@ from sidecar.proxy.conversations_api import (
 from sidecar.proxy.openai import ParsedRequest, parse_body
 from sidecar.proxy.relay import relay_stream, relay_whole
 from sidecar.proxy.response import ResponseProcessor
-from sidecar.tracing import NO_SPAN
+from sidecar.tracing import NO_SPAN, mark_failed
 
 # path -> (route name, method)
 POST_ROUTES = {
@@ -218,8 +218,11 @@ async def forward(request: web.Request, ctx: RequestContext, body: bytes, stream
 
 
 def describe_response(span: Any, status: int, processor: ResponseProcessor) -> None:
-    """GenAI attributes of the provider's answer (counts and names only, never text)."""
+    """GenAI attributes of the provider's answer (counts and names only, never text); a
+    provider error marks the span failed with its status as `error.type`."""
     span.set_attribute("http.response.status_code", status)
+    if status >= 400:
+        mark_failed(span, str(status))
     if processor.response_model:
         span.set_attribute("gen_ai.response.model", processor.response_model)
     if processor.finish_reasons:

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 from sidecar.app import create_app
 from sidecar.errors import ConfigError
@@ -166,6 +166,23 @@ async def test_unauthenticated_request_is_one_span_with_its_refusal(
     assert set(named) == {"POST chat", "sidecar.auth"}
     assert dict(named["sidecar.auth"].attributes or {})["error.type"] == "missing_api_key"
     assert dict(named["POST chat"].attributes or {})["http.response.status_code"] == 401
+
+
+async def test_provider_error_marks_the_provider_and_server_spans(
+        traced: tuple[TestServer, InMemorySpanExporter], auth_headers: dict[str, str]) -> None:
+    """A provider 500 (answered 502 by the sidecar) fails the CLIENT span and the SERVER span,
+    both with the sidecar's error code as error.type (never the provider's body)."""
+    server, exporter = traced
+    status, _ = await _post(server, auth_headers, {
+        "model": "mock-error-500", "messages": [{"role": "user", "content": PROMPT}]})
+    assert status == 502
+    named = _by_name(exporter.get_finished_spans())
+    provider = named["chat mock-error-500"]
+    assert provider.status.status_code == StatusCode.ERROR
+    assert dict(provider.attributes or {})["error.type"] == "upstream_error"
+    root = named["POST chat"]
+    assert root.status.status_code == StatusCode.ERROR
+    assert dict(root.attributes or {})["error.type"] == "upstream_error"
 
 
 def test_off_unless_the_otel_environment_asks() -> None:
