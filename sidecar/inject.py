@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -220,23 +221,65 @@ def inject_documents(docs: list[Any], options: InjectOptions, report: Report) ->
     return out
 
 
-def load_stream(text: str, source: str) -> list[Any]:
-    """Every non-empty document of a multi-document YAML stream."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class Document:
+    """One document of a stream: its text as written (None when the stream could not be split
+    safely) and its parsed value (None for a document of comments only)."""
+
+    text: str | None
+    value: Any
+
+
+_MARKER = re.compile(r"^---[ \t]*(#.*)?$")
+
+
+def load_stream(text: str, source: str) -> list[Document]:
+    """The documents of a multi-document YAML stream, each with its own text, so documents
+    inject leaves alone are written back exactly as they were, comments and all."""
     import yaml  # only `sidecar inject` needs it; `sidecar serve` does not pay the import
 
     try:
-        return [doc for doc in yaml.safe_load_all(text) if doc is not None]
+        values = [doc for doc in yaml.safe_load_all(text) if doc is not None]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise InjectError(f"{source}: not valid YAML{where}") from None
+    chunks: list[list[str]] = [[]]
+    for line in text.splitlines(keepends=True):
+        if _MARKER.match(line.rstrip("\r\n")):
+            chunks.append([])
+        else:
+            chunks[-1].append(line)
+    documents: list[Document] = []
+    try:
+        for lines in chunks:
+            body = "".join(lines)
+            parsed = [doc for doc in yaml.safe_load_all(body) if doc is not None]
+            if len(parsed) > 1 or any(line.startswith(("...", "%")) for line in lines):
+                raise ValueError("not a plain document")
+            if parsed or body.strip():
+                documents.append(Document(body if body.endswith("\n") else body + "\n",
+                                          parsed[0] if parsed else None))
+    except (yaml.YAMLError, ValueError):
+        documents = []
+    if [d.value for d in documents if d.value is not None] != values:
+        # Directives, document-end markers or a marker inside a block scalar: keep the values.
+        documents = [Document(None, value) for value in values]
+    return documents
 
 
-def dump_stream(docs: list[Any]) -> str:
-    """Documents as one YAML stream, keys in their original order."""
+def dump_stream(documents: list[Document], injected: list[Any]) -> str:
+    """The stream again: untouched documents as they were written, injected ones re-written
+    (keys in their original order; their comments are lost)."""
     import yaml
 
-    return yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False, explicit_start=True)
+    out = []
+    for document, value in zip(documents, injected, strict=True):
+        if document.text is not None and value == document.value:
+            out.append("---\n" + document.text)
+        else:
+            out.append("---\n" + yaml.safe_dump(value, sort_keys=False, default_flow_style=False))
+    return "".join(out)
 
 
 def add_inject_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> None:
@@ -244,8 +287,9 @@ def add_inject_parser(sub: Any, func: Callable[[argparse.Namespace], int]) -> No
     p = sub.add_parser("inject", help="add the sidecar to every pod template of Kubernetes manifests",
                        description="Read manifests (files, or stdin when none or '-') and write them "
                                    "to stdout with the sidecar added to every pod template. Pods "
-                                   "that have it already are left unchanged. YAML comments are "
-                                   "not kept.")
+                                   "that have it already, and every other document, are written "
+                                   "back exactly as they were; injected documents lose their "
+                                   "comments.")
     p.add_argument("files", nargs="*", help="manifest files; '-' or none reads stdin")
     p.add_argument("--image", default=defaults.image, help="sidecar image (default %(default)s)")
     p.add_argument("--config-map", default=defaults.config_map,
@@ -270,21 +314,21 @@ def run_inject(args: argparse.Namespace) -> int:
                             app_key_variable=args.app_key_variable)
     report = Report()
     try:
-        docs: list[Any] = []
+        documents: list[Document] = []
         for name in args.files or ["-"]:
             if name == "-":
-                docs += load_stream(sys.stdin.read(), "<stdin>")
+                documents += load_stream(sys.stdin.read(), "<stdin>")
             else:
                 try:
                     text = Path(name).read_text(encoding="utf-8")
                 except OSError as exc:
                     raise InjectError(f"{name}: cannot read ({exc.strerror})") from None
-                docs += load_stream(text, name)
-        out = inject_documents(docs, options, report)
+                documents += load_stream(text, name)
+        out = inject_documents([d.value for d in documents], options, report)
     except InjectError as exc:
         sys.stderr.write(f"sidecar inject: {exc}\n")
         return 2
-    sys.stdout.write(dump_stream(out))
+    sys.stdout.write(dump_stream(documents, out))
     for line in report.lines:
         sys.stderr.write(f"sidecar inject: {line}\n")
     return 0

@@ -129,7 +129,35 @@ def test_injecting_twice_changes_nothing(path: Path, tmp_path: Path) -> None:
     assert status == 0 and twice == once
     assert "already has ai-sidecar, unchanged" in err
     if path.parent == BASE:
-        assert [d for d in yaml.safe_load_all(once) if d] == load_docs(path)
+        assert once == "---\n" + path.read_text()  # comments and all
+
+
+def test_untouched_documents_come_back_byte_for_byte(tmp_path: Path) -> None:
+    """A stream with a header comment, a commented Service and a Deployment: everything but the
+    Deployment is written back exactly as it was; the Deployment is injected."""
+    service = ("# The public face of chat-web.\napiVersion: v1\nkind: Service\nmetadata:\n"
+               "  name: chat-web  # keep this comment\nspec:\n  ports: [{port: 80}]\n")
+    deployment = (MANIFESTS / "with-init-containers.yaml").read_text()
+    path = tmp_path / "stream.yaml"
+    path.write_text("# rendered by hand\n---\n" + service + "--- # the workload\n" + deployment)
+    status, out, _ = _run([str(path)])
+    assert status == 0
+    assert out.startswith("---\n# rendered by hand\n---\n" + service + "---\n")
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    assert [d["kind"] for d in docs] == ["Service", "Deployment"]
+    assert docs[1]["spec"]["template"]["spec"]["initContainers"][0]["name"] == SIDECAR
+
+
+def test_streams_that_cannot_be_split_safely_are_still_injected(tmp_path: Path) -> None:
+    """Document-end markers and directives: the documents are re-written from their values
+    (nothing lost but comments), still injected and valid."""
+    path = tmp_path / "directives.yaml"
+    path.write_text("%YAML 1.2\n---\n" + (MANIFESTS / "batch-job.yaml").read_text() + "...\n")
+    status, out, _ = _run([str(path)])
+    assert status == 0
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    assert len(docs) == 1 and docs[0]["spec"]["template"]["spec"]["initContainers"][0]["name"] == SIDECAR
+    validate(docs[0])
 
 
 def test_reads_stdin_and_several_files_as_one_stream(monkeypatch: pytest.MonkeyPatch) -> None:
