@@ -9,7 +9,6 @@ from time import perf_counter
 from typing import Any
 from urllib.parse import quote
 
-import orjson
 from aiohttp import web
 
 from sidecar.abuse import enforce
@@ -18,10 +17,10 @@ from sidecar.appstate import (
     AUTH,
     BACKGROUND,
     CONTEXT,
-    INPUT_GUARD,
+    GUARDS,
     LIMITER,
     METRICS,
-    OUTPUT_GUARD,
+    POLICIES,
     SETTINGS,
     TRACING,
     UPSTREAM,
@@ -42,10 +41,10 @@ from sidecar.proxy.conversations_api import (
     finish_turn,
     message_text,
 )
-from sidecar.proxy.openai import ParsedRequest, parse_body
 from sidecar.proxy.relay import relay_stream, relay_whole
+from sidecar.proxy.requests import ParsedRequest, parse_object, parse_request
 from sidecar.proxy.response import ResponseProcessor
-from sidecar.tracing import NO_SPAN, mark_failed
+from sidecar.tracing import mark_failed
 
 # path -> (route name, method)
 POST_ROUTES = {
@@ -85,29 +84,49 @@ async def handle_model_call(request: web.Request) -> web.StreamResponse:
     # 2-3. auth and scope.
     with tracing.span("sidecar.auth"):
         principal = await authorize(request, ctx)
-    # 4. parse: capped body, JSON, shape.
+    policy = app[POLICIES].for_principal(principal)
+    # 4. parse: capped body, JSON (duplicate keys refused), shape, every text slot.
     check_content_headers(request)
     raw = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
-    parsed = parse_body(ctx.route, raw, settings.max_json_depth)
+    parsed = parse_request(ctx.route, raw, settings.max_json_depth,
+                           trusted_roles=policy.trusted_roles,
+                           allow_token_ids=policy.allow_token_ids)
     conversation = conversation_request(request.headers, ctx.route)
-    # 5. input guards: validate, sanitize, injection, optional PII redaction; prepare output scan.
+    # 5. input guards: the key's policy over every text slot.
     with tracing.span("sidecar.guards.input") as span:
-        changed = app[INPUT_GUARD].check(parsed, ctx)
-        span.set_attribute("sidecar.guard.verdict", "modify" if changed else "allow")
-    with tracing.span("sidecar.store.conversation") if conversation else NO_SPAN:
-        turn = await begin_turn(app, principal, conversation, parsed) if conversation else None
-    changed = changed or bool(turn and turn.replayed)
-    scan, canary_placed = app[OUTPUT_GUARD].prepare(parsed)
-    strip_usage = ask_for_stream_usage(parsed)
-    body = orjson.dumps(parsed.body) if changed or canary_placed or strip_usage else raw
+        await app[GUARDS].check(policy, parsed, ctx)
+        span.set_attribute("sidecar.guard.verdict", "allow")  # let through (maybe edited or flagged)
     # 6-7. limits and abuse: two scripts issued together, so they share one write and one
     # round trip on the store's pipelined connection.
     prompt_estimate = prompt_tokens(ctx.route, parsed.body)
-    estimate = estimate_tokens(ctx.route, parsed.body, settings.limits, prompt_estimate)
+    # Replayed history joins after admission, so its most is reserved now.
+    replay_allowance = settings.conversations.replay_max_tokens \
+        if conversation and conversation.replay else 0
+    estimate = estimate_tokens(ctx.route, parsed.body, settings.limits,
+                               prompt_estimate + replay_allowance)
     with tracing.span("sidecar.store.admit"):
-        admission = await admit_and_judge(app, principal, ctx, parsed, estimate, prompt_estimate)
+        admission = await admit_and_judge(app, principal, ctx, parsed, estimate,
+                                          prompt_estimate + replay_allowance)
+    turn = None
+    if conversation:
+        # Replay reads stored history only once the request is admitted; the history then
+        # goes through the same pipeline (size limits over the whole request).
+        try:
+            with tracing.span("sidecar.store.conversation"):
+                turn = await begin_turn(app, principal, conversation, parsed)
+            if turn.replayed:
+                parsed = parse_object(ctx.route, parsed.body, trusted_roles=policy.trusted_roles,
+                                      allow_token_ids=policy.allow_token_ids)
+                await app[GUARDS].check(policy, parsed, ctx)
+        except BaseException:
+            await app[LIMITER].refund(admission)
+            raise
+    scan = policy.output.prepare(ctx.route, parsed.slots, parsed.body) if policy.output else None
+    strip_usage = ask_for_stream_usage(parsed)
+    body = parsed.serialize()
     # 8. upstream; 9. output guards inside the relay; 10. settlement.
-    processor = ResponseProcessor(ctx.route, scan, app[METRICS], strip_usage)
+    processor = ResponseProcessor(ctx.route, scan, app[METRICS], strip_usage,
+                                  policy.output_steps)
     processor.noting = tracing.enabled
     collector = ReplyCollector() if turn else None
     settled = False
@@ -268,7 +287,8 @@ async def handle_models(request: web.Request) -> web.StreamResponse:
     ctx = request[CONTEXT]
     await authorize(request, ctx)
     model = request.match_info.get("model")
-    if model is not None and not 0 < len(model) <= 256:
+    if model is not None and (not 0 < len(model) <= 256 or model in (".", "..") or "/" in model):
+        # A model id that is a path segment of its own would climb out of /v1/models/.
         raise NotFound("Unknown model.")
     path = "/v1/models" if model is None else "/v1/models/" + quote(model, safe="")
     headers = upstream.headers_for(request.headers, ctx.request_id)
