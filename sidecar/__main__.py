@@ -1,4 +1,4 @@
-"""Command line: serve, keys, scan, mock-upstream, check-config (DESIGN.md section 9)."""
+"""Command line: serve, keys, scan, inject, mock-upstream, check-config (DESIGN.md section 9)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import orjson
 
 from sidecar.errors import ConfigError
+from sidecar.inject import add_inject_parser
 from sidecar.keys_cli import add_keys_parser
 from sidecar.scan_cli import add_scan_parser
 from sidecar.settings import Settings, describe, load_settings
@@ -63,6 +64,12 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     return run_scan(_settings(args.config), args)
 
 
+def _cmd_inject(args: argparse.Namespace) -> int:
+    from sidecar.inject import run_inject
+
+    return run_inject(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sidecar", description="Security sidecar for LLM traffic")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     mock.set_defaults(func=_cmd_mock_upstream)
     add_keys_parser(sub, _cmd_keys)
     add_scan_parser(sub, _cmd_scan)
+    add_inject_parser(sub, _cmd_inject)
     return parser
 
 

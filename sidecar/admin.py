@@ -1,4 +1,4 @@
-"""The admin API (admin listener): key management behind a bearer admin token.
+"""The admin API (admin listener): key management and usage reports behind a bearer admin token.
 
 The token is kept only as a SHA-256 digest in memory and compared in constant time; settings
 refuse a weak one at start. With no token configured the admin listener does not start (the
@@ -14,20 +14,23 @@ import hashlib
 import hmac
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from sidecar.appstate import AUTH, POLICIES, SETTINGS
+from sidecar.appstate import AUTH, POLICIES, SETTINGS, USAGE
 from sidecar.auth.failures import FailureWindow
 from sidecar.auth.keyformat import is_key_id
 from sidecar.auth.records import TENANT_RE, KeyNotFound, KeyRequestError, parse_key_spec
 from sidecar.errors import error_body
 from sidecar.log import log_fields
 from sidecar.store.redis import StoreError
+from sidecar.usage import GROUPS, UsageRow
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TOKEN_DIGEST = web.AppKey("token_digest", bytes)
@@ -41,7 +44,8 @@ PROXY = web.AppKey("proxy", web.Application)
 MAX_ADMIN_BODY = 64 * 1024
 SERVER_NAME = "ai-security-sidecar"  # never aiohttp's "Python/3.x aiohttp/3.y"
 # Query parameters each route takes; anything else is refused, not silently ignored.
-_QUERY = {("GET", "/admin/keys"): frozenset({"tenant"})}
+_QUERY = {("GET", "/admin/keys"): frozenset({"tenant"}),
+          ("GET", "/admin/usage"): frozenset({"tenant", "key_id", "from", "to", "group_by"})}
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -113,7 +117,7 @@ async def _dispatch(request: web.Request, handler: Handler) -> web.StreamRespons
     try:
         allowed = _QUERY.get((request.method, request.path), frozenset())
         unknown = set(request.query) - allowed
-        if unknown:
+        if unknown and request.match_info.http_exception is None:  # a 405/404 says more
             raise KeyRequestError("query: unknown parameter (allowed: "
                                   f"{', '.join(sorted(allowed)) or 'none'})")
         return await handler(request)
@@ -215,6 +219,55 @@ async def rotate_key(request: web.Request) -> web.Response:
     return _json({"key": raw_key, **new.public(), "previous": old.public()}, status=201)
 
 
+_RFC3339 = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})"
+                      r"(?:\.[0-9]+)?(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))")
+
+
+def _instant(name: str, text: str) -> int:
+    """Unix seconds from whole seconds or an RFC 3339 time (a leap second counts as :59)."""
+    if text.isdigit() and len(text) <= 12:
+        return int(text)
+    match = _RFC3339.fullmatch(text)
+    try:
+        if match is None:
+            raise ValueError(text)
+        year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+        sign, off_h, off_m = match.groups()[6:]
+        offset = timedelta(hours=int(off_h or 0), minutes=int(off_m or 0)) * (-1 if sign == "-" else 1)
+        moment = datetime(year, month, day, hour, minute, min(second, 59), tzinfo=timezone(offset))
+        return int(moment.timestamp())
+    except (ValueError, OverflowError):
+        raise KeyRequestError(f"{name}: expected Unix seconds or an RFC 3339 time such as "
+                              "2026-12-01T00:00:00Z") from None
+
+
+async def usage_report(request: web.Request) -> web.Response:
+    """GET /admin/usage: a tenant's reported usage and cost over whole hours, grouped. A range
+    longer than the retention is cut to it (nothing older is kept); an empty range is empty."""
+    query = request.query
+    tenant = query.get("tenant", "")
+    if not TENANT_RE.fullmatch(tenant):
+        raise KeyRequestError("tenant: query parameter required (1-64 characters of A-Z a-z 0-9 . _ -)")
+    key_id = query.get("key_id") or None
+    if key_id is not None and not is_key_id(key_id):
+        raise KeyRequestError("key_id: not a key id")
+    group_by = tuple(dict.fromkeys(g for g in query.get("group_by", "model").split(",") if g))
+    if set(group_by) - set(GROUPS):
+        raise KeyRequestError(f"group_by: a comma-separated list of {', '.join(GROUPS)}")
+    usage = request.app[PROXY][USAGE]
+    end = _instant("to", query["to"]) if "to" in query else int(time.time())
+    start = _instant("from", query["from"]) if "from" in query else end - 86400
+    last_hour = (end - 1) // 3600
+    first_hour = max(start // 3600, last_hour - usage.settings.retention_days * 24)
+    data: list[dict[str, Any]] = []
+    total = UsageRow().public()
+    if first_hour <= last_hour:
+        data, total = await usage.report(tenant, first_hour, last_hour, key_id, group_by)
+    return _json({"object": "usage_report", "tenant": tenant, "key_id": key_id,
+                  "from": first_hour * 3600, "to": max(first_hour, last_hour + 1) * 3600,
+                  "group_by": list(group_by), "data": data, "total": total})
+
+
 async def openapi(request: web.Request) -> web.Response:
     """The document, with the policy names this sidecar's settings define as an enum."""
     names = ["", *sorted(request.app[PROXY][POLICIES].by_name), None]
@@ -246,17 +299,19 @@ def create_admin_app(proxy_app: web.Application, token: str) -> web.Application:
     app.router.add_patch("/admin/keys/{key_id}", patch_key, name="key.update")
     app.router.add_post("/admin/keys/{key_id}/revoke", revoke_key, name="key.revoke")
     app.router.add_post("/admin/keys/{key_id}/rotate", rotate_key, name="key.rotate")
+    app.router.add_get("/admin/usage", usage_report, allow_head=False, name="usage.report")
     app.router.add_get("/admin/openapi.json", openapi, allow_head=False)
     return app
 
 
 _RULE = {
     "type": "object", "additionalProperties": False, "required": ["window_s"],
-    "anyOf": [{"required": ["requests"]}, {"required": ["tokens"]}],
+    "anyOf": [{"required": ["requests"]}, {"required": ["tokens"]}, {"required": ["cost_usd"]}],
     "properties": {
         "window_s": {"type": "integer", "minimum": 1, "maximum": 2678400},
         "requests": {"type": "integer", "minimum": 1, "maximum": 1_000_000_000_000},
         "tokens": {"type": "integer", "minimum": 1, "maximum": 1_000_000_000_000},
+        "cost_usd": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1_000_000},
         "mode": {"type": "string", "enum": ["enforce", "shadow"]},
     },
 }
@@ -299,6 +354,21 @@ _KEY_ID_PARAM = {"name": "key_id", "in": "path", "required": True,
                  "schema": {"type": "string", "pattern": "^[0-9A-Za-z]{12}$"}}
 _KEY_LIST = {"type": "object", "required": ["data"],
              "properties": {"data": {"type": "array", "items": _KEY}}}
+_USAGE_ROW = {"type": "object",
+              "required": ["requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd"],
+              "properties": {"model": {"type": "string"}, "key_id": {"type": "string"},
+                             "hour": {"type": "integer"}, "requests": {"type": "integer"},
+                             "prompt_tokens": {"type": "integer"},
+                             "completion_tokens": {"type": "integer"},
+                             "total_tokens": {"type": "integer"}, "cost_usd": {"type": "number"}}}
+_USAGE = {"type": "object", "required": ["object", "tenant", "from", "to", "group_by", "data", "total"],
+          "properties": {"object": {"type": "string", "enum": ["usage_report"]},
+                         "tenant": {"type": "string"}, "key_id": {"type": "string", "nullable": True},
+                         "from": {"type": "integer"}, "to": {"type": "integer"},
+                         "group_by": {"type": "array", "items": {"type": "string", "enum": list(GROUPS)}},
+                         "data": {"type": "array", "items": _USAGE_ROW}, "total": _USAGE_ROW}}
+_INSTANT = {"anyOf": [{"type": "string", "pattern": "^[0-9]{1,12}$"},
+                      {"type": "string", "format": "date-time"}]}
 _CREATED = {"allOf": [_KEY, {"type": "object", "required": ["key"],
                              "properties": {"key": {"type": "string"}}}]}
 
@@ -326,6 +396,27 @@ OPENAPI: dict[str, Any] = {
                 "parameters": [{"name": "tenant", "in": "query", "required": True,
                                 "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}}],
                 "responses": {"200": _resp("Keys", _KEY_LIST), **_ERRORS},
+            },
+        },
+        "/admin/usage": {
+            "get": {
+                "summary": "A tenant's usage and cost as the provider reported it, over whole hours",
+                "parameters": [
+                    {"name": "tenant", "in": "query", "required": True,
+                     "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}},
+                    {"name": "key_id", "in": "query", "required": False,
+                     "schema": {"type": "string", "pattern": "^[0-9A-Za-z]{12}$"}},
+                    {"name": "from", "in": "query", "required": False,
+                     "description": "Unix seconds or RFC 3339; default: to minus one day",
+                     "schema": _INSTANT},
+                    {"name": "to", "in": "query", "required": False,
+                     "description": "Unix seconds or RFC 3339; default: now",
+                     "schema": _INSTANT},
+                    {"name": "group_by", "in": "query", "required": False,
+                     "description": "comma-separated: model, key_id, hour (default model)",
+                     "schema": {"type": "string",
+                                "pattern": "^((model|key_id|hour)(,(model|key_id|hour))*)?$"}}],
+                "responses": {"200": _resp("Usage report", _USAGE), **_ERRORS},
             },
         },
         "/admin/keys/{key_id}": {

@@ -26,7 +26,9 @@ from sidecar.appstate import (
     POLICIES,
     SETTINGS,
     STORE,
+    TRACING,
     UPSTREAM,
+    USAGE,
     Background,
     Lifecycle,
 )
@@ -44,9 +46,12 @@ from sidecar.proxy.guarding import GuardRunner
 from sidecar.proxy.parse_errors import install_json_parser_errors
 from sidecar.proxy.relay import error_response, plain_error
 from sidecar.proxy.routes import ROUTE_OF_RESOURCE, add_routes
+from sidecar.proxy.server_timing import add_server_timing
 from sidecar.proxy.upstream import Upstream
 from sidecar.settings import Settings
 from sidecar.store.redis import connect
+from sidecar.tracing import Tracing
+from sidecar.usage import UsageService
 
 log = logging.getLogger("sidecar")
 access_log = logging.getLogger("sidecar.access")
@@ -128,15 +133,19 @@ async def _hide_server_version(request: web.Request, response: web.StreamRespons
     response.headers["Server"] = SERVER_NAME
 
 
-def create_app(settings: Settings, metrics: Metrics | None = None) -> web.Application:
+def create_app(settings: Settings, metrics: Metrics | None = None,
+               tracing: Tracing | None = None) -> web.Application:
     """The proxy app; its cleanup context opens and closes the store and the upstream session."""
     quiet_parser_errors()
     install_json_parser_errors()
     app = web.Application(middlewares=[context_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = metrics or Metrics()
+    app[TRACING] = tracing if tracing is not None else Tracing.from_env()
+    app[TRACING].install(app)  # nothing at all when tracing is off
     app[LIFECYCLE] = Lifecycle()
     app.on_response_prepare.append(_hide_server_version)
+    app.on_response_prepare.append(add_server_timing)
     app[POLICIES] = Policies(settings)
     app[GUARDS] = GuardRunner(app[METRICS])
     app[BACKGROUND] = Background()
@@ -161,6 +170,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[AUTH] = auth
     app[LIMITER] = Limiter(store, settings.limits, app[METRICS])
     app[ABUSE] = AbuseService(store, settings.abuse, app[METRICS])
+    app[USAGE] = UsageService(store, settings.usage, app[METRICS])
     if store.is_memory and a.demo_key:
         await _print_demo_key(auth)
     stop = asyncio.Event()

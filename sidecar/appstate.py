@@ -19,6 +19,8 @@ from sidecar.proxy.guarding import GuardRunner
 from sidecar.proxy.upstream import Upstream
 from sidecar.settings import Settings
 from sidecar.store.redis import Store
+from sidecar.tracing import Tracing
+from sidecar.usage import UsageService
 
 
 class Background:
@@ -56,4 +58,6 @@ STORE = web.AppKey("store", Store)
 UPSTREAM = web.AppKey("upstream", Upstream)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 AUTH = web.AppKey("auth", Authenticator)
+USAGE = web.AppKey("usage", UsageService)
+TRACING = web.AppKey("tracing", Tracing)
 CONTEXT = web.RequestKey("context", RequestContext)

@@ -30,6 +30,10 @@ class JsonFormatter(logging.Formatter):
             for name, value in fields.items():
                 if name.lower() not in _FORBIDDEN_FIELDS:
                     out[name] = value
+        trace_id = getattr(record, "trace_id", None)  # set inside a span when tracing is on
+        if trace_id is not None:
+            out["trace_id"] = trace_id
+            out["span_id"] = getattr(record, "span_id", None)
         if record.exc_info:
             out["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
             out["traceback"] = self.formatException(record.exc_info)

@@ -109,3 +109,52 @@ class Metrics:
         if found is None:
             found = self._routes[route] = RouteMetrics(self, route)
         return found
+
+
+# ---- Usage and cost per tenant and model (sidecar/usage.py) ------------------------------
+# Kept apart from Metrics: the `tenant` and `model` label values are opt-in, from an
+# allow-list and capped by UsageLabels, so these series stay bounded whatever callers send.
+
+
+class UsageMetrics:
+    """Requests, tokens and cost the provider reported, by (capped) tenant and model."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter("sidecar_usage_requests_total",
+                                "Answered requests whose usage the provider reported, by tenant and model",
+                                ["tenant", "model"], registry=registry)
+        self.tokens = Counter("sidecar_usage_tokens_total",
+                              "Tokens the provider reported, by tenant, model and direction",
+                              ["tenant", "model", "direction"], registry=registry)
+        self.cost = Counter("sidecar_usage_cost_usd_total",
+                            "Cost of those tokens from the usage.prices table, in US dollars",
+                            ["tenant", "model"], registry=registry)
+
+
+class UsageLabels:
+    """Label values for one label: the allow-listed ones as they are, anything else `other`;
+    with "*" any value, first come, until `cap` distinct values are in use. Without an
+    allow-list every value is `all` (the label is off)."""
+
+    __slots__ = ("_any", "_cap", "_seen")
+
+    OFF, OTHER = "all", "other"
+    MAX_LENGTH = 128
+
+    def __init__(self, allowed: tuple[str, ...], cap: int) -> None:
+        self._any = "*" in allowed
+        self._cap = cap
+        named = [a for a in allowed if a != "*"]
+        self._seen: dict[str, str] | None = {a: a for a in named[:cap]} if allowed else None
+
+    def __call__(self, value: str) -> str:
+        seen = self._seen
+        if seen is None:
+            return self.OFF
+        label = seen.get(value)
+        if label is not None:
+            return label
+        if self._any and len(seen) < self._cap and len(value) <= self.MAX_LENGTH:
+            seen[value] = value
+            return value
+        return self.OTHER

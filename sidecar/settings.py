@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -309,6 +310,39 @@ def _guard_policy(where: str, guard: str, table: Mapping[str, Any]) -> GuardPoli
 
 
 @dataclass(frozen=True, slots=True)
+class ModelPrice:
+    """What a model costs, in US dollars per million tokens (docs/usage.md)."""
+
+    model: str
+    input_per_mtok: float
+    output_per_mtok: float
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSettings:
+    record: bool = _f(True, "keep a usage report per tenant, key, model and hour in the store "
+                      "(one more script per answered request, in the same write as settlement)")
+    retention_days: int = _f(35, "how long hourly usage is kept in the store", min=1, max=400)
+    metric_tenants: tuple[str, ...] = _f((), "tenants with their own `tenant` label on the usage "
+                                         "metrics; \"*\" = any, first come, up to max_label_values; "
+                                         "empty = no tenant label (value \"all\")")
+    metric_models: tuple[str, ...] = _f((), "models with their own `model` label, as metric_tenants")
+    max_label_values: int = _f(50, "most distinct values per label; the rest count as \"other\"",
+                               min=1, max=1000)
+    prices: tuple[ModelPrice, ...] = _f((), "price per model: a table of model -> "
+                                        "{input = $/Mtok, output = $/Mtok}; models not listed cost 0")
+
+    def cost_nusd(self, model: str, prompt: int, completion: int) -> int:
+        """What `prompt` and `completion` tokens of `model` cost, in nano-dollars (integers add up
+        exactly: tokens x dollars per million tokens x 1000), rounded up; 0 when unpriced."""
+        for price in self.prices:
+            if price.model == model:
+                return math.ceil((prompt * price.input_per_mtok + completion * price.output_per_mtok)
+                                 * 1000 - 1e-6)
+        return 0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     listen: str = _f("127.0.0.1:8080", "host:port of the OpenAI-compatible proxy")
     workers: int = _f(1, "worker processes sharing the proxy port", min=1, max=256)
@@ -332,6 +366,7 @@ class Settings:
     abuse: AbuseSettings = field(default_factory=AbuseSettings)
     policies: tuple[Policy, ...] = _f((), "named guard policies ([policies.<name>] tables); "
                                       "'default' applies unless a key or tenant names another")
+    usage: UsageSettings = field(default_factory=UsageSettings)
 
     @property
     def upstream_key(self) -> Secret:
@@ -379,6 +414,8 @@ def _coerce(name: str, hint: Any, raw: Any, meta: Mapping[str, Any]) -> Any:
             return parse_policies(name, raw)
         elif origin is tuple and get_args(hint)[0] is LimitRule:
             return _limit_rules(name, raw)
+        elif origin is tuple and get_args(hint)[0] is ModelPrice:
+            return _prices(name, raw)
         elif origin is tuple and get_args(hint)[0] is str:
             items = raw.split(",") if isinstance(raw, str) else raw
             if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
@@ -419,6 +456,24 @@ def _limit_rules(name: str, raw: Any) -> tuple[LimitRule, ...]:
     return tuple(parse_limit_rule(f"{name}[{i}]", item) for i, item in enumerate(raw))
 
 
+def _prices(name: str, raw: Any) -> tuple[ModelPrice, ...]:
+    """A price table from TOML or env JSON, e.g. {"gpt-4o": {"input": 2.5, "output": 10}}."""
+    raw = _from_env_json(name, raw, "object of model -> {input, output}")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: expected a table of model -> {{input = ..., output = ...}}")
+    prices = []
+    for model, entry in raw.items():
+        where = f"{name}.{model}"
+        if not isinstance(entry, dict) or set(entry) != {"input", "output"}:
+            raise ConfigError(f"{where}: expected {{input = <$ per million tokens>, output = ...}}")
+        for part in ("input", "output"):
+            value = entry[part]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1e6:
+                raise ConfigError(f"{where}.{part}: expected dollars per million tokens, 0 to 1e6")
+        prices.append(ModelPrice(model, float(entry["input"]), float(entry["output"])))
+    return tuple(prices)
+
+
 def _actions(name: str, raw: Any) -> tuple[tuple[str, str], ...]:
     """Output actions from a TOML table or env JSON, e.g. {"secret": "block", "pii:ip": "off"}."""
     raw = _from_env_json(name, raw, "object of kind -> action")
@@ -432,11 +487,14 @@ def _actions(name: str, raw: Any) -> tuple[tuple[str, str], ...]:
     return tuple(merged.items())
 
 
+MAX_COST_USD = 1e6  # a cost budget in nano-dollars stays an exact integer in Lua (< 2**53)
+
+
 def parse_limit_rule(name: str, item: Any) -> LimitRule:
     """One rule such as {"window_s": 60, "requests": 100} or {"window_s": 86400, "tokens": 2e6}."""
     if not isinstance(item, dict):
         raise ConfigError(f"{name}: expected a table such as {{window_s = 60, requests = 100}}")
-    unknown = set(item) - {"window_s", "requests", "tokens", "mode"}
+    unknown = set(item) - {"window_s", "requests", "tokens", "mode", "cost_usd"}
     if unknown:
         raise ConfigError(f"{name}: unknown field {sorted(unknown)[0]!r}")
     values: dict[str, Any] = {}
@@ -450,8 +508,13 @@ def parse_limit_rule(name: str, item: Any) -> LimitRule:
         raise ConfigError(f"{name}.window_s: required")
     if values["window_s"] > 31 * 86400:
         raise ConfigError(f"{name}.window_s: must be at most {31 * 86400}")
-    if "requests" not in values and "tokens" not in values:
-        raise ConfigError(f"{name}: needs requests or tokens")
+    if "cost_usd" in item:
+        cost = item["cost_usd"]
+        if isinstance(cost, bool) or not isinstance(cost, int | float) or not 0 < cost <= MAX_COST_USD:
+            raise ConfigError(f"{name}.cost_usd: expected US dollars above 0, at most {MAX_COST_USD:g}")
+        values["cost_usd"] = float(cost)
+    if "requests" not in values and "tokens" not in values and "cost_usd" not in values:
+        raise ConfigError(f"{name}: needs requests, tokens or cost_usd")
     mode = item.get("mode", "enforce")
     if mode not in ("enforce", "shadow"):
         raise ConfigError(f"{name}.mode: expected enforce or shadow")

@@ -34,7 +34,7 @@ BAD = [
     ({"SIDECAR_UPSTREAM_URL": "https://u:p@api.example.com"}, "upstream.url: must not carry"),
     ({"SIDECAR_UPSTREAM_ALLOW_INSECURE": "maybe"}, "upstream.allow_insecure: invalid value"),
     ({"SIDECAR_LOG_LEVEL": "loud"}, "log.level: invalid value (expected one of"),
-    ({"SIDECAR_LIMITS_KEY": "[{\"window_s\": 60}]"}, "limits.key[0]: needs requests or tokens"),
+    ({"SIDECAR_LIMITS_KEY": "[{\"window_s\": 60}]"}, "limits.key[0]: needs requests, tokens or cost_usd"),
     ({"SIDECAR_LIMITS_KEY": "not json"}, "limits.key: expected a JSON list"),
     ({"SIDECAR_LIMITS_TENANT": "[{\"window_s\": 0, \"requests\": 1}]"}, "limits.tenant[0].window_s"),
     ({"SIDECAR_LIMITS_ON_STORE_ERROR": "maybe"}, "limits.on_store_error: invalid value"),

@@ -97,6 +97,8 @@ def rule_dict(rule: LimitRule) -> dict[str, Any]:
         out["requests"] = rule.requests
     if rule.tokens is not None:
         out["tokens"] = rule.tokens
+    if rule.cost_usd is not None:
+        out["cost_usd"] = rule.cost_usd
     if rule.mode != "enforce":
         out["mode"] = rule.mode
     return out

@@ -17,3 +17,4 @@ class RequestContext:
     key_id: str = ""
     status: int = 0
     reason: str = ""
+    model: str = ""          # the model the request named (usage, cost, traces)
