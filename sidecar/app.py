@@ -93,7 +93,8 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
             if exc.status == 405 and "Allow" in exc.headers:
                 response.headers["Allow"] = exc.headers["Allow"]
         except asyncio.CancelledError:
-            ctx.status = 499  # the client went away; nothing left to answer
+            # The client went away: 499, unless it had already received its whole reply.
+            ctx.status = ctx.status or 499
             raise
         except Exception:
             log_fields(log, logging.ERROR, "unhandled error", request_id=ctx.request_id,

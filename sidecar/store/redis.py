@@ -25,7 +25,7 @@ from redis.asyncio.connection import BlockingConnectionPool, parse_url
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
-from redis.retry import Retry
+from redis.asyncio.retry import Retry
 
 from sidecar.settings import SENTINEL_SCHEMES, StoreSettings, parse_sentinel_url
 from sidecar.store.pipelined import PipelinedConnection
