@@ -203,15 +203,22 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
+    """Whether this sidecar can serve: its listeners are up and it is not draining. The store
+    is reported (body and `sidecar_store_up`) but, unless `metrics.ready_requires_store` is
+    set, does not fail readiness: one Redis blip must not take every pod of every app that
+    shares it out of its Service."""
     proxy = request.app[PROXY_APP]
-    if proxy[LIFECYCLE].draining:
+    lifecycle = proxy[LIFECYCLE]
+    if lifecycle.draining:
         return web.json_response({"status": "draining"}, status=503)
-    if STORE not in proxy or not await proxy[STORE].healthy():
-        if proxy[SETTINGS].limits.on_store_error == "allow":
-            # Fail-open was chosen: taking the pod out of its Service would defeat it.
-            return web.json_response({"status": "degraded"})
-        return web.json_response({"status": "store_unavailable"}, status=503)
-    return web.json_response({"status": "ready"})
+    if not lifecycle.serving:
+        return web.json_response({"status": "starting"}, status=503)
+    up = STORE in proxy and await proxy[STORE].healthy()
+    proxy[METRICS].store_up.set(1 if up else 0)
+    store = "ok" if up else "degraded"
+    if not up and proxy[SETTINGS].metrics.ready_requires_store:
+        return web.json_response({"status": "store_unavailable", "store": store}, status=503)
+    return web.json_response({"status": "ready", "store": store})
 
 
 async def _metrics(request: web.Request) -> web.Response:

@@ -138,6 +138,7 @@ async def run_listeners(settings: Settings, *, reuse_port: bool, run_mock: bool)
     admin_runner = web.AppRunner(admin_app, access_log=None) if admin_app is not None else None
     if admin_runner is not None:
         await _start_site(admin_runner, sockets["admin"])
+    proxy_app[LIFECYCLE].serving = True  # /readyz may say ready from now on
     log_fields(log, logging.INFO, "sidecar listening", proxy=settings.listen,
                metrics=settings.metrics.listen, upstream=settings.upstream.url,
                store=url_without_password(settings.store.url))
