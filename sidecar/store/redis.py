@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import BlockingConnectionPool, parse_url
+from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool, SSLConnection, parse_url
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
@@ -239,10 +240,22 @@ async def connect(settings: StoreSettings) -> Store:
     fast = PipelinedConnection(
         params.get("host", "localhost"), int(params.get("port", 6379)), db=int(params.get("db", 0)),
         username=params.get("username"), password=params.get("password"),
-        use_ssl=scheme == "rediss", connect_timeout_s=settings.connect_timeout_s,
+        ssl_context=tls_context_of(pool), connect_timeout_s=settings.connect_timeout_s,
         stale_after_s=max(1.0, 4 * settings.timeout_s))
     return Store(aioredis.Redis(connection_pool=pool), timeout_s=settings.timeout_s, kind="redis",
                  fast=fast)
+
+
+def tls_context_of(pool: ConnectionPool) -> ssl.SSLContext | None:
+    """The TLS context redis-py's own connections of `pool` use (None without TLS), so the
+    request path's pipelined connection honours the same `rediss://` options as the admin path:
+    `ssl_ca_certs`, `ssl_certfile`/`ssl_keyfile`, `ssl_cert_reqs`, `ssl_check_hostname`,
+    `ssl_min_version`, `ssl_ciphers`. Building a connection object does no I/O."""
+    if not issubclass(pool.connection_class, SSLConnection):
+        return None
+    connection = pool.connection_class(**pool.connection_kwargs)
+    context: ssl.SSLContext = connection.ssl_context.get()
+    return context
 
 
 class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):  # type: ignore[misc]
@@ -282,7 +295,7 @@ def _connect_sentinel(settings: StoreSettings, common: dict[str, Any]) -> Store:
         timeout=settings.timeout_s, **common, **tls)
     fast = PipelinedConnection(
         "", 0, db=target.db, username=target.username, password=target.password,
-        use_ssl=target.tls, connect_timeout_s=settings.connect_timeout_s,
+        ssl_context=tls_context_of(client.connection_pool), connect_timeout_s=settings.connect_timeout_s,
         stale_after_s=max(1.0, 4 * settings.timeout_s),
         resolve=client.connection_pool.get_master_address)
     return Store(client, timeout_s=settings.timeout_s, kind="redis", fast=fast)
