@@ -35,6 +35,7 @@ from sidecar.auth.hashing import SecretHasher
 from sidecar.auth.records import SCOPES, KeySpec
 from sidecar.errors import InternalError, SidecarError
 from sidecar.guards.redact import OutputScanner
+from sidecar.known_labels import known_labels
 from sidecar.limits.limiter import Limiter
 from sidecar.log import log_fields, quiet_parser_errors
 from sidecar.metrics import Metrics, scrape_registry
@@ -136,6 +137,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> web.Applic
     app = web.Application(middlewares=[context_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = metrics or Metrics()
+    app[METRICS].export_known(known_labels())
     app[LIFECYCLE] = Lifecycle()
     app.on_response_prepare.append(_hide_server_version)
     app[INPUT_GUARD] = InputGuard(settings.input, app[METRICS],

@@ -17,17 +17,19 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable, Sequence
+from time import monotonic
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool, SSLConnection, parse_url
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
-from redis.asyncio.retry import Retry
 
+from sidecar.log import log_fields
 from sidecar.settings import SENTINEL_SCHEMES, StoreSettings, parse_sentinel_url
 from sidecar.store.pipelined import PipelinedConnection
 from sidecar.store.scripts import Script, load_scripts
@@ -71,6 +73,7 @@ class StoreCall:
                 on_done(StoreError(f"store call {self.name!r} cancelled"))
                 return
             error = future.exception()
+            self.store._note(error)
             if error is None or isinstance(error, StoreError):
                 on_done(error)
             else:
@@ -109,6 +112,7 @@ class Store:
             else client.script_load
         self.fast = fast
         self._loading: dict[str, asyncio.Future[Any]] = {}
+        self._down_since: float | None = None  # monotonic time of the outage's first failure
 
     @property
     def is_memory(self) -> bool:
@@ -127,7 +131,30 @@ class Store:
             return StoreCall(self, name, command, self.fast.send(command))
         return StoreCall(self, name, command, asyncio.ensure_future(self._evalsha(*command)))
 
+    def _note(self, error: BaseException | None) -> None:
+        """Log an outage when the first call fails and the recovery when one succeeds again:
+        one line each, however many requests fail in between (they are counted in metrics)."""
+        if error is None:
+            if self._down_since is not None:
+                log_fields(log, logging.WARNING, "store recovered", store=self.kind,
+                           down_s=round(monotonic() - self._down_since, 3))
+                self._down_since = None
+        elif self._down_since is None:
+            self._down_since = monotonic()
+            cause = error.__cause__ or error
+            log_fields(log, logging.ERROR, "store unavailable", store=self.kind,
+                       error=type(cause).__name__)
+
     async def _finish(self, call: StoreCall) -> Any:
+        try:
+            result = await self._finish_call(call)
+        except StoreError as exc:
+            self._note(exc)
+            raise
+        self._note(None)
+        return result
+
+    async def _finish_call(self, call: StoreCall) -> Any:
         name = call.name
         future = call.future
         if future.done() and not future.cancelled() and future.exception() is None:
@@ -173,11 +200,16 @@ class Store:
         """Run one plain command (`op` is a redis-py method name) within the store deadline."""
         try:
             async with asyncio.timeout(self.timeout_s):
-                return await getattr(self.client, op)(*args)
+                result = await getattr(self.client, op)(*args)
         except TimeoutError as exc:
-            raise StoreError(f"store op {op!r} timed out") from exc
+            error = StoreError(f"store op {op!r} timed out")
+            self._note(exc)
+            raise error from exc
         except (RedisError, OSError, AttributeError, TypeError, IndexError) as exc:
+            self._note(exc)
             raise StoreError(f"store op {op!r} failed: {type(exc).__name__}") from exc
+        self._note(None)
+        return result
 
     async def healthy(self) -> bool:
         """True when the scripted path works end to end (not only PING)."""

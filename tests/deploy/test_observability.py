@@ -28,6 +28,8 @@ def defined_metrics() -> tuple[set[str], set[str]]:
     names: set[str] = set()
     histograms: set[str] = set()
     for family in Metrics().registry.collect():
+        if not family.name.startswith("sidecar_"):
+            continue  # process_* and python_*: the client library's standard collectors
         if family.type == "counter":
             names.add(family.name + "_total")
         elif family.type == "histogram":
