@@ -211,6 +211,18 @@ class Store:
         self._note(None)
         return result
 
+    async def keys_matching(self, pattern: str) -> list[bytes]:
+        """Every key matching `pattern` (SCAN, on every node of a cluster). For the CLI and
+        admin listings only, never the request path: it walks the whole keyspace, so its
+        deadline is generous."""
+        try:
+            async with asyncio.timeout(max(40 * self.timeout_s, 10.0)):
+                return [key async for key in self.client.scan_iter(match=pattern, count=1000)]
+        except TimeoutError as exc:
+            raise StoreError("store scan timed out") from exc
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"store scan failed: {type(exc).__name__}") from exc
+
     async def healthy(self) -> bool:
         """True when the scripted path works end to end (not only PING)."""
         try:
