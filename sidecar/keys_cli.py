@@ -80,7 +80,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
             _print(args, {"key": raw_key, **record.public()},
                    f"{raw_key}\n(shown once) {_line(record.public())}")
         elif args.action == "list":
-            tenants = [args.tenant] if args.tenant else await records.tenants()
+            tenants = (args.tenant,) if args.tenant else await records.tenants()
             found = [r.public() for t in tenants for r in await records.list(t)]
             _print(args, {"data": found}, "\n".join(map(_line, found)) or "(no keys)")
         else:

@@ -256,11 +256,12 @@ class KeyRecords:
                 records.append(decode_record(key_id, raw))
         return records
 
-    async def tenants(self) -> list[str]:
+    async def tenants(self) -> tuple[str, ...]:
         """Every tenant that has keys (a keyspace scan: for the CLI, not the request path)."""
         head, tail = tenant_keys("\0").split("\0")
         found = (k.decode() for k in await self.store.keys_matching(head + "*" + tail))
-        return sorted(k[len(head):-len(tail)] for k in found if k.startswith(head) and k.endswith(tail))
+        return tuple(sorted(k[len(head):-len(tail)] for k in found
+                            if k.startswith(head) and k.endswith(tail)))
 
     async def _announce(self, key_id: str) -> None:
         await self.store.call("publish", EVENTS_CHANNEL, key_id)
