@@ -10,7 +10,7 @@ import sys
 import orjson
 
 from sidecar import __version__
-from tests.conftest import CHEAP_ARGON2, create_key
+from tests.conftest import CHEAP_ARGON2, create_key, free_port
 from tests.test_logs_and_metrics import json_lines
 
 
@@ -44,3 +44,18 @@ async def test_keys_list_without_tenant_lists_every_tenants_keys(redis_url: str)
     assert [k["tenant"] for k in orjson.loads(one.stdout)["data"]] == ["globex"]
     human = sidecar("keys", "list", store_url=redis_url)
     assert human.returncode == 0 and human.stdout.count("tenant=") == 3
+
+
+def test_memory_store_without_its_extra_is_a_config_error() -> None:
+    """Where fakeredis is not installed (the production image, a plain `pip install`),
+    `sidecar serve` on the default memory:// store stops with one line saying what to install
+    or to set a redis:// URL, exit status 2, instead of a traceback."""
+    code = ("import sys; sys.modules['fakeredis'] = None  # as if not installed\n"
+            "from sidecar.__main__ import main; sys.exit(main(['serve']))")
+    env = {**os.environ, **CHEAP_ARGON2, "SIDECAR_LISTEN": f"127.0.0.1:{free_port()}",
+           "SIDECAR_METRICS_LISTEN": f"127.0.0.1:{free_port()}", "SIDECAR_ADMIN_TOKEN": ""}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 2
+    assert "sidecar: config error: store.url: memory:// needs the embedded store" in result.stderr
+    assert "ai-security-sidecar[memory]" in result.stderr and "Traceback" not in result.stderr

@@ -29,6 +29,7 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
+from sidecar.errors import ConfigError
 from sidecar.log import log_fields
 from sidecar.settings import SENTINEL_SCHEMES, StoreSettings, parse_sentinel_url
 from sidecar.store.pipelined import PipelinedConnection
@@ -248,7 +249,13 @@ class Store:
 
 
 def _memory_client() -> Any:
-    import fakeredis  # imported here: only the embedded store needs it
+    try:
+        import fakeredis  # imported here: only the embedded store needs it
+    except ImportError:  # the production image and a plain `pip install` leave it out
+        raise ConfigError(
+            "store.url: memory:// needs the embedded store, which is not installed "
+            "(pip install 'ai-security-sidecar[memory]'); in production set a redis:// URL"
+        ) from None
 
     return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=False)
 
