@@ -265,11 +265,11 @@ async def connect(settings: StoreSettings) -> Store:
     parts = urlsplit(settings.url)
     scheme = parts.scheme
     if scheme == "memory":
-        client = _memory_client()
+        embedded = _memory_client()
         log.warning(
             "embedded memory:// store: single process, nothing persisted; use redis:// in production"
         )
-        return Store(client, timeout_s=settings.timeout_s, kind="memory")
+        return Store(embedded, timeout_s=settings.timeout_s, kind="memory")
     common: dict[str, Any] = {
         "socket_timeout": max(settings.timeout_s, 0.5),
         "socket_connect_timeout": settings.connect_timeout_s,
