@@ -48,11 +48,12 @@ class StoreError(Exception):
 class StoreCall:
     """One script call already on its way to the store."""
 
-    __slots__ = ("command", "future", "name", "store")
+    __slots__ = ("command", "epoch", "future", "name", "store")
 
     def __init__(self, store: Store, name: str, command: tuple[KeyOrArg, ...],
                  future: asyncio.Future[Any]) -> None:
         self.store, self.name, self.command, self.future = store, name, command, future
+        self.epoch = store.epoch  # which up or down period it was sent in
 
     async def reply(self) -> Any:
         """The script's reply within the store deadline, or StoreError."""
@@ -74,7 +75,7 @@ class StoreCall:
                 on_done(StoreError(f"store call {self.name!r} cancelled"))
                 return
             error = future.exception()
-            self.store._note(error)
+            self.store._note(error, self.epoch)
             if error is None or isinstance(error, StoreError):
                 on_done(error)
             else:
@@ -114,6 +115,7 @@ class Store:
         self.fast = fast
         self._loading: dict[str, asyncio.Future[Any]] = {}
         self._down_since: float | None = None  # monotonic time of the outage's first failure
+        self.epoch = 0  # +1 at every change between up and down
 
     @property
     def is_memory(self) -> bool:
@@ -132,16 +134,25 @@ class Store:
             return StoreCall(self, name, command, self.fast.send(command))
         return StoreCall(self, name, command, asyncio.ensure_future(self._evalsha(*command)))
 
-    def _note(self, error: BaseException | None) -> None:
-        """Log an outage when the first call fails and the recovery when one succeeds again:
-        one line each, however many requests fail in between (they are counted in metrics)."""
+    def _note(self, error: BaseException | None, epoch: int) -> None:
+        """Log an outage when the first script call fails and the recovery when one succeeds
+        again: one line each, however many requests fail in between (they are counted in
+        metrics). Only a call sent since the last change counts: a reply that was already on its
+        way when the store went down, or a timeout from before it came back, changes nothing.
+        Script calls carry every request and the 5 s health check, so they see every outage;
+        plain commands (`call`) are left out: redis-py's pool can fail once on a connection that
+        went stale during the outage, which would log a second outage right after recovery."""
+        if epoch != self.epoch:
+            return
         if error is None:
             if self._down_since is not None:
                 log_fields(log, logging.WARNING, "store recovered", store=self.kind,
                            down_s=round(monotonic() - self._down_since, 3))
                 self._down_since = None
+                self.epoch += 1
         elif self._down_since is None:
             self._down_since = monotonic()
+            self.epoch += 1
             cause = error.__cause__ or error
             log_fields(log, logging.ERROR, "store unavailable", store=self.kind,
                        error=type(cause).__name__)
@@ -150,9 +161,9 @@ class Store:
         try:
             result = await self._finish_call(call)
         except StoreError as exc:
-            self._note(exc)
+            self._note(exc, call.epoch)
             raise
-        self._note(None)
+        self._note(None, call.epoch)
         return result
 
     async def _finish_call(self, call: StoreCall) -> Any:
@@ -201,16 +212,11 @@ class Store:
         """Run one plain command (`op` is a redis-py method name) within the store deadline."""
         try:
             async with asyncio.timeout(self.timeout_s):
-                result = await getattr(self.client, op)(*args)
+                return await getattr(self.client, op)(*args)
         except TimeoutError as exc:
-            error = StoreError(f"store op {op!r} timed out")
-            self._note(exc)
-            raise error from exc
+            raise StoreError(f"store op {op!r} timed out") from exc
         except (RedisError, OSError, AttributeError, TypeError, IndexError) as exc:
-            self._note(exc)
             raise StoreError(f"store op {op!r} failed: {type(exc).__name__}") from exc
-        self._note(None)
-        return result
 
     async def keys_matching(self, pattern: str) -> list[bytes]:
         """Every key matching `pattern` (SCAN, on every node of a cluster). For the CLI and
