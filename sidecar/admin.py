@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from sidecar.appstate import AUTH
+from sidecar.appstate import AUTH, POLICIES
 from sidecar.auth.keyformat import is_key_id
 from sidecar.auth.records import TENANT_RE, KeyNotFound, KeyRequestError, parse_key_spec
 from sidecar.errors import error_body
@@ -87,8 +87,18 @@ def _key_id(request: web.Request) -> str:
     return key_id
 
 
+def _known_policy(request: web.Request, body: Any) -> None:
+    """A key may only name a policy this sidecar's settings define."""
+    name = body.get("policy") if isinstance(body, dict) else None
+    if isinstance(name, str) and name and name not in request.app[PROXY][POLICIES].by_name:
+        known = ", ".join(sorted(request.app[PROXY][POLICIES].by_name))
+        raise KeyRequestError(f"policy: unknown policy (configured: {known})")
+
+
 async def create_key(request: web.Request) -> web.Response:
-    spec = parse_key_spec(await _body(request))
+    body = await _body(request)
+    _known_policy(request, body)
+    spec = parse_key_spec(body)
     raw_key, record = await request.app[PROXY][AUTH].records.create(spec)
     return _json({"key": raw_key, **record.public()}, status=201)
 
@@ -108,7 +118,9 @@ async def get_key(request: web.Request) -> web.Response:
 
 async def patch_key(request: web.Request) -> web.Response:
     key_id = _key_id(request)
-    record = await request.app[PROXY][AUTH].records.update(key_id, await _body(request))
+    body = await _body(request)
+    _known_policy(request, body)
+    record = await request.app[PROXY][AUTH].records.update(key_id, body)
     request.app[PROXY][AUTH].invalidate(key_id)
     return _json(record.public())
 
@@ -131,7 +143,14 @@ async def rotate_key(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return _json(OPENAPI)
+    """The document, with the policy names this sidecar's settings define as an enum."""
+    names = ["", *sorted(request.app[PROXY][POLICIES].by_name), None]
+    policy = {**_POLICY, "enum": names}
+    doc = orjson.loads(orjson.dumps(OPENAPI))
+    for path, method in (("/admin/keys", "post"), ("/admin/keys/{key_id}", "patch")):
+        body = doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+        body["properties"]["policy"] = policy
+    return _json(doc)
 
 
 def create_admin_app(proxy_app: web.Application, token: str) -> web.Application:
@@ -158,6 +177,9 @@ _RULE = {
         "mode": {"type": "string", "enum": ["enforce", "shadow"]},
     },
 }
+_POLICY = {"type": "string", "nullable": True, "enum": ["", "default", None],
+           "description": "guard policy name (settings [policies.<name>]); empty = the tenant's "
+                          "or the default; the served document lists the configured names"}
 _SCOPES = {"type": "array", "minItems": 1, "uniqueItems": True,
            "items": {"type": "string", "enum": ["chat", "completions", "embeddings", "models",
                                                 "conversations"]}}
@@ -172,6 +194,7 @@ _KEY = {
         "last_used_at": {"type": ["number", "null"]},
         "limits": {"type": "array", "items": {"type": "object"}}, "label": {"type": "string"},
         "lineage": {"type": "string"}, "rotated_to": {"type": ["string", "null"]},
+        "policy": {"type": ["string", "null"]},
     },
 }
 _ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
@@ -209,7 +232,7 @@ OPENAPI: dict[str, Any] = {
                         "scopes": _SCOPES, "limits": {"type": "array", "maxItems": 16, "items": _RULE},
                         "expires_in_s": {"type": "integer", "minimum": 1, "maximum": 315360000,
                                          "nullable": True},
-                        "label": {"type": "string", "maxLength": 200}}}}}},
+                        "label": {"type": "string", "maxLength": 200}, "policy": _POLICY}}}}},
                 "responses": {"201": _resp("Created", _CREATED), **_ERRORS},
             },
             "get": {
@@ -223,10 +246,11 @@ OPENAPI: dict[str, Any] = {
             "parameters": [_KEY_ID_PARAM],
             "get": {"summary": "Show a key", "responses": {"200": _resp("Key", _KEY), **_ERRORS}},
             "patch": {
-                "summary": "Change label, scopes, limits or expiry",
+                "summary": "Change label, scopes, limits, guard policy or expiry",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "object", "additionalProperties": False,
                     "properties": {"label": {"type": "string", "maxLength": 200}, "scopes": _SCOPES,
+                                   "policy": _POLICY,
                                    "limits": {"type": "array", "maxItems": 16, "items": _RULE},
                                    "expires_in_s": {"type": "integer", "minimum": 1,
                                                     "maximum": 315360000, "nullable": True}}}}}},

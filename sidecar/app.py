@@ -19,11 +19,11 @@ from sidecar.appstate import (
     AUTH,
     BACKGROUND,
     CONTEXT,
-    INPUT_GUARD,
+    GUARDS,
     LIFECYCLE,
     LIMITER,
     METRICS,
-    OUTPUT_GUARD,
+    POLICIES,
     SETTINGS,
     STORE,
     UPSTREAM,
@@ -34,14 +34,14 @@ from sidecar.auth.apikeys import Authenticator
 from sidecar.auth.hashing import SecretHasher
 from sidecar.auth.records import SCOPES, KeySpec
 from sidecar.errors import InternalError, SidecarError
-from sidecar.guards.redact import OutputScanner
 from sidecar.known_labels import known_labels
 from sidecar.limits.limiter import Limiter
 from sidecar.log import log_fields, quiet_parser_errors
 from sidecar.metrics import Metrics, scrape_registry
+from sidecar.policies import Policies
 from sidecar.proxy.context import RequestContext
 from sidecar.proxy.conversations_api import add_conversation_routes, setup_conversations
-from sidecar.proxy.guarding import InputGuard, OutputGuard
+from sidecar.proxy.guarding import GuardRunner
 from sidecar.proxy.parse_errors import install_json_parser_errors
 from sidecar.proxy.relay import error_response, plain_error
 from sidecar.proxy.routes import ROUTE_OF_RESOURCE, add_routes
@@ -85,7 +85,7 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
             response = await handler(request)
         except SidecarError as exc:
             ctx.reason = ctx.reason or exc.code
-            metrics.blocked.labels(ctx.route, exc.code).inc()
+            metrics.blocked.labels(ctx.route, exc.reason or exc.code).inc()
             response = error_response(exc, ctx.request_id)
         except web.HTTPException as exc:
             code, message = _HTTP_CODES.get(exc.status, ("http_error", exc.reason))
@@ -137,12 +137,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> web.Applic
     app = web.Application(middlewares=[context_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = metrics or Metrics()
-    app[METRICS].export_known(known_labels())
     app[LIFECYCLE] = Lifecycle()
     app.on_response_prepare.append(_hide_server_version)
-    app[INPUT_GUARD] = InputGuard(settings.input, app[METRICS],
-                                  OutputScanner(provider_key=settings.upstream_key or None))
-    app[OUTPUT_GUARD] = OutputGuard(settings.output, settings.upstream_key, settings.admin.token)
+    app[POLICIES] = Policies(settings)
+    app[METRICS].export_known(known_labels(app[POLICIES]))
+    app[GUARDS] = GuardRunner(app[METRICS])
     app[BACKGROUND] = Background()
     app.cleanup_ctx.append(_services)
     setup_conversations(app)
@@ -181,6 +180,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         if app[BACKGROUND].tasks:
             await asyncio.wait(set(app[BACKGROUND].tasks), timeout=settings.store.timeout_s * 4)
         hasher.close()
+        app[GUARDS].close()
         await upstream.close()
         await store.close()
 

@@ -13,8 +13,9 @@ from sidecar.abuse import AbuseService
 from sidecar.auth.apikeys import Authenticator
 from sidecar.limits.limiter import Limiter
 from sidecar.metrics import Metrics
+from sidecar.policies import Policies
 from sidecar.proxy.context import RequestContext
-from sidecar.proxy.guarding import InputGuard, OutputGuard
+from sidecar.proxy.guarding import GuardRunner
 from sidecar.proxy.upstream import Upstream
 from sidecar.settings import Settings
 from sidecar.store.redis import Store
@@ -46,8 +47,8 @@ class Lifecycle:
 
 
 SETTINGS = web.AppKey("settings", Settings)
-INPUT_GUARD = web.AppKey("input_guard", InputGuard)
-OUTPUT_GUARD = web.AppKey("output_guard", OutputGuard)
+POLICIES = web.AppKey("policies", Policies)
+GUARDS = web.AppKey("guards", GuardRunner)
 LIMITER = web.AppKey("limiter", Limiter)
 ABUSE = web.AppKey("abuse", AbuseService)
 BACKGROUND = web.AppKey("background", Background)

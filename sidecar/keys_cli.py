@@ -33,6 +33,7 @@ def add_keys_parser(sub: Any, handler: Callable[[argparse.Namespace], int]) -> N
                         help='a limit rule as JSON, e.g. \'{"window_s": 60, "requests": 100}\'')
     create.add_argument("--expires-in", type=int, dest="expires_in_s")
     create.add_argument("--label", default="")
+    create.add_argument("--policy", default="", help="guard policy name ([policies.<name>])")
     listing = actions.add_parser("list", help="list keys: a tenant's, or every tenant's",
                                  parents=[common])
     listing.add_argument("--tenant", help="only this tenant's keys (default: every tenant's)")
@@ -73,7 +74,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
                 raise KeyRequestError(
                     '--limit: expected JSON such as {"window_s": 60, "requests": 100}') from None
             body: dict[str, Any] = {"tenant": args.tenant, "scopes": args.scopes.split(","),
-                                    "limits": limits, "label": args.label}
+                                    "limits": limits, "label": args.label, "policy": args.policy}
             if args.expires_in_s is not None:
                 body["expires_in_s"] = args.expires_in_s
             raw_key, record = await records.create(parse_key_spec(body))

@@ -210,6 +210,95 @@ class LimitsSettings:
     max_reserved_tokens: int = _f(131072, "cap on the tokens one request may reserve", min=1)
 
 
+BUILTIN_GUARDS = ("validate", "injection", "sanitize", "redact_input", "output")
+_GUARD_KEYS = frozenset({"enabled", "mode", "action", "threshold", "budget_s", "on_timeout",
+                         "actions", "options"})
+_POLICY_KEYS = frozenset({"guards", "trusted_roles", "allow_token_ids", "tenants"})
+_POLICY_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+
+
+@dataclass(frozen=True, slots=True)
+class GuardPolicy:
+    """How one policy runs one guard (DESIGN.md section 3a)."""
+
+    name: str
+    enabled: bool = True
+    mode: Literal["enforce", "shadow"] = "enforce"
+    action: Literal["", "block", "flag"] = ""  # "" = as the guard decides
+    threshold: float | None = None  # injection score threshold
+    budget_s: float = 0.25  # slow guards: time allowed off the event loop
+    on_timeout: Literal["allow", "block"] = "allow"
+    actions: tuple[tuple[str, str], ...] = ()  # output: action per finding kind or family
+    options: tuple[tuple[str, Any], ...] = ()  # plug-in guards: keyword arguments
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A named guard policy: which guards run, in which order, tuned how, for which tenants."""
+
+    name: str
+    guards: tuple[str, ...] = ()  # empty = the default policy's list
+    trusted_roles: tuple[str, ...] = ("system", "developer")
+    allow_token_ids: bool = False
+    tenants: tuple[str, ...] = ()
+    tuning: tuple[GuardPolicy, ...] = ()
+
+    def guard(self, name: str) -> GuardPolicy | None:
+        return next((g for g in self.tuning if g.name == name), None)
+
+
+def parse_policies(name: str, raw: Any) -> tuple[Policy, ...]:
+    """`[policies.<name>]` tables (or JSON in SIDECAR_POLICIES), each validated field by field."""
+    raw = _from_env_json(name, raw, "object of policy name -> table")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: expected a table of policies")
+    out = []
+    for policy_name, table in raw.items():
+        where = f"{name}.{policy_name}"
+        if not _POLICY_NAME.fullmatch(policy_name):
+            raise ConfigError(f"{where}: a policy name is 1-64 of a-z 0-9 _ . - ")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: expected a table")
+        kwargs: dict[str, Any] = {"name": policy_name}
+        tuning = []
+        for key, value in table.items():
+            if key in ("guards", "trusted_roles", "tenants"):
+                if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                    raise ConfigError(f"{where}.{key}: expected a list of strings")
+                kwargs[key] = tuple(value)
+            elif key == "allow_token_ids":
+                kwargs[key] = _coerce(f"{where}.{key}", bool, value, {})
+            elif isinstance(value, dict):
+                tuning.append(_guard_policy(f"{where}.{key}", key, value))
+            else:
+                raise ConfigError(f"{where}.{key}: unknown setting (a guard's table, or one of "
+                                  + ", ".join(sorted(_POLICY_KEYS)) + ")")
+        kwargs["tuning"] = tuple(tuning)
+        out.append(Policy(**kwargs))
+    return tuple(out)
+
+
+def _guard_policy(where: str, guard: str, table: Mapping[str, Any]) -> GuardPolicy:
+    hints = typing.get_type_hints(GuardPolicy)
+    kwargs: dict[str, Any] = {"name": guard}
+    for key, value in table.items():
+        if key not in _GUARD_KEYS:
+            raise ConfigError(f"{where}.{key}: unknown setting (one of {', '.join(sorted(_GUARD_KEYS))})")
+        if key == "actions":
+            kwargs[key] = _actions(f"{where}.{key}", value)
+        elif key == "options":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.options: expected a table")
+            kwargs[key] = tuple(value.items())
+        elif key == "threshold":
+            kwargs[key] = _coerce(f"{where}.{key}", float, value, {"min": 0.0, "max": 1.0})
+        elif key == "budget_s":
+            kwargs[key] = _coerce(f"{where}.{key}", float, value, {"min": 0.001, "max": 60.0})
+        else:
+            kwargs[key] = _coerce(f"{where}.{key}", hints[key], value, {})
+    return GuardPolicy(**kwargs)
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     listen: str = _f("127.0.0.1:8080", "host:port of the OpenAI-compatible proxy")
@@ -232,6 +321,8 @@ class Settings:
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     conversations: ConversationSettings = field(default_factory=ConversationSettings)
     abuse: AbuseSettings = field(default_factory=AbuseSettings)
+    policies: tuple[Policy, ...] = _f((), "named guard policies ([policies.<name>] tables); "
+                                      "'default' applies unless a key or tenant names another")
 
     @property
     def upstream_key(self) -> Secret:
@@ -275,6 +366,8 @@ def _coerce(name: str, hint: Any, raw: Any, meta: Mapping[str, Any]) -> Any:
             if match is None:
                 raise ValueError("expected one of " + ", ".join(map(str, choices)))
             value = match
+        elif origin is tuple and get_args(hint)[0] is Policy:
+            return parse_policies(name, raw)
         elif origin is tuple and get_args(hint)[0] is LimitRule:
             return _limit_rules(name, raw)
         elif origin is tuple and get_args(hint)[0] is str:

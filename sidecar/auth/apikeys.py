@@ -142,7 +142,7 @@ class Authenticator:
             self._refuse(digest, key_id)
             return None
         principal = Principal(key_id=key_id, tenant=record.tenant, scopes=record.scopes,
-                              limits=record.limits, lineage=record.lineage)
+                              limits=record.limits, lineage=record.lineage, policy=record.policy)
         self._remember(digest, principal, record)
         with contextlib.suppress(StoreError):
             await self.records.touch(record)

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from sidecar.appstate import BACKGROUND, CONTEXT, METRICS, SETTINGS, STORE
+from sidecar.appstate import BACKGROUND, CONTEXT, METRICS, POLICIES, SETTINGS, STORE
 from sidecar.conversations import (
     STORED_ROLES,
     ConversationService,
@@ -42,12 +42,13 @@ from sidecar.conversations import (
     valid_conversation_id,
 )
 from sidecar.errors import InvalidRequest, NotFound, StoreUnavailable
-from sidecar.guards.injection import InjectionDetector, content_text, default_detector
+from sidecar.guards.injection import InjectionResult, content_text
 from sidecar.guards.validate import estimate_tokens
 from sidecar.log import log_fields
 from sidecar.metrics import Metrics
 from sidecar.model import Principal
-from sidecar.proxy.openai import ParsedRequest, SSEDecoder, event_data
+from sidecar.proxy.openai import SSEDecoder, event_data
+from sidecar.proxy.requests import ParsedRequest
 from sidecar.settings import ConversationSettings
 from sidecar.store.redis import Store, StoreError
 
@@ -64,19 +65,20 @@ _SYSTEM_ROLES = frozenset({"system", "developer"})
 
 
 class Conversations:
-    """What the request path and the handlers share: the service, the detector, the metrics."""
+    """What the request path and the handlers share: the service, the injection scorer (the
+    default policy's guard, with its verdict cache), the metrics."""
 
-    def __init__(self, service: ConversationService, detector: InjectionDetector,
+    def __init__(self, service: ConversationService, score: Callable[[str], InjectionResult],
                  metrics: Metrics) -> None:
         self.service = service
-        self.detector = detector
+        self.score = score
         self.metrics = metrics
         self.settings = service.settings
 
     def verdict(self, message: Mapping[str, Any]) -> NewMessage:
         """The message with the input guard's injection verdict on all of its text."""
         text = message_text(message)
-        result = self.detector.score_text(text) if text else None
+        result = self.score(text) if text else None
         return NewMessage.of(message, result.score if result else 0.0,
                              result.detected if result else False)
 
@@ -85,11 +87,9 @@ CONVERSATIONS = web.AppKey("conversations", Conversations)
 
 
 def build_conversations(settings: ConversationSettings, store: Store, metrics: Metrics,
-                        keyring: Keyring | None, threshold: float) -> Conversations:
-    detector = default_detector()
-    if detector.threshold != threshold:
-        detector = InjectionDetector(threshold=threshold)
-    return Conversations(ConversationService(store, settings, keyring), detector, metrics)
+                        keyring: Keyring | None,
+                        score: Callable[[str], InjectionResult]) -> Conversations:
+    return Conversations(ConversationService(store, settings, keyring), score, metrics)
 
 
 def setup_conversations(app: web.Application) -> None:
@@ -102,7 +102,7 @@ def setup_conversations(app: web.Application) -> None:
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         app[CONVERSATIONS] = build_conversations(settings.conversations, app[STORE], app[METRICS],
-                                                 keyring, settings.input.injection_threshold)
+                                                 keyring, app[POLICIES].injection_guard().score)
         yield
 
     app.cleanup_ctx.append(context)

@@ -8,7 +8,6 @@ from __future__ import annotations
 from time import perf_counter
 from urllib.parse import quote
 
-import orjson
 from aiohttp import web
 
 from sidecar.abuse import enforce
@@ -17,10 +16,10 @@ from sidecar.appstate import (
     AUTH,
     BACKGROUND,
     CONTEXT,
-    INPUT_GUARD,
+    GUARDS,
     LIMITER,
     METRICS,
-    OUTPUT_GUARD,
+    POLICIES,
     SETTINGS,
     UPSTREAM,
 )
@@ -39,8 +38,8 @@ from sidecar.proxy.conversations_api import (
     message_text,
     store_turn_after_reply,
 )
-from sidecar.proxy.openai import ParsedRequest, parse_body
 from sidecar.proxy.relay import relay_stream, relay_whole
+from sidecar.proxy.requests import ParsedRequest, parse_object, parse_request
 from sidecar.proxy.response import ResponseProcessor
 
 # path -> (route name, method)
@@ -79,25 +78,44 @@ async def handle_model_call(request: web.Request) -> web.StreamResponse:
     # 1. context: set by the middleware (request id, timing, error rendering).
     # 2-3. auth and scope.
     principal = await authorize(request, ctx)
-    # 4. parse: capped body, JSON, shape.
+    policy = app[POLICIES].for_principal(principal)
+    # 4. parse: capped body, JSON (duplicate keys refused), shape, every text slot.
     check_content_headers(request)
     raw = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
-    parsed = parse_body(ctx.route, raw, settings.max_json_depth)
+    parsed = parse_request(ctx.route, raw, settings.max_json_depth,
+                           trusted_roles=policy.trusted_roles,
+                           allow_token_ids=policy.allow_token_ids)
     conversation = conversation_request(request.headers, ctx.route)
-    # 5. input guards: validate, sanitize, injection, optional PII redaction; prepare output scan.
-    changed = app[INPUT_GUARD].check(parsed, ctx)
-    turn = await begin_turn(app, principal, conversation, parsed) if conversation else None
-    changed = changed or bool(turn and turn.replayed)
-    scan, canary_placed = app[OUTPUT_GUARD].prepare(parsed)
-    strip_usage = ask_for_stream_usage(parsed)
-    body = orjson.dumps(parsed.body) if changed or canary_placed or strip_usage else raw
+    # 5. input guards: the key's policy over every text slot.
+    await app[GUARDS].check(policy, parsed, ctx)
     # 6-7. limits and abuse: two scripts issued together, so they share one write and one
     # round trip on the store's pipelined connection.
     prompt_estimate = prompt_tokens(ctx.route, parsed.body)
-    estimate = estimate_tokens(ctx.route, parsed.body, settings.limits, prompt_estimate)
+    # Replayed history joins after admission, so its most is reserved now.
+    replay_allowance = settings.conversations.replay_max_tokens \
+        if conversation and conversation.replay else 0
+    estimate = estimate_tokens(ctx.route, parsed.body, settings.limits,
+                               prompt_estimate + replay_allowance)
     admission = await admit_and_judge(app, principal, ctx, parsed, estimate)
+    turn = None
+    if conversation:
+        # Replay reads stored history only once the request is admitted; the history then
+        # goes through the same pipeline (size limits over the whole request).
+        try:
+            turn = await begin_turn(app, principal, conversation, parsed)
+            if turn.replayed:
+                parsed = parse_object(ctx.route, parsed.body, trusted_roles=policy.trusted_roles,
+                                      allow_token_ids=policy.allow_token_ids)
+                await app[GUARDS].check(policy, parsed, ctx)
+        except BaseException:
+            await app[LIMITER].refund(admission)
+            raise
+    scan = policy.output.prepare(ctx.route, parsed.slots, parsed.body) if policy.output else None
+    strip_usage = ask_for_stream_usage(parsed)
+    body = parsed.serialize()
     # 8. upstream; 9. output guards inside the relay; 10. settlement.
-    processor = ResponseProcessor(ctx.route, scan, app[METRICS], strip_usage)
+    processor = ResponseProcessor(ctx.route, scan, app[METRICS], strip_usage,
+                                  policy.output_steps)
     collector = ReplyCollector() if turn else None
     settled = False
     try:
@@ -218,7 +236,8 @@ async def handle_models(request: web.Request) -> web.StreamResponse:
     ctx = request[CONTEXT]
     await authorize(request, ctx)
     model = request.match_info.get("model")
-    if model is not None and not 0 < len(model) <= 256:
+    if model is not None and (not 0 < len(model) <= 256 or model in (".", "..") or "/" in model):
+        # A model id that is a path segment of its own would climb out of /v1/models/.
         raise NotFound("Unknown model.")
     path = "/v1/models" if model is None else "/v1/models/" + quote(model, safe="")
     headers = upstream.headers_for(request.headers, ctx.request_id)

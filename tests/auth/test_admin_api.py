@@ -99,3 +99,25 @@ schema = schemathesis.openapi.from_dict(OPENAPI)
 def test_admin_api_conforms_to_its_schema(case: schemathesis.Case, admin_url: str) -> None:
     """Generated requests never get a 5xx and every answer matches the OpenAPI document."""
     case.call_and_validate(base_url=admin_url, headers={"Authorization": f"Bearer {TOKEN}"})
+
+
+async def test_a_key_names_only_a_configured_policy(admin_url: str) -> None:
+    """`policy` on create and PATCH must be a policy the settings define (400 names the choice);
+    the served OpenAPI document lists the configured names."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession(headers=auth) as session:
+        async with session.post(admin_url + "/admin/keys", json={
+                "tenant": "pol", "scopes": ["chat"], "policy": "nonexistent"}) as response:
+            assert response.status == 400
+            assert "configured: default" in (await response.json())["error"]["message"]
+        async with session.post(admin_url + "/admin/keys", json={
+                "tenant": "pol", "scopes": ["chat"], "policy": "default"}) as response:
+            created = await response.json()
+        assert created["policy"] == "default"
+        async with session.patch(admin_url + f"/admin/keys/{created['key_id']}",
+                                 json={"policy": ""}) as response:
+            assert (await response.json())["policy"] is None
+        async with session.get(admin_url + "/admin/openapi.json") as response:
+            doc = await response.json()
+    schema = doc["paths"]["/admin/keys"]["post"]["requestBody"]["content"]["application/json"]
+    assert schema["schema"]["properties"]["policy"]["enum"] == ["", "default", None]

@@ -13,8 +13,10 @@ from aiohttp import web
 
 from sidecar.conversations import ConversationService, NewMessage, StoredMessage, select_for_replay
 from sidecar.errors import InvalidRequest, StoreUnavailable
+from sidecar.guards.injection import InjectionDetector
 from sidecar.metrics import Metrics
 from sidecar.model import Principal
+from sidecar.policies import Policies
 from sidecar.proxy.conversations_api import (
     CONVERSATIONS,
     ConversationRequest,
@@ -26,10 +28,9 @@ from sidecar.proxy.conversations_api import (
     message_tokens,
     new_messages,
 )
-from sidecar.proxy.guarding import OutputGuard
-from sidecar.proxy.openai import ParsedRequest
+from sidecar.proxy.requests import ParsedRequest, parse_object
 from sidecar.proxy.response import ResponseProcessor
-from sidecar.settings import OutputSettings, StoreSettings
+from sidecar.settings import Settings, StoreSettings
 from sidecar.store.redis import StoreError, connect
 from tests.conftest import free_port
 from tests.conversations.conftest import ServiceFactory
@@ -50,12 +51,12 @@ def tokens_of(message: Mapping[str, Any]) -> int:
 def app_with(service: ConversationService, metrics: Metrics | None = None) -> web.Application:
     app = web.Application()
     app[CONVERSATIONS] = build_conversations(service.settings, service.store, metrics or Metrics(),
-                                             service.keyring, 0.5)
+                                             service.keyring, InjectionDetector().score_text)
     return app
 
 
 def chat(*messages: dict[str, Any]) -> ParsedRequest:
-    return ParsedRequest("chat", {"model": "m", "messages": list(messages)}, False)
+    return parse_object("chat", {"model": "m", "messages": list(messages)})
 
 
 # -- headers ----------------------------------------------------------------------------------
@@ -270,7 +271,9 @@ async def test_a_streamed_reply_is_stored_as_the_client_received_it_after_redact
     reply equals the concatenated text the client got, placeholder included, however the
     written bytes were split."""
     parsed = chat({"role": "user", "content": "who?"})
-    scan, _ = OutputGuard(OutputSettings(), "", "").prepare(parsed)
+    output = Policies(Settings()).default.output
+    assert output is not None
+    scan = output.prepare("chat", parsed.slots)
     processor = ResponseProcessor("chat", scan, Metrics())
     pieces = ["Write to ali", "ce.smith@exam", "ple.com for ", "details."]
     upstream = [chunk(role="assistant", content=""), *(chunk(p) for p in pieces),
@@ -316,12 +319,12 @@ def test_a_whole_reply_is_read_from_the_final_body() -> None:
 
 
 async def test_settings_reach_the_service_from_the_store_url(redis_url: str) -> None:
-    """build_conversations wires a connected store and the detector threshold."""
+    """build_conversations wires a connected store and the injection scorer it is given."""
     store = await connect(StoreSettings(url=redis_url))
     try:
         from sidecar.settings import ConversationSettings
-        glue = build_conversations(ConversationSettings(), store, Metrics(), None, 0.7)
-        assert glue.detector.threshold == 0.7
+        glue = build_conversations(ConversationSettings(), store, Metrics(), None,
+                                   InjectionDetector(threshold=0.7).score_text)
         assert glue.verdict({"role": "user", "content": ATTACK}).detected
         assert not glue.verdict({"role": "user", "content": "What is the capital of Norway?"}).detected
         assert NewMessage.of({"role": "user", "content": "x", "extra": 1}).payload == {"content": "x"}
