@@ -1,4 +1,4 @@
-"""Command line: serve, keys, scan, mock-upstream, check-config (DESIGN.md section 9)."""
+"""Command line: serve, keys, scan, mock-upstream, check-config."""
 
 from __future__ import annotations
 

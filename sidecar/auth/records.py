@@ -1,4 +1,4 @@
-"""Key records in Redis: create, read, list, change, revoke, rotate (DESIGN.md section 4).
+"""Key records in Redis: create, read, list, change, revoke, rotate.
 
 `sk:{t:<tenant>}:<key_id>` is a hash with the argon2id hash and everything about the key;
 `keyidx:<key_id>` names the tenant of a key id (a presented key carries only its id);

@@ -1,4 +1,4 @@
-"""One long-lived Redis connection per process with automatic pipelining (DESIGN.md section 10).
+"""One long-lived Redis connection per process with automatic pipelining.
 
 Every command issued during one event-loop turn goes out in one write, and replies are matched
 to callers in order, so the hot path pays one round trip and no pool checkout, connection churn

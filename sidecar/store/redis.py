@@ -318,7 +318,7 @@ def tls_context_of(pool: ConnectionPool) -> ssl.SSLContext | None:
 
 class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):  # type: ignore[misc]
     """Sentinel's pool for the master that waits (up to its timeout) for a free connection
-    instead of raising "Too many connections" (TEST-PLAN RD-7)."""
+    instead of raising "Too many connections"."""
 
 
 class _SentinelMasterClient(aioredis.Redis):
