@@ -67,9 +67,11 @@ async def test_an_outage_and_its_recovery_are_logged_once_each(
         redis.stop()
     assert code == 0
     assert statuses == [503] * 20
-    messages = [line["msg"] for line in json_lines(err)]
-    assert messages.count("store unavailable") == 1, messages
-    assert messages.count("store recovered") == 1, messages
+    lines = json_lines(err)
+    messages = [line["msg"] for line in lines]
+    store_lines = [line for line in lines if line["logger"] == "sidecar.store"]
+    assert messages.count("store unavailable") == 1, store_lines
+    assert messages.count("store recovered") == 1, store_lines
     assert messages.index("store unavailable") < messages.index("store recovered")
 
 

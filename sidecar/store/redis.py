@@ -39,6 +39,9 @@ log = logging.getLogger("sidecar.store")
 
 KeyOrArg = str | int | float | bytes
 NOSCRIPT_ATTEMPTS = 3  # loads-and-reruns of a script the store forgot, per call
+# A failure this soon after a recovery is not logged as a new outage (the store flaps while it
+# comes back); one that persists is logged at the next failure after it.
+RELAPSE_GRACE_S = 2.0
 
 
 class StoreError(Exception):
@@ -58,10 +61,15 @@ class StoreCall:
     async def reply(self) -> Any:
         """The script's reply within the store deadline, or StoreError."""
         try:
-            return await self.store._finish(self)
+            result = await self.store._finish(self)
+        except StoreError as exc:
+            self.store._note(exc, self.epoch)
+            raise
         finally:
             if not self.future.done():
                 self.future.cancel()  # given up on: its late reply is dropped
+        self.store._note(None, self.epoch)
+        return result
 
     def when_done(self, on_done: Callable[[StoreError | None], None]) -> asyncio.Future[Any]:
         """Call `on_done(None)` once the reply is in, or `on_done(StoreError)`, with no task and
@@ -116,6 +124,7 @@ class Store:
         self._loading: dict[str, asyncio.Future[Any]] = {}
         self._down_since: float | None = None  # monotonic time of the outage's first failure
         self.epoch = 0  # +1 at every change between up and down
+        self._up_since = float("-inf")  # monotonic time of the last recovery
 
     @property
     def is_memory(self) -> bool:
@@ -146,27 +155,23 @@ class Store:
             return
         if error is None:
             if self._down_since is not None:
+                now = monotonic()
                 log_fields(log, logging.WARNING, "store recovered", store=self.kind,
-                           down_s=round(monotonic() - self._down_since, 3))
+                           down_s=round(now - self._down_since, 3))
                 self._down_since = None
+                self._up_since = now
                 self.epoch += 1
         elif self._down_since is None:
-            self._down_since = monotonic()
+            now = monotonic()
+            if now - self._up_since < RELAPSE_GRACE_S:
+                return  # the last moments of the same outage (a connection opened before it)
+            self._down_since = now
             self.epoch += 1
             cause = error.__cause__ or error
             log_fields(log, logging.ERROR, "store unavailable", store=self.kind,
                        error=type(cause).__name__)
 
     async def _finish(self, call: StoreCall) -> Any:
-        try:
-            result = await self._finish_call(call)
-        except StoreError as exc:
-            self._note(exc, call.epoch)
-            raise
-        self._note(None, call.epoch)
-        return result
-
-    async def _finish_call(self, call: StoreCall) -> Any:
         name = call.name
         future = call.future
         if future.done() and not future.cancelled() and future.exception() is None:
