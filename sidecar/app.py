@@ -36,6 +36,7 @@ from sidecar.auth.apikeys import Authenticator
 from sidecar.auth.hashing import SecretHasher
 from sidecar.auth.records import SCOPES, KeySpec
 from sidecar.errors import InternalError, SidecarError
+from sidecar.known_labels import known_labels
 from sidecar.limits.limiter import Limiter
 from sidecar.log import log_fields, quiet_parser_errors
 from sidecar.metrics import Metrics, scrape_registry
@@ -98,7 +99,8 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
             if exc.status == 405 and "Allow" in exc.headers:
                 response.headers["Allow"] = exc.headers["Allow"]
         except asyncio.CancelledError:
-            ctx.status = 499  # the client went away; nothing left to answer
+            # The client went away: 499, unless it had already received its whole reply.
+            ctx.status = ctx.status or 499
             raise
         except Exception:
             log_fields(log, logging.ERROR, "unhandled error", request_id=ctx.request_id,
@@ -147,6 +149,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None,
     app.on_response_prepare.append(_hide_server_version)
     app.on_response_prepare.append(add_server_timing)
     app[POLICIES] = Policies(settings)
+    app[METRICS].export_known(known_labels(app[POLICIES]))
     app[GUARDS] = GuardRunner(app[METRICS])
     app[BACKGROUND] = Background()
     app.cleanup_ctx.append(_services)
@@ -212,15 +215,22 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
+    """Whether this sidecar can serve: its listeners are up and it is not draining. The store
+    is reported (body and `sidecar_store_up`) but, unless `metrics.ready_requires_store` is
+    set, does not fail readiness: one Redis blip must not take every pod of every app that
+    shares it out of its Service."""
     proxy = request.app[PROXY_APP]
-    if proxy[LIFECYCLE].draining:
+    lifecycle = proxy[LIFECYCLE]
+    if lifecycle.draining:
         return web.json_response({"status": "draining"}, status=503)
-    if STORE not in proxy or not await proxy[STORE].healthy():
-        if proxy[SETTINGS].limits.on_store_error == "allow":
-            # Fail-open was chosen: taking the pod out of its Service would defeat it.
-            return web.json_response({"status": "degraded"})
-        return web.json_response({"status": "store_unavailable"}, status=503)
-    return web.json_response({"status": "ready"})
+    if not lifecycle.serving:
+        return web.json_response({"status": "starting"}, status=503)
+    up = STORE in proxy and await proxy[STORE].healthy()
+    proxy[METRICS].store_up.set(1 if up else 0)
+    store = "ok" if up else "degraded"
+    if not up and proxy[SETTINGS].metrics.ready_requires_store:
+        return web.json_response({"status": "store_unavailable", "store": store}, status=503)
+    return web.json_response({"status": "ready", "store": store})
 
 
 async def _metrics(request: web.Request) -> web.Response:

@@ -44,6 +44,7 @@ class Background:
 class Lifecycle:
     """Process-wide flags the health endpoints read."""
 
+    serving: bool = False  # every listener is up
     draining: bool = False
 
 

@@ -70,7 +70,17 @@ def setup_logging(level: str) -> None:
     # Admin audit lines are kept whatever the level: who changed which key must not depend on
     # how chatty the operator wants the rest of the log.
     logging.getLogger("sidecar.audit").setLevel(min(logging.INFO, logging.getLevelName(level)))
+    # A library's warnings.warn() (redis-py has printed UserWarnings at start) becomes a JSON
+    # line like every other, instead of raw text a log collector cannot parse.
+    logging.captureWarnings(True)
     quiet_parser_errors()
+
+
+def setup_cli_logging() -> None:
+    """JSON lines at WARNING for the command line, unless the program that runs us (a test
+    runner, an embedding application) configured logging already."""
+    if not logging.getLogger().handlers:
+        setup_logging("WARNING")
 
 
 def quiet_parser_errors() -> None:

@@ -7,9 +7,26 @@ callers. No per-key label; a tenant label only where configured (not yet).
 from __future__ import annotations
 
 import os
+import platform
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    multiprocess,
+)
+
+from sidecar import __version__
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
                     10, 30, 60, 120)
@@ -46,6 +63,37 @@ def scrape_registry(registry: CollectorRegistry) -> CollectorRegistry:
     merged = CollectorRegistry()
     multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
     return merged
+
+
+@dataclass(frozen=True, slots=True)
+class KnownLabels:
+    """Every label value the code can produce, known at start, so each series is exported at 0
+    before its first event (dashboards and `rate()` show 0, not "No data")."""
+
+    routes: Iterable[str] = ()
+    reasons: Iterable[str] = ()
+    kinds: Iterable[str] = ()
+    store_ops: Iterable[str] = ()
+    features: Iterable[str] = ()
+    signals: Iterable[str] = ()
+    guards: Iterable[str] = ()
+
+
+def _installed(name: str) -> str:
+    try:
+        return package_version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _standard_collectors(registry: CollectorRegistry) -> None:
+    """process_* and python_* as every Prometheus client exports them (prometheus_client's
+    default registry has them; ours is injected, so they are added here)."""
+    if registry is REGISTRY:
+        return
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
 
 
 class Metrics:
@@ -99,9 +147,33 @@ class Metrics:
                               registry=r, multiprocess_mode="max")
         self.inflight = Gauge("sidecar_inflight_requests", "Requests in flight", registry=r,
                               multiprocess_mode="livesum")
+        self.build_info = Gauge("sidecar_build_info",
+                                "Always 1; the labels say which sidecar, Python and aiohttp run",
+                                ["version", "python", "aiohttp"], registry=r,
+                                multiprocess_mode="max")
+        self.build_info.labels(__version__, platform.python_version(), _installed("aiohttp")).set(1)
+        _standard_collectors(r)
         self._routes: dict[str, RouteMetrics] = {}
         self.prompt_tokens = self.tokens.labels("prompt")
         self.completion_tokens = self.tokens.labels("completion")
+
+    def export_known(self, known: KnownLabels) -> None:
+        """Create every known series at 0 (counters and histograms alike)."""
+        for route in known.routes:
+            self.route(route)
+            if route != "unknown":  # an unknown URL is a 404 before any check that refuses
+                for reason in known.reasons:
+                    self.blocked.labels(route, reason)
+        for kind in known.kinds:
+            self.redactions.labels(kind)
+        for op in known.store_ops:
+            self.store_errors.labels(op)
+        for feature in known.features:
+            self.degraded_requests.labels(feature)
+        for signal in known.signals:
+            self.abuse_suspects.labels(signal)
+        for guard in known.guards:
+            self.guard_duration.labels(guard)
 
     def route(self, route: str) -> RouteMetrics:
         """The per-request series of a route (routes are a fixed, small set)."""

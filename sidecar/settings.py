@@ -67,6 +67,8 @@ class UpstreamSettings:
 @dataclass(frozen=True, slots=True)
 class MetricsSettings:
     listen: str = _f("0.0.0.0:9090", "host:port of /metrics, /healthz and /readyz")
+    ready_requires_store: bool = _f(False, "/readyz fails while the store fails (false: the store "
+                                    "shows as degraded in /readyz and sidecar_store_up)")
 
 
 @dataclass(frozen=True, slots=True)

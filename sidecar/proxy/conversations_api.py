@@ -13,13 +13,15 @@ Request path (called from `proxy/routes.py`):
             (never a flagged message, newest kept within `replay_max_tokens`) after the
             request's system messages;
   step 9    `ReplyCollector`: the assistant's reply exactly as the client received it;
-  step 10   `finish_turn(app, turn, request_id, reply)`: scores every message with the
-            injection detector, stores the turn; retried once, then counted and logged; never
-            raises.
+  step 10   `store_turn_after_reply(request, response, turn, reply)`: finishes sending the
+            reply, then `finish_turn` scores every message with the injection detector and
+            stores the turn (retried once, then counted and logged; never raises) in a
+            background task a hang-up cannot cancel.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from sidecar.appstate import CONTEXT, METRICS, POLICIES, SETTINGS, STORE
+from sidecar.appstate import BACKGROUND, CONTEXT, METRICS, POLICIES, SETTINGS, STORE
 from sidecar.conversations import (
     STORED_ROLES,
     ConversationQuotaExceeded,
@@ -302,6 +304,23 @@ class ReplyCollector:
         if calls:
             message["tool_calls"] = calls
         return message
+
+
+async def store_turn_after_reply(request: web.Request, response: web.StreamResponse, turn: Turn,
+                                 reply: ReplyCollector) -> None:
+    """Send the rest of the reply, then store the turn. Once the reply is delivered the turn
+    happened: a client that hangs up now (curl, one-shot scripts) must neither lose it nor be
+    counted as a 499. The write runs as a background task that shutdown waits for; the handler
+    waits for it too (shielded), so the client's next turn can replay this one."""
+    if not response.prepared:
+        await response.prepare(request)
+        await response.write_eof()
+    ctx = request[CONTEXT]
+    ctx.status = response.status  # delivered: what the access log and metrics report
+    app = request.app
+    task = asyncio.ensure_future(finish_turn(app, turn, ctx.request_id, reply))
+    app[BACKGROUND].track(task)
+    await asyncio.shield(task)
 
 
 async def finish_turn(app: web.Application, turn: Turn, request_id: str,

@@ -38,8 +38,8 @@ from sidecar.proxy.conversations_api import (
     ReplyCollector,
     begin_turn,
     conversation_request,
-    finish_turn,
     message_text,
+    store_turn_after_reply,
 )
 from sidecar.proxy.relay import relay_stream, relay_whole
 from sidecar.proxy.requests import ParsedRequest, parse_object, parse_request
@@ -147,11 +147,8 @@ async def handle_model_call(request: web.Request) -> web.StreamResponse:
                      model=ctx.model)
         if turn and collector and not ctx.reason and result.status == 200:
             # Stored as the client received it (after output redaction), before the next turn
-            # can ask for it; never fails the reply.
-            if not result.prepared:
-                await result.prepare(request)
-                await result.write_eof()
-            await finish_turn(app, turn, ctx.request_id, collector)
+            # can ask for it, even when the client hangs up now; never fails the reply.
+            await store_turn_after_reply(request, result, turn, collector)
         return result
     except BaseException:
         if not settled:

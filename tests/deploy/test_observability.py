@@ -31,6 +31,8 @@ def defined_metrics() -> tuple[set[str], set[str]]:
     registry = Metrics().registry
     UsageMetrics(registry)
     for family in registry.collect():
+        if not family.name.startswith("sidecar_"):
+            continue  # process_* and python_*: the client library's standard collectors
         if family.type == "counter":
             names.add(family.name + "_total")
         elif family.type == "histogram":
