@@ -91,7 +91,10 @@ def tuning_secret_docs() -> list[Doc]:
         if case.kind is None:
             if case.family == "secret":
                 docs.append(Doc("generated", TUNING, "negative", case.text, False, name=case.name))
-        elif case.kind.startswith("secret:") and case.kind not in ("secret:provider_key", "secret:admin_token"):
+        elif case.kind.startswith("secret:") and case.kind not in (
+            "secret:provider_key",
+            "secret:admin_token",
+        ):
             docs.append(Doc("generated", TUNING, case.kind.split(":", 1)[1], case.text, name=case.name))
     return docs
 
@@ -111,16 +114,22 @@ _MACHINE: dict[str, Callable[[], Iterable[Path]]] = {
         for pat in ("README*", "*.md", "*.md.gz", "*.txt", "*.txt.gz", "NEWS*")
         for p in Path("/usr/share/doc").rglob(pat)
     ),
-    "logs": lambda: sorted(
-        [*Path("/var/log").glob("*.log"), *Path("/var/log/apt").glob("*.log")]
-        + sorted(Path("/usr/share/doc").rglob("changelog.Debian.gz"))
-    ),
+    "logs": lambda: [
+        *sorted(Path("/var/log").glob("*.log")),
+        *sorted(Path("/var/log/apt").glob("*.log")),
+        *sorted(Path("/usr/share/doc").rglob("changelog.Debian.gz")),
+    ],
 }
 _REPO: dict[str, Callable[[], Iterable[Path]]] = {
     "code": lambda: sorted((ROOT / "sidecar").rglob("*.py")),
     "config": lambda: sorted(
         p
-        for p in [*(ROOT / "deploy").rglob("*"), ROOT / "pyproject.toml", ROOT / "Makefile", ROOT / "Dockerfile"]
+        for p in [
+            *(ROOT / "deploy").rglob("*"),
+            ROOT / "pyproject.toml",
+            ROOT / "Makefile",
+            ROOT / "Dockerfile",
+        ]
         if p.is_file() and p.suffix not in (".png", ".gz")
     ),
     "prose": lambda: sorted([*(ROOT / "docs").glob("*.md"), ROOT / "README.md"]),
@@ -228,14 +237,23 @@ def tuning_pii_docs() -> list[Doc]:
                     i += 1
                     text = tpl.format(value)
                     s = text.index(value)
-                    docs.append(Doc("phonenumbers", TUNING, "phone", text, spans=[(s, s + len(value))], name=region))
+                    docs.append(
+                        Doc("phonenumbers", TUNING, "phone", text, spans=[(s, s + len(value))], name=region)
+                    )
     from tests.guards.cases import output_cases as oc
 
     for case in oc.all_cases():
         if case.kind is not None and case.kind.startswith("pii:"):
             s = case.text.find(case.target)
             docs.append(
-                Doc("generated", TUNING, case.kind[4:], case.text, spans=[(s, s + len(case.target))], name=case.name)
+                Doc(
+                    "generated",
+                    TUNING,
+                    case.kind[4:],
+                    case.text,
+                    spans=[(s, s + len(case.target))],
+                    name=case.name,
+                )
             )
         elif case.kind is None and case.family == "pii":
             docs.append(Doc("generated", TUNING, "negative", case.text, spans=[], name=case.name))
@@ -296,7 +314,7 @@ def score_secrets(scan: Callable[[str], list[Finding]], docs: list[Doc], show: b
         f"Document precision (documents with a secret among all flagged): {_ratio(tp, tp + fp)}"
         + (f"; kinds on clean documents: {dict(sorted(fp_kinds.items()))}" if fp_kinds else "")
     )
-    return lines + ([""] + shown if shown else [])
+    return lines + (["", *shown] if shown else [])
 
 
 def score_pii(scan: Callable[[str], list[Finding]], docs: list[Doc], show: bool) -> list[str]:
@@ -319,13 +337,21 @@ def score_pii(scan: Callable[[str], list[Finding]], docs: list[Doc], show: bool)
             else:
                 row[2] += 1
                 if show and d.source not in FROZEN_SOURCES:
-                    shown.append(f"miss {d.source}/{kind} {d.name}: {d.text!r} [{s}:{e}] -> {[(f.kind, f.start, f.end) for f in found]}")
+                    shown.append(
+                        f"miss {d.source}/{kind} {d.name}: {d.text!r} [{s}:{e}] -> "
+                        + repr([(f.kind, f.start, f.end) for f in found])
+                    )
         for f in mine:
             if not any(f.start < e and s < f.end for s, e in d.spans):
                 row[1] += 1
                 if show and d.source not in FROZEN_SOURCES:
-                    shown.append(f"FP {d.source}/{kind} {d.name}: {d.text[f.start : f.end]!r} in {d.text[:120]!r}")
-    lines = ["| source | kind | TP | FP | FN | precision | recall | F1 |", "|---|---|---|---|---|---|---|---|"]
+                    shown.append(
+                        f"FP {d.source}/{kind} {d.name}: {d.text[f.start : f.end]!r} in {d.text[:120]!r}"
+                    )
+    lines = [
+        "| source | kind | TP | FP | FN | precision | recall | F1 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     T = F = N = 0
     for (src, kind), (tp, fp, fn) in sorted(counts.items()):
         T, F, N = T + tp, F + fp, N + fn
@@ -335,13 +361,15 @@ def score_pii(scan: Callable[[str], list[Finding]], docs: list[Doc], show: bool)
     p, r = T / (T + F) if T + F else 1.0, T / (T + N) if T + N else 1.0
     f1 = 2 * p * r / (p + r) if p + r else 0.0
     lines.append(f"| **all** | | {T} | {F} | {N} | **{p:.2f}** | **{r:.2f}** | **{f1:.2f}** |")
-    return lines + ([""] + shown if shown else [])
+    return lines + (["", *shown] if shown else [])
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--group", choices=(FROZEN, TUNING, "all"), default="all")
-    ap.add_argument("--show", action="store_true", help="print misses and false positives (tuning group only)")
+    ap.add_argument(
+        "--show", action="store_true", help="print misses and false positives (tuning group only)"
+    )
     args = ap.parse_args(argv)
     scanner = OutputScanner()
     groups = (FROZEN, TUNING) if args.group == "all" else (args.group,)
@@ -358,7 +386,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(score_secrets(scanner.scan, secrets, show)))
         print("\n### PII (per span)\n")
         print("\n".join(score_pii(scanner.scan, pii, show)))
-        print(f"\n({len(secrets)} secret/clean documents, {len(pii)} PII documents, {time.perf_counter() - t0:.1f} s)\n")
+        print(
+            f"\n({len(secrets)} secret/clean documents, {len(pii)} PII documents, "
+            f"{time.perf_counter() - t0:.1f} s)\n"
+        )
     return 0
 
 
