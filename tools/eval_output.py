@@ -34,9 +34,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import phonenumbers as pn
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from sidecar.guards.pii import NATIONAL_REGIONS  # noqa: E402
 from sidecar.guards.redact import OutputScanner  # noqa: E402
 from sidecar.model import Finding  # noqa: E402
 
@@ -219,27 +222,26 @@ def tuning_pii_docs() -> list[Doc]:
     """Example numbers `phonenumbers` ships for every region and line type, written the three
     usual ways, in a few sentence frames; plus the generated PII cases."""
     docs: list[Doc] = []
-    try:
-        import phonenumbers as pn
-    except ImportError:
-        pn = None
-    if pn is not None:
-        fmts = (pn.PhoneNumberFormat.INTERNATIONAL, pn.PhoneNumberFormat.NATIONAL, pn.PhoneNumberFormat.E164)
-        i = 0
-        for region in sorted(pn.SUPPORTED_REGIONS):
-            for ntype in (pn.PhoneNumberType.MOBILE, pn.PhoneNumberType.FIXED_LINE):
-                num = pn.example_number_for_type(region, ntype)
-                if num is None:
-                    continue
-                for fmt in fmts:
-                    value = pn.format_number(num, fmt)
-                    tpl = _PHONE_TEMPLATES[i % len(_PHONE_TEMPLATES)]
-                    i += 1
-                    text = tpl.format(value)
-                    s = text.index(value)
-                    docs.append(
-                        Doc("phonenumbers", TUNING, "phone", text, spans=[(s, s + len(value))], name=region)
-                    )
+    fmts = (pn.PhoneNumberFormat.INTERNATIONAL, pn.PhoneNumberFormat.NATIONAL, pn.PhoneNumberFormat.E164)
+    i = 0
+    for region in sorted(pn.SUPPORTED_REGIONS):
+        for ntype in (pn.PhoneNumberType.MOBILE, pn.PhoneNumberType.FIXED_LINE):
+            num = pn.example_number_for_type(region, ntype)
+            if num is None:
+                continue
+            for fmt in fmts:
+                value = pn.format_number(num, fmt)
+                # a national format is a phone number only where its region is configured
+                source = (
+                    "phonenumbers"
+                    if fmt != pn.PhoneNumberFormat.NATIONAL or region in NATIONAL_REGIONS
+                    else "phonenumbers-national-unconfigured"
+                )
+                tpl = _PHONE_TEMPLATES[i % len(_PHONE_TEMPLATES)]
+                i += 1
+                text = tpl.format(value)
+                s = text.index(value)
+                docs.append(Doc(source, TUNING, "phone", text, spans=[(s, s + len(value))], name=region))
     from tests.guards.cases import output_cases as oc
 
     for case in oc.all_cases():
