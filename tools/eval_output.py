@@ -102,6 +102,78 @@ def tuning_secret_docs() -> list[Doc]:
     return docs
 
 
+_WORDS = ("river", "Falcon", "maple", "Orbit", "tiger", "Copper", "velvet", "Nimbus", "quartz", "Harbor")
+_PASSWORD_FORMS = (
+    ("env", "DB_PASSWORD={pw}\nDB_USER=app\n"),
+    ("env", "export PGPASSWORD={pw}\npsql -h db.internal -U report\n"),
+    ("env", 'export PGPASSWORD="{pw}"\n'),
+    ("yaml", "database:\n  user: app\n  password: {pw}\n"),
+    ("yaml", "environment:\n  MYSQL_ROOT_PASSWORD: '{pw}'\n"),
+    ("json", '{{"username": "svc-backup", "password": "{pw}", "host": "10.0.4.2"}}'),
+    ("python", 'conn = psycopg2.connect(host="db", user="app", password="{pw}")\n'),
+    ("python", "SMTP_PASS = '{pw}'\n"),
+    ("java", 'String dbPassword = "{pw}";\n'),
+    ("properties", "spring.datasource.password={pw}\nspring.datasource.username=app\n"),
+    ("ini", "[client]\nuser = backup\npassword = {pw}\n"),
+    ("php", "$db_pass = '{pw}';\n"),
+    ("ruby", "  password: '{pw}',\n"),
+    ("ado", "Server=tcp:sql01,1433;Database=Sales;User ID=sales_app;Password={pw};Encrypt=True;"),
+    ("jdbc", "jdbc:mysql://db01:3306/shop?user=shop&password={pw}&useSSL=true"),
+    ("url", "DATABASE_URL=postgres://app:{pw}@db01.internal:5432/app"),
+    ("go", 'cfg.Password = "{pw}"\n'),
+    ("toml", 'password = "{pw}"\n'),
+    ("prose", "Your new password: {pw}\nPlease change it after the first login.\n"),
+)
+_PASSWORD_NEGATIVE_FORMS = (
+    'password = os.environ["DB_PASSWORD"]\n',
+    "password: ${{DB_PASSWORD}}\n",
+    "export PGPASSWORD=$(cat /run/secrets/pg)\n",
+    'if not password:\n    raise ValueError("password is required")\n',
+    "password = getpass.getpass()\n",
+    "def login(self, username: str, password: str) -> None:\n",
+    "  password_hint: 'At least 12 characters'\n",
+    '"password": "<your-password>"\n',
+    "DB_PASSWORD=changeme\n",
+    "password = None\n",
+    "password: ********\n",
+    "Use a password manager; the password field must not be empty.\n",
+    "self.password = password\n",
+    "password_length = 16\n",
+    "PASSWORD_FILE=/run/secrets/db_password\n",
+)
+
+
+def generated_password_docs(seed: int = 7) -> list[Doc]:
+    """Password assignments in the usual syntaxes with three kinds of values (random, a word and
+    digits, a passphrase-like word pair), and the code around passwords that is not one."""
+    import random
+
+    rnd = random.Random(seed)  # noqa: S311 - test data, not keys
+    alphabet = "abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789!#%*+-_"
+    docs: list[Doc] = []
+    for i, (form, tpl) in enumerate(_PASSWORD_FORMS):
+        for style in range(3):
+            if style == 0:
+                pw = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(10, 20)))
+            elif style == 1:
+                pw = rnd.choice(_WORDS) + str(rnd.randint(10, 9999)) + rnd.choice("!#%*")
+            else:
+                pw = (
+                    rnd.choice(_WORDS).lower()
+                    + rnd.choice("-_.")
+                    + rnd.choice(_WORDS)
+                    + str(rnd.randint(1, 99))
+                )
+            if form in ("ado", "jdbc", "url", "env", "properties", "ini", "prose"):
+                pw = pw.replace("#", "x").replace("%", "y")
+            docs.append(
+                Doc("generated-passwords", TUNING, f"password/{form}", tpl.format(pw=pw), name=f"{i}.{style}")
+            )
+    for i, text in enumerate(_PASSWORD_NEGATIVE_FORMS):
+        docs.append(Doc("generated-passwords", TUNING, "negative", text.format(), False, name=f"neg{i}"))
+    return docs
+
+
 # --- clean documents ------------------------------------------------------------------------
 
 _MACHINE: dict[str, Callable[[], Iterable[Path]]] = {
@@ -381,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             secrets = frozen_secret_docs() + clean_docs(FROZEN)
             pii = frozen_pii_docs()
         else:
-            secrets = tuning_secret_docs() + clean_docs(TUNING)
+            secrets = tuning_secret_docs() + generated_password_docs() + clean_docs(TUNING)
             pii = tuning_pii_docs()
         show = args.show and group == TUNING
         print(f"## {group} group\n\n### Secrets (per document)\n")
