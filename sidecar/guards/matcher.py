@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from sidecar.guards.encoded import encoded_candidates
 from sidecar.guards.patterns import (
     CLASS_TABLE,
     LONG_NEEDLE,
@@ -41,7 +42,7 @@ class Candidate(NamedTuple):
 class Matcher:
     """Runs one `RowTable` over texts; stateless between calls, so one is shared by all requests."""
 
-    def __init__(self, table: RowTable) -> None:
+    def __init__(self, table: RowTable, *, decode: bool = True) -> None:
         t = table
         self.table = t
         self._specs = t.specs
@@ -64,6 +65,9 @@ class Matcher:
         self._any_ci = t.any_ci
         self.ws_width = t.ws_width
         self.max_width = t.max_width
+        # encoded runs are decoded and scanned by a second matcher that does not decode again
+        has_secrets = any(spec.kind.startswith("secret:") for spec in t.specs) or bool(t.exact)
+        self._inner = Matcher(table, decode=False) if decode and has_secrets else None
 
     def candidates(self, text: str, pos: int, raw: list[tuple[int, int]] | None) -> list[Candidate]:
         """Validated matches starting at or after `pos`; appends every raw regex span to `raw`.
@@ -89,21 +93,28 @@ class Matcher:
         ):
             # a short ASCII text with no anchor, digit, `:` or `@`: only the long tokens can be in it
             if self._long_groups and len(text) - pos >= LONG_WORD:
-                longb, _ = long_words(text[pos:].encode("ascii"))
+                spans: list[tuple[int, int]] = []
+                longb, _ = long_words(text[pos:].encode("ascii"), spans, pos)
                 if longb:
                     self._long_candidates(out, raw, text, pos, longb)
+                    if self._inner is not None:
+                        self._encoded(out, raw, text.encode("ascii"), spans)
             return out
         view = text.encode("ascii", "replace")  # one byte per character: byte offsets are text offsets
         # a long token or value found here starts at or after `pos`, so its run lies in text[pos:]
+        runs: list[tuple[int, int]] = []
         longb, longest = (
-            long_words(view[pos:] if pos else view)
+            long_words(view[pos:] if pos else view, runs, pos)
             if self._need_long and len(text) - pos >= LONG_WORD
             else (b"", 0)
         )
         if longb:
             self._long_candidates(out, raw, text, pos, longb)
+            if self._inner is not None:
+                self._encoded(out, raw, view, runs)
         lower = lower_aligned(text) if self._any_ci else text
         short = len(text) - pos < FOLLOW_MIN_TEXT
+        follow_cache: dict[tuple[str, int], list[tuple[int, int]] | None] = {}
         for prio, spec, ci, long_value, plan, rare in self._lit_rows:
             if long_value and longest < long_value:
                 continue  # its value is a run of token characters at least this long; there is none
@@ -120,7 +131,7 @@ class Matcher:
                         break
                 else:
                     continue
-            matches = at_seeds(spec, text, pos, hay, plan)
+            matches = at_seeds(spec, text, pos, hay, plan, follow_cache)
             if matches:
                 collect(out, raw, prio, spec, text, matches)
         for prio, spec in self._text_rows:
@@ -171,6 +182,27 @@ class Matcher:
                 if raw is not None:
                     raw.append((s, e))
         return out
+
+    def _encoded(
+        self,
+        out: list[Candidate],
+        raw: list[tuple[int, int]] | None,
+        view: bytes,
+        runs: list[tuple[int, int]],
+    ) -> None:
+        """Encoded secrets and Discord tokens in the long token runs (`encoded.py`)."""
+        inner = self._inner
+        assert inner is not None
+
+        def scan_inner(decoded: str) -> list[tuple[int, str]]:
+            return [
+                (c.priority, c.kind)
+                for c in inner.candidates(decoded, 0, None)
+                if c.kind.startswith("secret:")
+            ]
+
+        for s, e, prio, kind in encoded_candidates(view, runs, scan_inner, raw):
+            out.append(Candidate(s, e, prio, kind))
 
     def _long_candidates(
         self, out: list[Candidate], raw: list[tuple[int, int]] | None, text: str, pos: int, longb: bytes
@@ -257,9 +289,9 @@ def lower_aligned(text: str) -> str:
     return low if len(low) == len(text) else text.replace("\u0130", "i").lower()
 
 
-def long_words(b: bytes) -> tuple[bytes, int]:
+def long_words(b: bytes, spans: list[tuple[int, int]] | None = None, base: int = 0) -> tuple[bytes, int]:
     """The runs of at least `LONG_WORD` token characters (`TOKEN_CHARS`) of the aligned text,
-    space-joined, and the length of the longest.
+    space-joined, and the length of the longest; their spans (plus `base`) go to `spans`.
 
     One `translate` (C speed) stands in for a word split: prose rarely has such runs, and code's
     long words are mostly broken up by brackets, quotes and commas, so the long-token detectors
@@ -277,6 +309,8 @@ def long_words(b: bytes) -> tuple[bytes, int]:
         if j == -1:
             j = len(t)
         parts.append(b[i:j])
+        if spans is not None:
+            spans.append((base + i, base + j))
         if j - i > longest:
             longest = j - i
         i = find(LONG_NEEDLE, j)
@@ -355,7 +389,14 @@ def anchored_literal(spec: PatternSpec, hay: str, text: str, pos: int) -> list[r
     return anchored(spec, text, pos, seeds, tuple(backs)) if seeds else []
 
 
-def at_seeds(spec: PatternSpec, text: str, pos: int, hay: str, plan: Plan) -> list[re.Match[str]]:
+def at_seeds(
+    spec: PatternSpec,
+    text: str,
+    pos: int,
+    hay: str,
+    plan: Plan,
+    follow_cache: dict[tuple[str, int], list[tuple[int, int]] | None] | None = None,
+) -> list[re.Match[str]]:
     """`anchored` for rows whose matches start exactly at an anchor (the common case), minus the
     per-seed bookkeeping: sorted anchor positions, one `match` each, leftmost non-overlapping.
 
@@ -368,7 +409,13 @@ def at_seeds(spec: PatternSpec, text: str, pos: int, hay: str, plan: Plan) -> li
     find = hay.find
     ranges = None
     if spec.follow_chars and len(text) - pos >= FOLLOW_MIN_TEXT:
-        ranges = _follow_ranges(spec.follow_chars, spec.follow_window, text, pos)
+        key = (spec.follow_chars, spec.follow_window)
+        if follow_cache is not None and key in follow_cache:
+            ranges = follow_cache[key]  # rows with the same operators share one pass (password, token)
+        else:
+            ranges = _follow_ranges(spec.follow_chars, spec.follow_window, text, pos)
+            if follow_cache is not None:
+                follow_cache[key] = ranges
     if ranges is None and spec.anchor_filters:
         # whole text: each anchor's filter regex finds its occurrences and drops, in C, those where
         # no match can start (anchors that cannot overlap themselves, so `finditer` misses none)
