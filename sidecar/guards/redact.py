@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sidecar.guards.matcher import Candidate, Matcher
+from sidecar.guards.normalize import fold_for_detection, trailing_spaced_start
 from sidecar.guards.patterns import compile_rows
 from sidecar.guards.pii import EMAIL_WIDTH, PII_SPECS
 from sidecar.guards.secrets import SECRET_SPECS, PatternSpec, spec_from_regex
@@ -173,15 +174,36 @@ class OutputScanner:
 
     def scan(self, text: str) -> list[Finding]:
         """Non-overlapping findings in `text`, sorted by position."""
-        return resolve(self._matcher.candidates(text, 0, None))
+        return resolve(self.candidates(text, 0, None))
 
     def candidates(self, text: str, pos: int, raw: list[tuple[int, int]] | None) -> list[Candidate]:
-        """Validated matches starting at or after `pos`; appends every raw regex span to `raw`."""
-        return self._matcher.candidates(text, pos, raw)
+        """Validated matches starting at or after `pos`; appends every raw regex span to `raw`.
+
+        When the text holds invisible characters, fullwidth letters or a letter-by-letter spaced
+        run, the detectors read the folded copy (`normalize.fold_for_detection`) and every span is
+        mapped back, so a redaction covers the original characters, invisible ones included.
+        """
+        folded = fold_for_detection(text)
+        if folded is None:
+            return self._matcher.candidates(text, pos, raw)
+        fraw: list[tuple[int, int]] | None = [] if raw is not None else None
+        found = self._matcher.candidates(folded.text, folded.position(pos), fraw)
+        out = [Candidate(*folded.span(c.start, c.end), c.priority, c.kind) for c in found]
+        if raw is not None and fraw is not None:
+            raw.extend(folded.span(s, e) for s, e in fraw)
+            raw.extend(folded.spaced)  # a stream cut never splits a joined run
+        return out
 
     def open_start(self, text: str, pos: int) -> int:
-        """Earliest index >= `pos` where a match may start that later text could still change."""
-        return self._matcher.open_start(text, pos)
+        """Earliest index >= `pos` where a match may start that later text could still change
+        (read on the folded copy, like `candidates`), or where a spaced run that could still grow
+        to `SPACED_MIN` characters begins."""
+        folded = fold_for_detection(text)
+        if folded is None:
+            o = self._matcher.open_start(text, pos)
+        else:
+            o = folded.index[self._matcher.open_start(folded.text, folded.position(pos))]
+        return min(o, trailing_spaced_start(text, pos))
 
 
 class CombinedScanner:

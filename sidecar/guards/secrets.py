@@ -391,7 +391,7 @@ _ASSIGN_EXTENT = _rx(
 regexes, so a keyword spelled with a character that folds to ASCII (the Kelvin sign in `api_Key`)
 is covered too."""
 _PASSWORD_EXTENT = _rx(
-    r"[\w.-]{0,60}(?:[\"'\[\]]{0,2}[ \t]{0,12}[:=>-]{0,2}|[\"'][ \t]{1,4}value[ \t]{0,4}=)"
+    r"[\w.-]{0,60}[\"'\[\]]{0,2}[ \t]{0,12}(?:value[ \t]{0,4})?[:=>-]{0,2}"
     r"[ \t]{0,12}@?(?:[\"'`][^\"'`\n]{0,119}|[^\s\"'`]{0,121})",
     re.IGNORECASE,
 )
@@ -615,6 +615,9 @@ SECRET_SPECS: tuple[PatternSpec, ...] = (
         anchors=("Bearer ", "Basic "),
         anchor_back=0,
         validate=_auth_value,
+        ws_free=False,
+        start=_rx(r"Bearer |Basic "),
+        extent=_rx(r"(?:Bearer|Basic) [A-Za-z0-9._~+/=-]{0,4002}"),
     ),
     PatternSpec(
         "secret:azure",
