@@ -411,7 +411,7 @@ def fold_for_detection(text: str, view: bytes | None = None) -> Folded | None:
     """The folded copy of `text`, or None when nothing in it folds (the common case, one regex
     search on non-ASCII text and the spaced-run gate)."""
     special = not text.isascii() and _FOLD_TRIGGER.search(text) is not None
-    spaced = spaced_runs(text, view) if " " in text else []
+    spaced = spaced_runs(text, view) if len(text) >= 2 * SPACED_MIN - 1 and " " in text else []
     if not special and not spaced:
         return None
     parts: list[str] = []

@@ -246,6 +246,13 @@ def start_gate(spec: PatternSpec) -> Gate | None:
     """
     if spec.anchors and spec.anchors_ci and spec.anchor_back == 0 and not spec.back_chars:
         return tuple(("lower", a) for a in spec.anchors)
+    if (
+        spec.anchors
+        and spec.anchor_back == 0
+        and not spec.back_chars
+        and not any(a.isascii() for a in spec.anchors)
+    ):
+        return tuple(("text", a) for a in spec.anchors)  # `password` in other scripts: never in ASCII text
     if spec.start is None:
         return None
     if spec.shape and spec.start.pattern == "[A-Z]{2}[0-9]{2}":
