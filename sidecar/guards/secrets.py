@@ -335,8 +335,8 @@ _PASSWORD_KEYWORDS = r"(?:pass(?:word|wd|phrase|wort)?|pwd)"  # noqa: S105 - a r
 """Names that announce a password: also `PGPASSWORD`, `DB_PASS`, `passwort`, `mot_de_passe`."""
 _NOT_A_VALUE_NAME = (
     r"(?![A-Za-z0-9_.-]{0,16}?(?i:hint|label|field|policy|length|regex|pattern|prompt|placeholder|reset|"
-    r"_?url|path|file|hash|salt|expir|confirm|strength|input|_?id\b|_?name\b|type|rule|min|max|"
-    r"enabled|required|changed|grant|auth|manager|store|less))"
+    r"_?url|path|file|hash|salt|expir|confirm|strength|input|_?id\b|_?name\b|_?type\b|rule|"
+    r"enabled|required|changed|grant|manager|less\b))"
 )
 """Name tails that hold something about a password, not the password (`password_hint`, `passwordFile`)."""
 _GENERIC_REST = (
