@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sidecar.guards.matcher import Candidate, Matcher
-from sidecar.guards.normalize import fold_for_detection, trailing_spaced_start
+from sidecar.guards.normalize import Folded, fold_for_detection, trailing_spaced_start
 from sidecar.guards.patterns import compile_rows
 from sidecar.guards.pii import EMAIL_WIDTH, PII_SPECS
 from sidecar.guards.secrets import SECRET_SPECS, PatternSpec, spec_from_regex
@@ -169,6 +169,7 @@ class OutputScanner:
             specs, [(k, v) for k, v in exact if len(v) >= MIN_EXACT_LEN], email=pii, email_width=EMAIL_WIDTH
         )
         self._matcher = Matcher(table)
+        self._last_fold: tuple[str | None, Folded | None] = (None, None)
         self.ws_width = table.ws_width
         self.max_width = table.max_width
 
@@ -183,7 +184,7 @@ class OutputScanner:
         run, the detectors read the folded copy (`normalize.fold_for_detection`) and every span is
         mapped back, so a redaction covers the original characters, invisible ones included.
         """
-        folded = fold_for_detection(text)
+        folded = self._fold(text)
         if folded is None:
             return self._matcher.candidates(text, pos, raw)
         fraw: list[tuple[int, int]] | None = [] if raw is not None else None
@@ -194,15 +195,25 @@ class OutputScanner:
             raw.extend(folded.spaced)  # a stream cut never splits a joined run
         return out
 
+    def _fold(self, text: str) -> Folded | None:
+        """`fold_for_detection`, remembered for the last text: a stream asks `open_start` and then
+        `candidates` of the same buffer (one tuple, read and replaced whole, so sharing is safe)."""
+        last_text, last = self._last_fold
+        if last_text is text:
+            return last
+        folded = fold_for_detection(text)
+        self._last_fold = (text, folded)
+        return folded
+
     def open_start(self, text: str, pos: int) -> int:
         """Earliest index >= `pos` where a match may start that later text could still change
         (read on the folded copy, like `candidates`), or where a spaced run that could still grow
         to `SPACED_MIN` characters begins."""
-        folded = fold_for_detection(text)
+        folded = self._fold(text)
         if folded is None:
             o = self._matcher.open_start(text, pos)
         else:
-            o = folded.index[self._matcher.open_start(folded.text, folded.position(pos))]
+            o = folded.original(self._matcher.open_start(folded.text, folded.position(pos)))
         return min(o, trailing_spaced_start(text, pos))
 
 
