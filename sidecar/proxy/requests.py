@@ -482,11 +482,18 @@ def _unknown_fields(req: ParsedRequest, done: set[str], trusted: frozenset[str])
 
 # -- entry point ---------------------------------------------------------------------------------
 
-_PARSERS: dict[str, Callable[[ParsedRequest, frozenset[str], bool], None]] = {
+Parser = Callable[[ParsedRequest, frozenset[str], bool], None]
+_PARSERS: dict[str, Parser] = {
     "chat": lambda req, trusted, _allow: _chat(req, trusted),
     "completions": _completions,
     "embeddings": _embeddings,
 }
+
+
+def register_parser(route: str, parser: Parser) -> None:
+    """Another API's typed request (proxy/anthropic.py, proxy/responses_api.py) joins the same
+    entry point, so every route's text reaches the same guards the same way."""
+    _PARSERS[route] = parser
 
 
 def parse_request(route: str, raw: bytes, max_depth: int, *,

@@ -8,11 +8,13 @@ from __future__ import annotations
 from time import perf_counter
 from urllib.parse import quote
 
+import orjson
 from aiohttp import web
 
 from sidecar.abuse import enforce
 from sidecar.appstate import (
     ABUSE,
+    ANTHROPIC_UPSTREAM,
     AUTH,
     BACKGROUND,
     CONTEXT,
@@ -23,11 +25,13 @@ from sidecar.appstate import (
     SETTINGS,
     UPSTREAM,
 )
-from sidecar.errors import InsufficientScope, NotFound, SidecarError
+from sidecar.auth.models import model_allowed
+from sidecar.errors import InsufficientScope, ModelNotAllowed, NotFound, SidecarError
 from sidecar.guards.fingerprint import Features, fingerprint
 from sidecar.limits.limiter import Admission
-from sidecar.limits.tokens import estimate_tokens, prompt_tokens
-from sidecar.model import Principal
+from sidecar.limits.tokens import PER_REQUEST_TOKENS, estimate_tokens, prompt_tokens, text_tokens
+from sidecar.model import UNTRUSTED, Principal
+from sidecar.proxy.anthropic import MessagesProcessor
 from sidecar.proxy.body import check_content_headers, media_type, read_body
 from sidecar.proxy.context import RequestContext
 from sidecar.proxy.conversations_api import (
@@ -41,15 +45,23 @@ from sidecar.proxy.conversations_api import (
 from sidecar.proxy.relay import relay_stream, relay_whole
 from sidecar.proxy.requests import ParsedRequest, parse_object, parse_request
 from sidecar.proxy.response import ResponseProcessor
+from sidecar.proxy.responses_api import ResponsesProcessor
+from sidecar.proxy.upstream import Upstream
 
 # path -> (route name, method)
 POST_ROUTES = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
+    "/v1/responses": "responses",
+    "/v1/messages": "messages",
 }
 ROUTE_OF_RESOURCE = {**POST_ROUTES, "/v1/models": "models", "/v1/models/{model}": "models",
-                     **CONVERSATION_RESOURCES}
+                     "/v1/responses/{response_id}": "responses", **CONVERSATION_RESOURCES}
+# Routes whose provider reports usage on its own (no stream_options to ask for it) and whose
+# replies need their own processor.
+PROCESSORS: dict[str, type[ResponseProcessor]] = {"responses": ResponsesProcessor,
+                                                  "messages": MessagesProcessor}
 
 
 def presented_key(request: web.Request) -> str | None:
@@ -71,7 +83,7 @@ async def authorize(request: web.Request, ctx: RequestContext) -> Principal:
 
 
 async def handle_model_call(request: web.Request) -> web.StreamResponse:
-    """POST /v1/chat/completions, /v1/completions, /v1/embeddings."""
+    """POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/messages."""
     app = request.app
     settings = app[SETTINGS]
     ctx = request[CONTEXT]
@@ -85,12 +97,19 @@ async def handle_model_call(request: web.Request) -> web.StreamResponse:
     parsed = parse_request(ctx.route, raw, settings.max_json_depth,
                            trusted_roles=policy.trusted_roles,
                            allow_token_ids=policy.allow_token_ids)
+    model = parsed.body["model"]
+    if not model_allowed(principal.models, model):
+        raise ModelNotAllowed()  # before any guard, store call or provider call is spent
+    upstream = app[ANTHROPIC_UPSTREAM] if ctx.route == "messages" else app[UPSTREAM]
+    path = upstream.path_for(request.path, model)
+    upstream_model = upstream.body_model(model)
     conversation = conversation_request(request.headers, ctx.route)
     # 5. input guards: the key's policy over every text slot.
     await app[GUARDS].check(policy, parsed, ctx)
     # 6-7. limits and abuse: two scripts issued together, so they share one write and one
     # round trip on the store's pipelined connection.
-    prompt_estimate = prompt_tokens(ctx.route, parsed.body)
+    prompt_estimate = prompt_tokens(ctx.route, parsed.body) if ctx.route not in PROCESSORS \
+        else PER_REQUEST_TOKENS + sum(text_tokens(s.text) for s in parsed.slots)
     estimate = estimate_tokens(ctx.route, parsed.body, settings.limits, prompt_estimate)
     admission = await admit_and_judge(app, principal, ctx, parsed, estimate)
     turn = None
@@ -108,15 +127,16 @@ async def handle_model_call(request: web.Request) -> web.StreamResponse:
             raise
     scan = policy.output.prepare(ctx.route, parsed.slots, parsed.body) if policy.output else None
     strip_usage = ask_for_stream_usage(parsed)
+    parsed.body["model"] = upstream_model
     body = parsed.serialize()
     # 8. upstream; 9. output guards inside the relay; 10. settlement.
-    processor = ResponseProcessor(ctx.route, scan, app[METRICS], strip_usage,
-                                  policy.output_steps)
+    processor = PROCESSORS.get(ctx.route, ResponseProcessor)(
+        ctx.route, scan, app[METRICS], strip_usage, policy.output_steps)
     collector = ReplyCollector() if turn else None
     settled = False
     try:
-        result = await forward(request, ctx, body, parsed.stream, processor, admission.headers,
-                               collector)
+        result = await forward(request, ctx, upstream, path, body, parsed.stream, processor,
+                               admission.headers, collector)
         settled = True
         # Settlement is bookkeeping the client need not wait for (shutdown waits for it).
         settle_later(app, principal, admission, processor, prompt_estimate, failed=bool(ctx.reason))
@@ -174,6 +194,9 @@ def request_features(parsed: ParsedRequest) -> Features:
     if parsed.route == "completions":
         prompt = body["prompt"]
         return fingerprint(prompt if isinstance(prompt, str) else " ".join(map(str, prompt[:16])))
+    if parsed.route in PROCESSORS:
+        asked = [s.text for s in parsed.slots if s.role == "user" and s.trust == UNTRUSTED]
+        return fingerprint(asked[-1] if asked else "")
     inputs = body["input"]
     items = [inputs] if isinstance(inputs, str) else inputs
     return fingerprint("\n".join(str(i) for i in items[:16]), inputs=len(items))
@@ -182,7 +205,7 @@ def request_features(parsed: ParsedRequest) -> Features:
 def ask_for_stream_usage(parsed: ParsedRequest) -> bool:
     """Streams must report usage for settlement: ask the provider for it, and remember to drop
     that extra chunk when the client did not ask for it itself."""
-    if not parsed.stream or parsed.route == "embeddings":
+    if not parsed.stream or parsed.route not in ("chat", "completions"):
         return False
     options = parsed.body.get("stream_options")
     if isinstance(options, dict) and options.get("include_usage") is True:
@@ -192,12 +215,11 @@ def ask_for_stream_usage(parsed: ParsedRequest) -> bool:
     return True
 
 
-async def forward(request: web.Request, ctx: RequestContext, body: bytes, stream: bool,
-                  processor: ResponseProcessor, headers: dict[str, str],
+async def forward(request: web.Request, ctx: RequestContext, upstream: Upstream, path: str,
+                  body: bytes, stream: bool, processor: ResponseProcessor, headers: dict[str, str],
                   collector: ReplyCollector | None = None) -> web.StreamResponse:
-    upstream = request.app[UPSTREAM]
     sent = perf_counter()
-    async with upstream.request("POST", request.path, body,
+    async with upstream.request("POST", path, body,
                                 upstream.headers_for(request.headers, ctx.request_id)) as exchange:
         response, deadline = exchange
         ctx.upstream_s += perf_counter() - sent
@@ -229,21 +251,62 @@ def settle_later(app: web.Application, principal: Principal, admission: Admissio
         background.start(limiter.refund(admission))
 
 
+def _path_segment(value: str | None) -> bool:
+    """An id that cannot climb out of its route (no `/`, not `.` or `..`, bounded)."""
+    return value is not None and 0 < len(value) <= 256 and value not in (".", "..") \
+        and "/" not in value
+
+
 async def handle_models(request: web.Request) -> web.StreamResponse:
-    """GET /v1/models and /v1/models/{model}."""
+    """GET /v1/models (only the models the key may call) and /v1/models/{model}."""
     upstream = request.app[UPSTREAM]
     ctx = request[CONTEXT]
-    await authorize(request, ctx)
+    principal = await authorize(request, ctx)
     model = request.match_info.get("model")
-    if model is not None and (not 0 < len(model) <= 256 or model in (".", "..") or "/" in model):
-        # A model id that is a path segment of its own would climb out of /v1/models/.
+    if model is not None and not _path_segment(model):
         raise NotFound("Unknown model.")
+    if model is not None and not model_allowed(principal.models, model):
+        raise ModelNotAllowed()
     path = "/v1/models" if model is None else "/v1/models/" + quote(model, safe="")
+    headers = upstream.headers_for(request.headers, ctx.request_id)
+    sent = perf_counter()
+    async with upstream.request("GET", upstream.path_for(path), None, headers) as (response, _):
+        ctx.upstream_s += perf_counter() - sent
+        result = await relay_whole(upstream, response, ctx)
+    if model is None and principal.models and result.status == 200:
+        result.body = only_allowed(result.body, principal.models)
+    return result
+
+
+def only_allowed(raw: object, patterns: tuple[str, ...]) -> bytes:
+    """A model list with only the entries a key's allow-list matches."""
+    listing = orjson.loads(raw if isinstance(raw, bytes) else b"{}")
+    data = listing.get("data") if isinstance(listing, dict) else None
+    if isinstance(data, list):
+        listing["data"] = [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)
+                           and model_allowed(patterns, m["id"])]
+    return orjson.dumps(listing)
+
+
+async def handle_response_get(request: web.Request) -> web.StreamResponse:
+    """GET /v1/responses/{response_id}: a stored Responses reply, through the output guards
+    like any other (the key's policy; no request to judge a system-prompt leak against)."""
+    app = request.app
+    upstream = app[UPSTREAM]
+    ctx = request[CONTEXT]
+    principal = await authorize(request, ctx)
+    response_id = request.match_info["response_id"]
+    if not _path_segment(response_id):
+        raise NotFound("Unknown response.")
+    policy = app[POLICIES].for_principal(principal)
+    scan = policy.output.prepare(ctx.route, []) if policy.output else None
+    processor = ResponsesProcessor(ctx.route, scan, app[METRICS], False, policy.output_steps)
+    path = upstream.path_for("/v1/responses/" + quote(response_id, safe=""))
     headers = upstream.headers_for(request.headers, ctx.request_id)
     sent = perf_counter()
     async with upstream.request("GET", path, None, headers) as (response, _):
         ctx.upstream_s += perf_counter() - sent
-        return await relay_whole(upstream, response, ctx)
+        return await relay_whole(upstream, response, ctx, processor)
 
 
 def add_routes(app: web.Application) -> None:
@@ -251,3 +314,4 @@ def add_routes(app: web.Application) -> None:
         app.router.add_post(path, handle_model_call)
     app.router.add_get("/v1/models", handle_models, allow_head=False)
     app.router.add_get("/v1/models/{model}", handle_models, allow_head=False)
+    app.router.add_get("/v1/responses/{response_id}", handle_response_get, allow_head=False)
