@@ -170,13 +170,13 @@ _RULE = {
         "mode": {"type": "string", "enum": ["enforce", "shadow"]},
     },
 }
-_POLICY = {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]{0,63}$",
+_POLICY = {"type": "string", "pattern": "^([a-z0-9][a-z0-9_.-]{0,63})?$", "nullable": True,
            "description": "guard policy name (settings [policies.<name>]); empty = tenant's or default"}
 _SCOPES = {"type": "array", "minItems": 1, "uniqueItems": True,
            "items": {"type": "string", "enum": ["chat", "completions", "embeddings", "models",
                                                 "conversations", "responses", "messages"]}}
-_MODELS = {"type": "array", "maxItems": 64, "uniqueItems": True,
-           "description": "model names or glob patterns the key may call; empty = every model",
+_MODELS = {"type": "array", "maxItems": 64, "uniqueItems": True, "nullable": True,
+           "description": "model names or glob patterns the key may call; empty or null = every model",
            "items": {"type": "string", "pattern": "^[A-Za-z0-9._:/@*?\\[\\]-]{1,128}$"}}
 _KEY = {
     "type": "object",

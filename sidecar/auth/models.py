@@ -28,7 +28,9 @@ def parse_models(value: Any) -> tuple[str, ...]:
             not all(isinstance(m, str) and _PATTERN.fullmatch(m) for m in value):
         raise ModelListError(f"models: expected a list of at most {MAX_MODELS} model names or "
                              "glob patterns (1-128 of A-Z a-z 0-9 . _ : / @ - * ? [ ])")
-    return tuple(dict.fromkeys(value))
+    if len(set(value)) != len(value):
+        raise ModelListError("models: each model or pattern may appear once")
+    return tuple(value)
 
 
 def model_allowed(patterns: Iterable[str], model: str) -> bool:

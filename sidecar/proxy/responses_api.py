@@ -45,7 +45,7 @@ _NOT_READ = frozenset({
 _SKIP = _ENUM_KEYS | frozenset({"call_id", "encrypted_content", "image_url", "file_url", "status"})
 _FINAL = frozenset({"response.completed", "response.incomplete", "response.failed", "error"})
 _BINARY_DELTAS = frozenset({"response.audio.delta", "response.output_audio.delta"})
-_DONE_TEXT = ("text", "arguments", "refusal", "input", "code", "transcript", "delta")
+_DONE_TEXT = ("text", "arguments", "refusal", "input", "code", "transcript")
 
 
 def parse_responses(req: ParsedRequest, trusted: frozenset[str], _allow_token_ids: bool) -> None:
@@ -157,7 +157,7 @@ class ResponsesProcessor(TypedStreamProcessor):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._templates: dict[str, dict[str, Any]] = {}
-        self._sequence = 0
+        self._sequence: int | None = None  # the provider's last sequence_number, if it sends them
 
     def _read_usage(self, obj: dict[str, Any]) -> None:
         usage = obj.get("usage")
@@ -214,10 +214,13 @@ class ResponsesProcessor(TypedStreamProcessor):
 
     def release_event(self, slot: str, text: str) -> bytes:
         template = self._templates.get(slot, {"type": slot.partition("|")[0] + ".delta"})
-        event = {**template, "delta": text, "sequence_number": self._sequence}
+        event = {**template, "delta": text}
+        if self._sequence is not None:
+            event["sequence_number"] = self._sequence
         return typed_event(str(template["type"]), event)
 
     def error_payload(self, error: SidecarError, request_id: str) -> bytes:
         return typed_event("error", {"type": "error", "code": error.code, "message": error.message,
-                                     "param": None, "sequence_number": self._sequence + 1,
+                                     "param": None,
+                                     "sequence_number": (self._sequence or 0) + 1,
                                      "request_id": request_id})

@@ -99,3 +99,23 @@ schema = schemathesis.openapi.from_dict(OPENAPI)
 def test_admin_api_conforms_to_its_schema(case: schemathesis.Case, admin_url: str) -> None:
     """Generated requests never get a 5xx and every answer matches the OpenAPI document."""
     case.call_and_validate(base_url=admin_url, headers={"Authorization": f"Bearer {TOKEN}"})
+
+
+async def test_models_allow_list_over_http(admin_url: str) -> None:
+    """`models` is set on create, changed by PATCH, cleared with [], and checked for shape."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        async with session.post(admin_url + "/admin/keys", json={
+                "tenant": "models", "scopes": ["chat", "messages"],
+                "models": ["gpt-4o-mini", "claude-*"]}) as response:
+            created = await response.json()
+            assert response.status == 201, created
+        assert created["models"] == ["gpt-4o-mini", "claude-*"]
+        url = f"{admin_url}/admin/keys/{created['key_id']}"
+        async with session.patch(url, json={"models": ["claude-3-*"]}) as response:
+            assert (await response.json())["models"] == ["claude-3-*"]
+        async with session.patch(url, json={"models": []}) as response:
+            assert (await response.json())["models"] == []
+        async with session.patch(url, json={"models": "gpt-4o"}) as response:
+            assert response.status == 400
+            assert "models:" in (await response.json())["error"]["message"]

@@ -3,6 +3,7 @@ base URL and key, work through the sidecar as against the provider, whole and st
 
 from __future__ import annotations
 
+import aiohttp
 import anthropic
 import openai
 import pytest
@@ -95,3 +96,34 @@ async def test_messages_errors_arrive_in_anthropic_shape(
     assert isinstance(body, dict) and body["type"] == "error"
     assert body["error"]["type"] == "invalid_request_error"
     assert body["error"]["code"] == "prompt_injection_detected"
+
+
+async def test_anthropic_gets_its_key_as_x_api_key_and_the_clients_version_headers(
+        mock_upstream: TestServer, api_key: str, monkeypatch: pytest.MonkeyPatch, make_sidecar: SidecarFactory) -> None:
+    """The provider key goes as `x-api-key`, `anthropic-version` and `anthropic-beta` pass
+    through, and the client's sidecar key (sent as x-api-key or a bearer token) never leaves."""
+    provider = "ant-" + api_key[-12:][::-1]
+    monkeypatch.setenv("TEST_ANTHROPIC_KEY", provider)
+    sidecar = await make_sidecar(anthropic_url=str(mock_upstream.make_url("")).rstrip("/"),
+                                 anthropic_key_env="TEST_ANTHROPIC_KEY")
+    bearer = anthropic.AsyncAnthropic(base_url=str(sidecar.make_url("")), auth_token=api_key,
+                                      max_retries=0)
+    keyed = anthropic.AsyncAnthropic(base_url=str(sidecar.make_url("")), api_key=api_key,
+                                     max_retries=0)
+    for client in (keyed, bearer):
+        await client.messages.create(
+            model="mock-gpt", max_tokens=8, messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"anthropic-version": "2023-06-01",
+                           "anthropic-beta": "prompt-caching-2024-07-31"})
+    async with aiohttp.ClientSession() as session:
+        async with session.get(mock_upstream.make_url("/_mock/requests")) as response:
+            got = (await response.json())["requests"]
+    assert len(got) == 2
+    for request in got:
+        headers = {k.lower(): v for k, v in request["headers"].items()}
+        assert request["path"] == "/v1/messages"
+        assert headers["x-api-key"] == provider
+        assert headers["anthropic-version"] == "2023-06-01"
+        assert headers["anthropic-beta"] == "prompt-caching-2024-07-31"
+        assert "authorization" not in headers
+        assert api_key not in str(request)
