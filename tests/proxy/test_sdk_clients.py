@@ -99,7 +99,8 @@ async def test_messages_errors_arrive_in_anthropic_shape(
 
 
 async def test_anthropic_gets_its_key_as_x_api_key_and_the_clients_version_headers(
-        mock_upstream: TestServer, api_key: str, monkeypatch: pytest.MonkeyPatch, make_sidecar: SidecarFactory) -> None:
+        mock_upstream: TestServer, api_key: str, monkeypatch: pytest.MonkeyPatch,
+        make_sidecar: SidecarFactory) -> None:
     """The provider key goes as `x-api-key`, `anthropic-version` and `anthropic-beta` pass
     through, and the client's sidecar key (sent as x-api-key or a bearer token) never leaves."""
     provider = "ant-" + api_key[-12:][::-1]
