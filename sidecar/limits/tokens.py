@@ -85,12 +85,15 @@ def prompt_tokens(route: str, body: Mapping[str, Any]) -> int:
 
 
 def completion_cap(route: str, body: Mapping[str, Any], default_max_tokens: int) -> int:
-    """Completion tokens the request may produce: max_completion_tokens/max_tokens times n."""
+    """Completion tokens the request may produce: max_completion_tokens / max_tokens (chat,
+    completions, Anthropic Messages) / max_output_tokens (Responses), times n."""
     if route == "embeddings":
         return 0
     cap = body.get("max_completion_tokens")
     if cap is None:
         cap = body.get("max_tokens")
+    if cap is None:
+        cap = body.get("max_output_tokens")
     if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
         cap = default_max_tokens
     choices = body.get("n", 1)
