@@ -154,6 +154,8 @@ register_parser(ROUTE, parse_responses)
 class ResponsesProcessor(TypedStreamProcessor):
     """Usage and output guards for a Responses reply, whole or streamed."""
 
+    repeats_text = True
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._templates: dict[str, dict[str, Any]] = {}
@@ -200,17 +202,18 @@ class ResponsesProcessor(TypedStreamProcessor):
         slot = self._slot(obj, ".done")
         return [slot] if slot is not None and (0, slot) in self._redactors else []
 
-    def rewrite_done(self, obj: dict[str, Any]) -> None:
+    def rewrite_done(self, obj: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
         """A `.done` event repeats its slot's whole text: it gets exactly what the client was sent."""
         slot = self._slot(obj, ".done")
         if slot is None or slot not in self.closed:
-            return
+            return None
         text = self.closed.pop(slot)
         self._templates.pop(slot, None)
         for key in _DONE_TEXT:
             if isinstance(obj.get(key), str):
                 obj[key] = text
-                return
+                return obj, key
+        return None
 
     def release_event(self, slot: str, text: str) -> bytes:
         template = self._templates.get(slot, {"type": slot.partition("|")[0] + ".delta"})

@@ -32,10 +32,14 @@ def _int(value: Any) -> int:
 class TypedStreamProcessor(ResponseProcessor):
     """A `ResponseProcessor` for typed SSE events; subclasses describe one API's shape."""
 
+    # True when the API repeats a slot's whole text after its deltas (Responses' `.done`
+    # events): the text each slot sent is then kept until that event has been rewritten.
+    repeats_text = False
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.emitted: dict[str, list[str]] = {}  # what each open slot has sent so far
-        self.closed: dict[str, str] = {}  # the whole text each closed slot sent
+        self.closed: dict[str, str] = {}  # the whole text a closed slot sent, until repeated
 
     # -- what a subclass describes --------------------------------------------------------------
     def streamed(self, obj: dict[str, Any]) -> Iterator[Streamed]:
@@ -77,12 +81,14 @@ class TypedStreamProcessor(ResponseProcessor):
             redactor = self._redactors.get((0, name))
             if redactor is None:
                 redactor = self._redactors[(0, name)] = self.scan.stream()
-                self.emitted[name] = []
             self.streamed_chars += len(holder[key])
             holder[key] = redactor.feed(holder[key])
-            self.emitted[name].append(holder[key])
+            if self.repeats_text:
+                self.emitted.setdefault(name, []).append(holder[key])
             self._count_stream(redactor, (0, name))
-        self.rewrite_done(obj)
+        repeated = self.rewrite_done(obj)
+        if repeated is not None:
+            done.add((id(repeated[0]), repeated[1]))  # exactly the deltas sent: not rescanned
         rest = [p for p in string_places(obj) if (id(p[0]), p[1]) not in done]
         if rest:
             self._scan_places(rest)
@@ -92,13 +98,15 @@ class TypedStreamProcessor(ResponseProcessor):
         head = lines + b"\n" if lines else b""
         return b"".join(released) + head + b"data: " + orjson.dumps(obj) + b"\n\n"
 
-    def rewrite_done(self, obj: dict[str, Any]) -> None:
-        """A hook for events that repeat a closed slot's whole text (default: none do)."""
+    def rewrite_done(self, obj: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
+        """For an event that repeats a closed slot's whole text: put in the text the client
+        was sent and return (holder, key) of that field (default: no event does)."""
+        return None
 
     def _release(self, slot: str) -> bytes:
         text = self._finish((0, slot))
-        self.emitted.setdefault(slot, []).append(text)
-        self.closed[slot] = "".join(self.emitted.pop(slot))
+        if self.repeats_text:
+            self.closed[slot] = "".join(self.emitted.pop(slot, [])) + text
         if not text or self.blocked:
             return b""
         return self.release_event(slot, text)
