@@ -1,5 +1,5 @@
-"""Anthropic's Messages API (`POST /v1/messages`): the typed request, the stream's output
-guards and the error shape. Pure: no I/O.
+"""Anthropic's Messages API (`POST /v1/messages`): the typed request and the error shape.
+Pure: no I/O. The reply's output guards are `typed_stream.MessagesProcessor`.
 
 Request slots: `system` (a string or text blocks) is the app's own instruction; message
 content blocks are text, `tool_use` input (every string in it), `tool_result` content (data,
@@ -7,16 +7,10 @@ whatever role carries it), documents (plain-text sources, titles and context: da
 search results and any block or field this module does not know (every string in it). Binary
 sources (base64 images and PDFs, URLs, file ids) and opaque fields (signatures, redacted
 thinking) are not text the guards can read and pass as they are.
-
-Stream: `content_block_delta` events carry `text_delta`, `input_json_delta` and
-`thinking_delta` pieces, one slot per content block index; `content_block_stop` (or the
-message's end) releases what a slot held back. Usage: `message_start` gives the input tokens
-(with cache reads and writes), `message_delta` the output tokens so far; `message_stop` ends it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -32,7 +26,6 @@ from sidecar.proxy.requests import (
     _walk,
     register_parser,
 )
-from sidecar.proxy.typed_stream import Streamed, TypedStreamProcessor, typed_event
 
 ROUTE = "messages"
 ROLES = frozenset({"user", "assistant"})
@@ -43,10 +36,6 @@ _NOT_READ = frozenset({"model", "max_tokens", "stream", "temperature", "top_k", 
 # Inside blocks: ids, enums and opaque values, never text.
 _SKIP = _ENUM_KEYS | frozenset({"tool_use_id", "media_type", "signature", "cache_control", "url",
                                 "encrypted_content", "encrypted_index"})
-_DELTAS = {"text_delta": ("text", "text"), "input_json_delta": ("partial_json", "json"),
-           "thinking_delta": ("thinking", "thinking")}
-_DELTA_TYPE = {kind: delta for delta, (_, kind) in _DELTAS.items()}
-_FIELD = {kind: key for key, kind in _DELTAS.values()}
 # Our status -> Anthropic's error type.
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 408: "timeout_error", 413: "request_too_large",
@@ -101,7 +90,7 @@ def parse_messages(req: ParsedRequest, trusted: frozenset[str], _allow_token_ids
         if not isinstance(message, dict):
             raise _bad(at, "must be an object")
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise _bad(f"{at}.role", "must be one of: assistant, user")
         trust = _trust(role, trusted)
         for key, value in message.items():
@@ -170,7 +159,7 @@ def _blocks(req: ParsedRequest, blocks: list[Any], path: str, role: str, trust: 
 def _fields(req: ParsedRequest, block: dict[str, Any], where: str, role: str, trust: str,
             group: int, done: frozenset[str] | set[str] = frozenset()) -> None:
     for key, value in block.items():
-        if key in done or key in _SKIP or value is None or key == "source":
+        if key in done or key in _SKIP or value is None:
             continue
         at = f"{where}.{key}"
         if isinstance(value, str):
@@ -198,80 +187,7 @@ def _document(req: ParsedRequest, block: dict[str, Any], where: str, role: str, 
                 req.add(source, "content", f"{where}.source.content", role, DATA, group)
         elif isinstance(content, list):
             _blocks(req, content, f"{where}.source.content", role, DATA, group)
-    _fields(req, block, where, role, DATA, group)
+    _fields(req, block, where, role, DATA, group, {"source"})
 
 
 register_parser(ROUTE, parse_messages)
-
-
-# -- reply ---------------------------------------------------------------------------------------
-
-class MessagesProcessor(TypedStreamProcessor):
-    """Usage and output guards for a Messages reply, whole or streamed."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._input = 0
-
-    def _read_usage(self, obj: dict[str, Any]) -> None:
-        usage = obj.get("usage")
-        if isinstance(usage, dict) and "output_tokens" in usage:
-            self.settle_usage(_prompt(usage), usage.get("output_tokens", 0))
-
-    def read_event(self, obj: dict[str, Any]) -> None:
-        kind = obj.get("type")
-        if kind == "message_start":
-            message = obj.get("message")
-            usage = message.get("usage") if isinstance(message, dict) else None
-            if isinstance(usage, dict):
-                self._input = _prompt(usage)
-        elif kind == "message_delta":
-            usage = obj.get("usage")
-            if isinstance(usage, dict):
-                if usage.get("input_tokens") is not None:
-                    self._input = _prompt(usage)
-                self.settle_usage(self._input, usage.get("output_tokens", 0))
-        elif kind in ("message_stop", "error"):
-            self.ended = True
-
-    def streamed(self, obj: dict[str, Any]) -> Iterator[Streamed]:
-        if obj.get("type") != "content_block_delta":
-            return
-        delta = obj.get("delta")
-        index = obj.get("index")
-        if not isinstance(delta, dict) or not isinstance(index, int):
-            return
-        found = _DELTAS.get(delta.get("type", ""))
-        if found is not None and isinstance(delta.get(found[0]), str):
-            yield delta, found[0], f"{index}:{found[1]}"
-
-    def closing(self, obj: dict[str, Any]) -> list[str]:
-        kind = obj.get("type")
-        if kind == "content_block_stop":
-            prefix = f"{obj.get('index')}:"
-            return [name for _, name in sorted(self._redactors) if name.startswith(prefix)]
-        if kind in ("message_delta", "message_stop", "error"):
-            return [name for _, name in sorted(self._redactors)]
-        return []
-
-    def release_event(self, slot: str, text: str) -> bytes:
-        index, _, kind = slot.partition(":")
-        return typed_event("content_block_delta", {
-            "type": "content_block_delta", "index": int(index),
-            "delta": {"type": _DELTA_TYPE[kind], _FIELD[kind]: text}})
-
-    def error_payload(self, error: SidecarError, request_id: str) -> bytes:
-        return typed_event("error", error_object(error_type(error.status), error.message,
-                                                 error.code, request_id))
-
-    def error_shape(self, error: dict[str, Any]) -> dict[str, Any]:
-        inner = error.get("error", {})
-        message = inner.get("message") or "The model provider refused the request."
-        kind = inner.get("type") if isinstance(inner.get("type"), str) else "api_error"
-        return error_object(kind, message, None, inner.get("request_id", ""))
-
-
-def _prompt(usage: dict[str, Any]) -> int:
-    """Input tokens including cache writes and reads (each is billed input)."""
-    return sum(v for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-               if isinstance(v := usage.get(k), int) and not isinstance(v, bool) and v > 0)

@@ -520,3 +520,9 @@ def parse_object(route: str, body: dict[str, Any], *,
     trusted = trusted_roles if isinstance(trusted_roles, frozenset) else frozenset(trusted_roles)
     _PARSERS[route](req, trusted, allow_token_ids)
     return req
+
+
+# The other APIs' typed requests build on the helpers above and register their parsers here, so
+# `parse_request` knows every route however this module was first imported.
+from sidecar.proxy import anthropic as _anthropic  # noqa: E402, F401
+from sidecar.proxy import responses_api as _responses_api  # noqa: E402, F401

@@ -1,5 +1,5 @@
-"""OpenAI's Responses API (`POST /v1/responses`, `GET /v1/responses/{id}`): the typed request
-and the stream's output guards. Pure: no I/O.
+"""OpenAI's Responses API (`POST /v1/responses`): the typed request. Pure: no I/O. The reply's
+output guards (also for `GET /v1/responses/{id}`) are `typed_stream.ResponsesProcessor`.
 
 Request slots: `instructions` is the app's own (trusted like a developer message); `input` is a
 string (the user's turn) or a list of items: messages of every role with `input_text`,
@@ -8,20 +8,13 @@ data), function and custom tool calls (the model's, in history), their outputs (
 summaries, and any item this module does not know (every string in it; `*_output` items as
 data). Tools, the text format's schema, prompt variables and any unknown field are read too.
 `previous_response_id` and the other ids pass untouched.
-
-Stream: every `response.*.delta` event with a string `delta` (output text, refusals, function
-and custom tool call arguments, reasoning text and summaries, audio transcripts, ...) is a
-piece of one slot per item and part; the matching `.done` event releases what the slot held
-back and repeats the slot's text exactly as the client received it. Usage comes from
-`response.usage` (`response.completed`, `.incomplete`, `.failed`), which also end the stream.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-from sidecar.errors import InvalidRequest, SidecarError
+from sidecar.errors import InvalidRequest
 from sidecar.model import DATA
 from sidecar.proxy.requests import (
     _ENUM_KEYS,
@@ -33,7 +26,6 @@ from sidecar.proxy.requests import (
     _walk,
     register_parser,
 )
-from sidecar.proxy.typed_stream import Streamed, TypedStreamProcessor, typed_event
 
 ROUTE = "responses"
 ROLES = frozenset({"user", "assistant", "system", "developer"})
@@ -43,9 +35,6 @@ _NOT_READ = frozenset({
     "service_tier", "truncation", "user", "metadata", "include", "reasoning", "safety_identifier",
     "prompt_cache_key", "prompt_cache_retention", "top_logprobs", "conversation"})
 _SKIP = _ENUM_KEYS | frozenset({"call_id", "encrypted_content", "image_url", "file_url", "status"})
-_FINAL = frozenset({"response.completed", "response.incomplete", "response.failed", "error"})
-_BINARY_DELTAS = frozenset({"response.audio.delta", "response.output_audio.delta"})
-_DONE_TEXT = ("text", "arguments", "refusal", "input", "code", "transcript")
 
 
 def parse_responses(req: ParsedRequest, trusted: frozenset[str], _allow_token_ids: bool) -> None:
@@ -85,7 +74,7 @@ def _item(req: ParsedRequest, item: Any, where: str, trusted: frozenset[str], gr
         raise _bad(f"{where}.type", "must be a string")
     if kind == "message":
         role = item.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise _bad(f"{where}.role", "must be one of: " + ", ".join(sorted(ROLES)))
         trust = _trust(role, trusted)
         content = item.get("content")
@@ -147,83 +136,3 @@ def _rest(req: ParsedRequest, holder: dict[str, Any], where: str, role: str, tru
 
 
 register_parser(ROUTE, parse_responses)
-
-
-# -- reply ---------------------------------------------------------------------------------------
-
-class ResponsesProcessor(TypedStreamProcessor):
-    """Usage and output guards for a Responses reply, whole or streamed."""
-
-    repeats_text = True
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._templates: dict[str, dict[str, Any]] = {}
-        self._sequence: int | None = None  # the provider's last sequence_number, if it sends them
-
-    def _read_usage(self, obj: dict[str, Any]) -> None:
-        usage = obj.get("usage")
-        if isinstance(usage, dict) and "output_tokens" in usage:
-            self.settle_usage(usage.get("input_tokens", 0), usage.get("output_tokens", 0))
-
-    def read_event(self, obj: dict[str, Any]) -> None:
-        sequence = obj.get("sequence_number")
-        if isinstance(sequence, int):
-            self._sequence = sequence
-        kind = obj.get("type")
-        if kind in _FINAL:
-            self.ended = True
-            response = obj.get("response")
-            if isinstance(response, dict):
-                self._read_usage(response)
-
-    @staticmethod
-    def _slot(obj: dict[str, Any], suffix: str) -> str | None:
-        kind = obj.get("type")
-        if not isinstance(kind, str) or not kind.endswith(suffix) or kind in _BINARY_DELTAS:
-            return None
-        where = obj.get("item_id", obj.get("output_index"))
-        part = obj.get("content_index", obj.get("summary_index", ""))
-        return f"{kind[:-len(suffix)]}|{where}|{part}"
-
-    def streamed(self, obj: dict[str, Any]) -> Iterator[Streamed]:
-        if not isinstance(obj.get("delta"), str):
-            return
-        slot = self._slot(obj, ".delta")
-        if slot is not None:
-            if slot not in self._templates:
-                self._templates[slot] = {k: v for k, v in obj.items()
-                                         if k not in ("delta", "sequence_number", "logprobs")}
-            yield obj, "delta", slot
-
-    def closing(self, obj: dict[str, Any]) -> list[str]:
-        if obj.get("type") in _FINAL:
-            return [name for _, name in sorted(self._redactors)]
-        slot = self._slot(obj, ".done")
-        return [slot] if slot is not None and (0, slot) in self._redactors else []
-
-    def rewrite_done(self, obj: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
-        """A `.done` event repeats its slot's whole text: it gets exactly what the client was sent."""
-        slot = self._slot(obj, ".done")
-        if slot is None or slot not in self.closed:
-            return None
-        text = self.closed.pop(slot)
-        self._templates.pop(slot, None)
-        for key in _DONE_TEXT:
-            if isinstance(obj.get(key), str):
-                obj[key] = text
-                return obj, key
-        return None
-
-    def release_event(self, slot: str, text: str) -> bytes:
-        template = self._templates.get(slot, {"type": slot.partition("|")[0] + ".delta"})
-        event = {**template, "delta": text}
-        if self._sequence is not None:
-            event["sequence_number"] = self._sequence
-        return typed_event(str(template["type"]), event)
-
-    def error_payload(self, error: SidecarError, request_id: str) -> bytes:
-        return typed_event("error", {"type": "error", "code": error.code, "message": error.message,
-                                     "param": None,
-                                     "sequence_number": (self._sequence or 0) + 1,
-                                     "request_id": request_id})

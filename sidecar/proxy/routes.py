@@ -31,7 +31,6 @@ from sidecar.guards.fingerprint import Features, fingerprint
 from sidecar.limits.limiter import Admission
 from sidecar.limits.tokens import PER_REQUEST_TOKENS, estimate_tokens, prompt_tokens, text_tokens
 from sidecar.model import UNTRUSTED, Principal
-from sidecar.proxy.anthropic import MessagesProcessor
 from sidecar.proxy.body import check_content_headers, media_type, read_body
 from sidecar.proxy.context import RequestContext
 from sidecar.proxy.conversations_api import (
@@ -45,7 +44,7 @@ from sidecar.proxy.conversations_api import (
 from sidecar.proxy.relay import relay_stream, relay_whole
 from sidecar.proxy.requests import ParsedRequest, parse_object, parse_request
 from sidecar.proxy.response import ResponseProcessor
-from sidecar.proxy.responses_api import ResponsesProcessor
+from sidecar.proxy.typed_stream import MessagesProcessor, ResponsesProcessor
 from sidecar.proxy.upstream import Upstream
 
 # path -> (route name, method)

@@ -15,9 +15,8 @@ from hypothesis import strategies as st
 
 from sidecar.metrics import Metrics
 from sidecar.policies import Policies
-from sidecar.proxy.anthropic import MessagesProcessor
 from sidecar.proxy.response import ResponseProcessor
-from sidecar.proxy.responses_api import ResponsesProcessor
+from sidecar.proxy.typed_stream import MessagesProcessor, ResponsesProcessor
 from sidecar.settings import Settings
 
 OUTPUT = Policies(Settings()).default.output
