@@ -31,6 +31,7 @@ from sidecar.guards.fingerprint import Features, fingerprint
 from sidecar.limits.limiter import Admission
 from sidecar.limits.tokens import PER_REQUEST_TOKENS, estimate_tokens, prompt_tokens, text_tokens
 from sidecar.model import UNTRUSTED, Principal
+from sidecar.proxy.anthropic_turns import MessagesReplyCollector, begin_messages_turn
 from sidecar.proxy.body import check_content_headers, media_type, read_body
 from sidecar.proxy.context import RequestContext
 from sidecar.proxy.conversations_api import (
@@ -116,7 +117,8 @@ async def handle_model_call(request: web.Request) -> web.StreamResponse:
         # Replay reads stored history only once the request is admitted; the history then
         # goes through the same pipeline (size limits over the whole request).
         try:
-            turn = await begin_turn(app, principal, conversation, parsed)
+            begin = begin_messages_turn if ctx.route == "messages" else begin_turn
+            turn = await begin(app, principal, conversation, parsed)
             if turn.replayed:
                 parsed = parse_object(ctx.route, parsed.body, trusted_roles=policy.trusted_roles,
                                       allow_token_ids=policy.allow_token_ids)
@@ -131,7 +133,8 @@ async def handle_model_call(request: web.Request) -> web.StreamResponse:
     # 8. upstream; 9. output guards inside the relay; 10. settlement.
     processor = PROCESSORS.get(ctx.route, ResponseProcessor)(
         ctx.route, scan, app[METRICS], strip_usage, policy.output_steps)
-    collector = ReplyCollector() if turn else None
+    collector = (MessagesReplyCollector() if ctx.route == "messages" else ReplyCollector()) \
+        if turn else None
     settled = False
     try:
         result = await forward(request, ctx, upstream, path, body, parsed.stream, processor,
