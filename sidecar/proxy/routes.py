@@ -260,8 +260,10 @@ def _path_segment(value: str | None) -> bool:
 
 
 async def handle_models(request: web.Request) -> web.StreamResponse:
-    """GET /v1/models (only the models the key may call) and /v1/models/{model}."""
-    upstream = request.app[UPSTREAM]
+    """GET /v1/models (only the models the key may call) and /v1/models/{model}; from Anthropic
+    when the client speaks its API (sends `anthropic-version`), as its SDK does."""
+    anthropic = "anthropic-version" in request.headers
+    upstream = request.app[ANTHROPIC_UPSTREAM if anthropic else UPSTREAM]
     ctx = request[CONTEXT]
     principal = await authorize(request, ctx)
     model = request.match_info.get("model")

@@ -128,3 +128,22 @@ async def test_anthropic_gets_its_key_as_x_api_key_and_the_clients_version_heade
         assert headers["anthropic-beta"] == "prompt-caching-2024-07-31"
         assert "authorization" not in headers
         assert api_key not in str(request)
+
+
+async def test_anthropic_clients_list_anthropics_models(
+        make_sidecar: SidecarFactory, mock_upstream: TestServer, api_key: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`models.list()` from the anthropic client goes to Anthropic, with Anthropic's key."""
+    monkeypatch.setenv("TEST_ANTHROPIC_KEY", "ant-" + api_key[-8:])
+    sidecar = await make_sidecar(anthropic_url=str(mock_upstream.make_url("")).rstrip("/"),
+                                 anthropic_key_env="TEST_ANTHROPIC_KEY")
+    claude = anthropic.AsyncAnthropic(base_url=str(sidecar.make_url("")), api_key=api_key,
+                                      max_retries=0)
+    page = await claude.models.list()
+    assert [m.id for m in page.data]
+    async with aiohttp.ClientSession() as session:
+        async with session.get(mock_upstream.make_url("/_mock/requests")) as response:
+            (got,) = (await response.json())["requests"]
+    headers = {k.lower(): v for k, v in got["headers"].items()}
+    assert got["path"] == "/v1/models" and headers["x-api-key"] == "ant-" + api_key[-8:]
+    assert "authorization" not in headers
