@@ -313,7 +313,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
     reply = last_user if body.get("model") == "mock-echo" and last_user else DEFAULT_REPLY
     usage = _usage(prompt, reply)
     stored = _response_object(body, reply, usage)
-    request.app[_STORED]["resp_mock"] = stored
+    request.app[_STORED]["resp_mock"] = {**stored, "_input": prompt}
     if not body.get("stream"):
         return web.json_response(stored, dumps=lambda o: orjson.dumps(o).decode())
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -347,13 +347,27 @@ async def responses(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def get_response(request: web.Request) -> web.Response:
+async def stored_response(request: web.Request) -> web.Response:
+    """GET or DELETE a stored response, cancel it, or list its input items."""
     request.app[_RECEIVED].requests.append({"path": request.path, "query": request.query_string,
+                                            "method": request.method,
                                             "headers": dict(request.headers), "body": {}})
-    stored = request.app[_STORED].get(request.match_info["response_id"])
+    response_id = request.match_info["response_id"]
+    stored = request.app[_STORED].get(response_id)
     if stored is None:
         return _error(404, "No response with that id", "invalid_request_error", None)
-    return web.json_response(stored, dumps=lambda o: orjson.dumps(o).decode())
+    if request.method == "DELETE":
+        del request.app[_STORED][response_id]
+        return web.json_response({"id": response_id, "object": "response", "deleted": True})
+    if request.path.endswith("/input_items"):
+        items = [{"type": "message", "id": "msg_in", "role": "user",
+                  "content": [{"type": "input_text", "text": stored["_input"]}]}]
+        return web.json_response({"object": "list", "data": items, "has_more": False},
+                                 dumps=lambda o: orjson.dumps(o).decode())
+    if request.path.endswith("/cancel"):
+        stored = {**stored, "status": "cancelled"}
+    public = {k: v for k, v in stored.items() if not k.startswith("_")}
+    return web.json_response(public, dumps=lambda o: orjson.dumps(o).decode())
 
 
 # -- Anthropic Messages API ------------------------------------------------------------------------
@@ -459,7 +473,10 @@ def create_mock_app(latency_ms: float = 0.0, keep_requests: int = 200) -> web.Ap
             app.router.add_post(prefix + "/embeddings", embeddings)
         if not prefix.startswith("/openai/deployments"):
             app.router.add_post(prefix + "/responses", responses)
-            app.router.add_get(prefix + "/responses/{response_id}", get_response)
+            for method, suffix in (("GET", ""), ("DELETE", ""), ("POST", "/cancel"),
+                                   ("GET", "/input_items")):
+                app.router.add_route(method, prefix + "/responses/{response_id}" + suffix,
+                                     stored_response)
             app.router.add_get(prefix + "/models", list_models)
             app.router.add_get(prefix + "/models/{model}", get_model)
     app.router.add_post("/v1/messages", messages)

@@ -6,7 +6,7 @@ The order of the checks is written out once, here, as plain sequential code.
 from __future__ import annotations
 
 from time import perf_counter
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import orjson
 from aiohttp import web
@@ -56,8 +56,14 @@ POST_ROUTES = {
     "/v1/responses": "responses",
     "/v1/messages": "messages",
 }
+# A stored Responses reply and what can be done with it: (method, path suffix).
+RESPONSE_RESOURCES = (("GET", ""), ("DELETE", ""), ("POST", "/cancel"), ("GET", "/input_items"))
 ROUTE_OF_RESOURCE = {**POST_ROUTES, "/v1/models": "models", "/v1/models/{model}": "models",
-                     "/v1/responses/{response_id}": "responses", **CONVERSATION_RESOURCES}
+                     **{"/v1/responses/{response_id}" + suffix: "responses"
+                        for _, suffix in RESPONSE_RESOURCES},
+                     **CONVERSATION_RESOURCES}
+# Query parameters of those routes passed to the provider (everything else is dropped).
+_RESPONSE_QUERY = frozenset({"after", "before", "limit", "order", "include", "include[]"})
 # Routes whose provider reports usage on its own (no stream_options to ask for it) and whose
 # replies need their own processor.
 PROCESSORS: dict[str, type[ResponseProcessor]] = {"responses": ResponsesProcessor,
@@ -292,9 +298,11 @@ def only_allowed(raw: object, patterns: tuple[str, ...]) -> bytes:
     return orjson.dumps(listing)
 
 
-async def handle_response_get(request: web.Request) -> web.StreamResponse:
-    """GET /v1/responses/{response_id}: a stored Responses reply, through the output guards
-    like any other (the key's policy; no request to judge a system-prompt leak against)."""
+async def handle_stored_response(request: web.Request) -> web.StreamResponse:
+    """GET and DELETE /v1/responses/{response_id}, POST .../cancel, GET .../input_items: what the
+    provider answers goes through the output guards like any reply (the key's policy; there
+    is no request to judge a system-prompt leak against). Only the listing parameters of the
+    query are passed on; a stored reply comes back whole, never streamed."""
     app = request.app
     upstream = app[UPSTREAM]
     ctx = request[CONTEXT]
@@ -305,10 +313,15 @@ async def handle_response_get(request: web.Request) -> web.StreamResponse:
     policy = app[POLICIES].for_principal(principal)
     scan = policy.output.prepare(ctx.route, []) if policy.output else None
     processor = ResponsesProcessor(ctx.route, scan, app[METRICS], False, policy.output_steps)
-    path = upstream.path_for("/v1/responses/" + quote(response_id, safe=""))
+    suffix = request.path[request.path.rindex("/"):] if request.path.endswith(
+        ("/cancel", "/input_items")) else ""
+    path = upstream.path_for("/v1/responses/" + quote(response_id, safe="") + suffix)
+    query = [(k, v) for k, v in request.query.items() if k in _RESPONSE_QUERY]
+    if query:
+        path += ("&" if "?" in path else "?") + urlencode(query)
     headers = upstream.headers_for(request.headers, ctx.request_id)
     sent = perf_counter()
-    async with upstream.request("GET", path, None, headers) as (response, _):
+    async with upstream.request(request.method, path, None, headers) as (response, _):
         ctx.upstream_s += perf_counter() - sent
         return await relay_whole(upstream, response, ctx, processor)
 
@@ -318,4 +331,5 @@ def add_routes(app: web.Application) -> None:
         app.router.add_post(path, handle_model_call)
     app.router.add_get("/v1/models", handle_models, allow_head=False)
     app.router.add_get("/v1/models/{model}", handle_models, allow_head=False)
-    app.router.add_get("/v1/responses/{response_id}", handle_response_get, allow_head=False)
+    for method, suffix in RESPONSE_RESOURCES:
+        app.router.add_route(method, "/v1/responses/{response_id}" + suffix, handle_stored_response)

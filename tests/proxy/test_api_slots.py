@@ -447,3 +447,27 @@ async def test_budgets_settle_from_each_apis_usage_fields(
                     orjson.loads(raw)["usage"]
                 expected = usage["total_tokens"]
             assert await settled(redis_proc, request_id, expected) == expected, (path, body)
+
+
+async def test_stored_response_routes_are_guarded_too(
+        sidecar: TestServer, mock_upstream: TestServer, session: aiohttp.ClientSession) -> None:
+    """Input items, cancel and delete reach the provider (listing parameters only) and their
+    answers are scanned like any reply."""
+    secret = fake_secret()
+    async with session.post(sidecar.make_url(RESPONSES), json={
+            "model": "mock-echo", "input": f"Keep {secret} safe."}) as response:
+        assert response.status == 200
+    async with session.get(sidecar.make_url(RESPONSES + "/resp_mock/input_items"),
+                           params={"limit": "5", "order": "asc", "api_key": "x"}) as response:
+        raw = await response.read()
+        assert response.status == 200, raw
+    assert not leaked(raw, secret) and b"[REDACTED:" in raw
+    async with session.post(sidecar.make_url(RESPONSES + "/resp_mock/cancel")) as response:
+        assert (await response.json())["status"] == "cancelled"
+    async with session.delete(sidecar.make_url(RESPONSES + "/resp_mock")) as response:
+        assert (await response.json())["deleted"] is True
+    got = (await received(session, mock_upstream))[-3:]
+    assert [(r["method"], r["path"], r["query"]) for r in got] == [
+        ("GET", "/v1/responses/resp_mock/input_items", "limit=5&order=asc"),
+        ("POST", "/v1/responses/resp_mock/cancel", ""),
+        ("DELETE", "/v1/responses/resp_mock", "")]
