@@ -141,6 +141,9 @@ async def relay_stream(
             failure = OutputBlocked()
         elif not saw_done:
             failure = UpstreamError("The model provider ended the stream early.")
+    except OutputBlocked as exc:  # a field the output policy blocks, scanned whole in an event
+        processor.blocked = True
+        failure = exc
     except TimeoutError:
         failure = UpstreamTimeout()
     except (aiohttp.ClientError, ValueError):

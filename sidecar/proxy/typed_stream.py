@@ -29,10 +29,11 @@ from typing import Any
 
 import orjson
 
-from sidecar.errors import SidecarError
+from sidecar.errors import OutputBlocked, SidecarError
 from sidecar.proxy.anthropic import error_object, error_type
+from sidecar.proxy.guarding import count_findings
 from sidecar.proxy.openai import event_data
-from sidecar.proxy.response import ResponseProcessor, string_places
+from sidecar.proxy.response import ResponseProcessor, _Tokens, string_places
 
 Streamed = tuple[dict[str, Any], str, str]  # (holder, key, slot name)
 
@@ -101,6 +102,7 @@ class TypedStreamProcessor(ResponseProcessor):
         repeated = self.rewrite_done(obj)
         if repeated is not None:
             done.add((id(repeated[0]), repeated[1]))  # exactly the deltas sent: not rescanned
+        self.token_lists(obj)
         rest = [p for p in string_places(obj) if (id(p[0]), p[1]) not in done]
         if rest:
             self._scan_places(rest)
@@ -115,13 +117,14 @@ class TypedStreamProcessor(ResponseProcessor):
         was sent and return (holder, key) of that field (default: no event does)."""
         return None
 
+    def token_lists(self, obj: dict[str, Any]) -> None:
+        """Logprob token lists of one event (default: the API sends none)."""
+
     def _release(self, slot: str) -> bytes:
         text = self._finish((0, slot))
         if self.repeats_text:
             self.closed[slot] = "".join(self.emitted.pop(slot, [])) + text
-        if not text or self.blocked:
-            return b""
-        return self.release_event(slot, text)
+        return b"" if self.blocked else self.release_event(slot, text)
 
     def flush(self) -> bytes:
         """Slots still open when the stream stops early: their held-back text, released."""
@@ -133,6 +136,21 @@ class TypedStreamProcessor(ResponseProcessor):
     def settle_usage(self, prompt: int, completion: int) -> None:
         self.usage_prompt, self.usage_completion = _int(prompt), _int(completion)
         self.usage_total = self.usage_prompt + self.usage_completion
+
+
+def _token_holders(value: Any) -> Iterator[dict[str, Any]]:
+    """Every object under `value` whose `logprobs` is a list of token entries."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            entries = item.get("logprobs")
+            if isinstance(entries, list) and any(isinstance(e, dict) and "token" in e
+                                                 for e in entries):
+                yield item
+            stack.extend(v for k, v in item.items() if k != "logprobs" and isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend(v for v in item if isinstance(v, dict | list))
 
 
 def typed_event(name: str, obj: dict[str, Any]) -> bytes:
@@ -197,6 +215,8 @@ class MessagesProcessor(TypedStreamProcessor):
         return []
 
     def release_event(self, slot: str, text: str) -> bytes:
+        if not text:
+            return b""
         index, _, kind = slot.partition(":")
         return typed_event("content_block_delta", {
             "type": "content_block_delta", "index": int(index),
@@ -290,9 +310,47 @@ class ResponsesProcessor(TypedStreamProcessor):
                 return obj, key
         return None
 
+    def token_lists(self, obj: dict[str, Any]) -> None:
+        """Logprob tokens spell the text they belong to: a delta's entries are held back with
+        its slot's text (released when judged); every other event's lists are judged whole."""
+        if self.scan is None:
+            return
+        slot = self._slot(obj, ".delta")
+        if slot is not None and isinstance(obj.get("logprobs"), list):
+            obj["logprobs"] = self._hold_tokens((0, "logprobs|" + slot), obj["logprobs"], False)
+        else:
+            self.scan_token_lists(obj)
+
+    def scan_token_lists(self, obj: Any) -> bool:
+        """Every `logprobs` token list under `obj`, redacted where a finding covers a token."""
+        assert self.scan is not None
+        changed = False
+        for holder in _token_holders(obj):
+            tokens = _Tokens(self.scan.stream())
+            tokens.feed(holder["logprobs"])
+            holder["logprobs"] = tokens.release(self.scan.actions, everything=True)
+            count_findings(self.metrics, tokens.redactor.findings)
+            self.blocked = self.blocked or tokens.redactor.blocked
+            changed = changed or bool(tokens.redactor.findings)
+        return changed
+
+    def on_json(self, obj: Any) -> bool:
+        changed = super().on_json(obj)
+        if self.scan is not None and self.scan_token_lists(obj):
+            changed = True
+        if self.blocked:
+            raise OutputBlocked()
+        return changed
+
     def release_event(self, slot: str, text: str) -> bytes:
+        key = (0, "logprobs|" + slot)
+        held = self._hold_tokens(key, [], True) if key in self._tokens else []
+        if not text and not held:
+            return b""
         template = self._templates.get(slot, {"type": slot.partition("|")[0] + ".delta"})
         event = {**template, "delta": text}
+        if held:
+            event["logprobs"] = held
         if self._sequence is not None:
             event["sequence_number"] = self._sequence
         return typed_event(str(template["type"]), event)

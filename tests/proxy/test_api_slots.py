@@ -22,6 +22,7 @@ from tests.proxy.test_text_slots import (
     received,
     script,
     split,
+    token_entries,
 )
 
 RESPONSES, MESSAGES = "/v1/responses", "/v1/messages"
@@ -228,6 +229,8 @@ def whole_replies(secret: str) -> list[tuple[str, str, dict[str, Any]]]:
             {"type": "output_text", "text": "see", "annotations": [
                 {"type": "url_citation", "url": "https://example.com", "title": text}]}))),
         ("responses unknown field", RESPONSES, response_obj(trace=[text])),
+        ("responses logprob tokens", RESPONSES, response_obj(message_item(
+            {"type": "output_text", "text": "ok", "logprobs": token_entries(split(secret))}))),
         ("messages text block", MESSAGES, claude_message({"type": "text", "text": text})),
         ("messages tool_use input", MESSAGES, claude_message(
             {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {"key": secret}})),
@@ -305,6 +308,12 @@ def streams(secret: str) -> list[tuple[str, str, list[str]]]:
         ("responses reasoning summary", RESPONSES,
          responses_stream(secret, "response.reasoning_summary_text", "text", item_id="rs_1",
                           output_index=0, summary_index=0)),
+        ("responses logprob tokens", RESPONSES,
+         [*(sse("response.output_text.delta", delta=p, logprobs=token_entries([p]), **item)
+            for p in split(secret)),
+          sse("response.output_text.done", text="".join(split(secret)),
+              logprobs=token_entries(split(secret)), **item),
+          sse("response.completed", response=response_obj())]),
         ("responses unknown event", RESPONSES,
          [sse("response.future_thing", note=f"Your key is {secret}"),
           sse("response.completed", response=response_obj())]),
@@ -329,7 +338,7 @@ def events_of(raw: bytes) -> list[tuple[str | None, dict[str, Any]]]:
         for line in block.split("\n"):
             if line.startswith("event: "):
                 name = line[7:]
-            elif line.startswith("data: "):
+            elif line.startswith("data: {"):
                 data = orjson.loads(line[6:])
         if data is not None:
             out.append((name, data))
@@ -366,11 +375,15 @@ async def test_a_stream_cut_by_the_output_policy_ends_in_the_apis_error_event(
         make_sidecar: SidecarFactory, mock_upstream: TestServer,
         session: aiohttp.ClientSession) -> None:
     """With secrets set to block, a Messages stream ends in Anthropic's `error` event and a
-    Responses stream in the Responses `error` event, neither carrying the secret."""
+    Responses stream in the Responses `error` event, neither carrying the secret, whether the
+    secret was streamed in pieces or sat in a field scanned whole."""
     sidecar = await make_sidecar(anthropic_url=str(mock_upstream.make_url("")).rstrip("/"),
                                  output_actions='{"secret": "block"}')
     secret = fake_secret()
-    for path, events in ((MESSAGES, streams(secret)[5][2]), (RESPONSES, streams(secret)[0][2])):
+    named = {name: events for name, _, events in streams(secret)}
+    for path, events in ((MESSAGES, named["messages text"]),
+                         (RESPONSES, named["responses output text"]),
+                         (RESPONSES, named["responses unknown event"])):
         await script(session, mock_upstream, {"events": events})
         async with session.post(sidecar.make_url(path), json=scripted(path, stream=True),
                                 headers=ANTHROPIC_HEADERS) as response:
@@ -471,3 +484,24 @@ async def test_stored_response_routes_are_guarded_too(
         ("GET", "/v1/responses/resp_mock/input_items", "limit=5&order=asc"),
         ("POST", "/v1/responses/resp_mock/cancel", ""),
         ("DELETE", "/v1/responses/resp_mock", "")]
+
+
+async def test_a_blocked_field_scanned_whole_ends_a_chat_stream_as_output_blocked(
+        make_sidecar: SidecarFactory, mock_upstream: TestServer,
+        session: aiohttp.ClientSession) -> None:
+    """A chat chunk whose non-streamed field holds a blocked secret ends the stream with the
+    output_blocked error event (not an internal error), without the secret."""
+    sidecar = await make_sidecar(output_actions='{"secret": "block"}')
+    secret = fake_secret()
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+             "choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": None}],
+             "trace": f"key {secret}"}
+    await script(session, mock_upstream, {"events": ["data: " + orjson.dumps(chunk).decode(),
+                                                     "data: [DONE]"]})
+    async with session.post(sidecar.make_url("/v1/chat/completions"), json={
+            "model": "mock-scripted", "stream": True,
+            "messages": [{"role": "user", "content": SAFE}]}) as response:
+        raw = await response.read()
+    assert not leaked(raw, secret)
+    errors = [d for _, d in events_of(raw) if "error" in d]
+    assert errors and errors[-1]["error"]["code"] == "output_blocked", raw
