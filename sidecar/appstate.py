@@ -19,6 +19,8 @@ from sidecar.proxy.guarding import GuardRunner
 from sidecar.proxy.upstream import Upstream
 from sidecar.settings import Settings
 from sidecar.store.redis import Store
+from sidecar.tracing import Tracing
+from sidecar.usage import UsageService
 
 
 class Background:
@@ -42,6 +44,7 @@ class Background:
 class Lifecycle:
     """Process-wide flags the health endpoints read."""
 
+    serving: bool = False  # every listener is up
     draining: bool = False
 
 
@@ -57,4 +60,6 @@ UPSTREAM = web.AppKey("upstream", Upstream)
 ANTHROPIC_UPSTREAM = web.AppKey("anthropic_upstream", Upstream)  # where /v1/messages goes
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 AUTH = web.AppKey("auth", Authenticator)
+USAGE = web.AppKey("usage", UsageService)
+TRACING = web.AppKey("tracing", Tracing)
 CONTEXT = web.RequestKey("context", RequestContext)

@@ -38,8 +38,9 @@ def add_keys_parser(sub: Any, handler: Callable[[argparse.Namespace], int]) -> N
     create.add_argument("--models", default="",
                         help="comma-separated model names or glob patterns the key may call, "
                         "e.g. gpt-4o-mini,claude-* (default: every model)")
-    listing = actions.add_parser("list", help="list a tenant's keys", parents=[common])
-    listing.add_argument("--tenant", required=True)
+    listing = actions.add_parser("list", help="list keys: a tenant's, or every tenant's",
+                                 parents=[common])
+    listing.add_argument("--tenant", help="only this tenant's keys (default: every tenant's)")
     for name, text in (("show", "show one key"), ("revoke", "revoke a key on every sidecar")):
         action = actions.add_parser(name, help=text, parents=[common])
         action.add_argument("key_id")
@@ -85,7 +86,8 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
             _print(args, {"key": raw_key, **record.public()},
                    f"{raw_key}\n(shown once) {_line(record.public())}")
         elif args.action == "list":
-            found = [r.public() for r in await records.list(args.tenant)]
+            tenants = (args.tenant,) if args.tenant else await records.tenants()
+            found = [r.public() for t in tenants for r in await records.list(t)]
             _print(args, {"data": found}, "\n".join(map(_line, found)) or "(no keys)")
         else:
             if not is_key_id(args.key_id):

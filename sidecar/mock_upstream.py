@@ -11,6 +11,8 @@ The model name steers it, so a test can ask for a failure through any client:
 - `mock-scripted`: answers with the next reply queued by `POST /_mock/script`, which takes
   `{"status": 200, "json": {...}}` for a whole body or `{"events": ["data: {...}", ": note"]}`
   for an SSE stream (each string one event), so a test can send any shape a provider might.
+- `mock-long`: writes until its limit, as a model left uncapped does: `max_completion_tokens`
+  (or `max_tokens`) words, or LONG_REPLY_LIMIT words when the request sets no cap.
 Any other model answers normally. `GET /_mock/requests` lists what it received (headers and
 body, and the query string) so tests can check what reached the provider.
 """
@@ -29,6 +31,7 @@ from aiohttp import web
 
 MODELS = ("mock-gpt", "mock-echo", "mock-embed")
 DEFAULT_REPLY = "Hello! This is the mock provider answering through the sidecar."
+LONG_REPLY_LIMIT = 1200  # `mock-long`'s words when the request sets no cap
 
 
 class _Recorder:
@@ -77,6 +80,10 @@ def _prompt_text(body: dict[str, Any]) -> str:
 
 def _reply_text(body: dict[str, Any]) -> str:
     model = body.get("model", "")
+    if model == "mock-long":
+        cap = body.get("max_completion_tokens", body.get("max_tokens"))
+        words = cap if isinstance(cap, int) and not isinstance(cap, bool) else LONG_REPLY_LIMIT
+        return " ".join(["token"] * max(words, 1))
     if model == "mock-echo":
         messages = [m for m in body.get("messages", []) if isinstance(m, dict)]
         users = [m for m in messages if m.get("role") == "user"]

@@ -25,7 +25,8 @@ class Principal:
 
 @dataclass(frozen=True, slots=True)
 class LimitRule:
-    """One sliding-window limit: `requests` and/or `tokens` per `window_s` seconds.
+    """One sliding-window limit: `requests`, `tokens` and/or `cost_usd` per `window_s` seconds
+    (cost: the provider's reported tokens priced by `usage.prices`).
 
     `mode = "shadow"` evaluates and counts the rule as if it refused, but lets the request pass.
     """
@@ -34,6 +35,7 @@ class LimitRule:
     requests: int | None = None
     tokens: int | None = None
     mode: str = "enforce"  # "enforce" | "shadow"
+    cost_usd: float | None = None
 
 
 TRUSTED = "trusted"

@@ -44,10 +44,7 @@ class ActivePolicy:
     output: OutputGuard | None
     trusted_roles: frozenset[str]
     allow_token_ids: bool
-
-    @property
-    def output_steps(self) -> tuple[Step, ...]:
-        return tuple(self.pipeline.output_steps())
+    output_steps: tuple[Step, ...] = ()  # plug-in guards over whole replies
 
 
 def default_policy(settings: Settings) -> Policy:
@@ -134,8 +131,10 @@ class Policies:
             s = self.settings
             # Our own key format is in the shared secret table (secret:sidecar, same shape as
             # auth.keyformat.KEY_REGEX; a test keeps the two in step).
+            anthropic = [("secret:provider_key", s.anthropic_key)] if s.anthropic_key else []
             self._scanner = OutputScanner(provider_key=s.upstream_key or None,
-                                          admin_token=s.admin.token or None, ip=s.output.detect_ip)
+                                          admin_token=s.admin.token or None, ip=s.output.detect_ip,
+                                          extra_exact=anthropic)
         return self._scanner
 
     def _build(self, policy: Policy) -> ActivePolicy:
@@ -156,8 +155,9 @@ class Policies:
             guard = self._guard(policy, name, tuning)
             steps.append(Step(guard, mode=tuning.mode, action=tuning.action,
                               budget_s=tuning.budget_s, on_timeout=tuning.on_timeout))
-        return ActivePolicy(policy.name, Pipeline(policy.name, tuple(steps)), output,
-                            frozenset(policy.trusted_roles), policy.allow_token_ids)
+        pipeline = Pipeline(policy.name, tuple(steps))
+        return ActivePolicy(policy.name, pipeline, output, frozenset(policy.trusted_roles),
+                            policy.allow_token_ids, tuple(pipeline.output_steps()))
 
     def _guard(self, policy: Policy, name: str, tuning: GuardPolicy) -> Guard:
         s = self.settings

@@ -1,4 +1,4 @@
-"""Key records in Redis: create, read, list, change, revoke, rotate (DESIGN.md section 4).
+"""Key records in Redis: create, read, list, change, revoke, rotate.
 
 `sk:{t:<tenant>}:<key_id>` is a hash with the argon2id hash and everything about the key;
 `keyidx:<key_id>` names the tenant of a key id (a presented key carries only its id);
@@ -103,6 +103,8 @@ def rule_dict(rule: LimitRule) -> dict[str, Any]:
         out["requests"] = rule.requests
     if rule.tokens is not None:
         out["tokens"] = rule.tokens
+    if rule.cost_usd is not None:
+        out["cost_usd"] = rule.cost_usd
     if rule.mode != "enforce":
         out["mode"] = rule.mode
     return out
@@ -287,6 +289,13 @@ class KeyRecords:
             if raw:
                 records.append(decode_record(key_id, raw))
         return records
+
+    async def tenants(self) -> tuple[str, ...]:
+        """Every tenant that has keys (a keyspace scan: for the CLI, not the request path)."""
+        head, tail = tenant_keys("\0").split("\0")
+        found = (k.decode() for k in await self.store.keys_matching(head + "*" + tail))
+        return tuple(sorted(k[len(head):-len(tail)] for k in found
+                            if k.startswith(head) and k.endswith(tail)))
 
     async def _announce(self, key_id: str) -> None:
         await self.store.call("publish", EVENTS_CHANNEL, key_id)

@@ -104,7 +104,7 @@ def _data_url(media: str, text: str) -> str:
 
 # -- JSON ----------------------------------------------------------------------------------------
 
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*+"', re.S)
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)  # a JSON string literal, unrolled
 
 
 def _count_keys(value: Any) -> int:
@@ -144,7 +144,10 @@ def has_duplicate_keys(raw: bytes, body: Any) -> str | None:
     (one regex pass in C) and compared with the parsed objects' keys."""
     if b":" not in raw:
         return None
-    colons = _STRING.sub(b'""', raw).count(b":")
+    if b'\\"' in raw:  # an escaped quote: find the string literals properly
+        colons = _STRING.sub(b'""', raw).count(b":")
+    else:  # every other quote-delimited piece lies outside the strings
+        colons = b"".join(raw.split(b'"')[::2]).count(b":")
     if colons == _count_keys(body):
         return None
     return _duplicate_key(raw)

@@ -140,6 +140,9 @@ class ResponseProcessor:
         self.streamed_chars = 0
         self.blocked = False
         self.ended = False  # the provider's last event was seen
+        self.noting = False  # record the response model and finish reasons (for traces)
+        self.response_model = ""
+        self.finish_reasons: list[str] = []
         self._redactors: dict[tuple[int, str], StreamRedactor] = {}
         self._tokens: dict[tuple[int, str], _Tokens] = {}
         self._seen: dict[tuple[int, str], int] = {}
@@ -151,6 +154,8 @@ class ResponseProcessor:
         if not isinstance(obj, dict):
             return False
         self._read_usage(obj)
+        if self.noting:
+            self._note_response(obj)
         changed = False
         if self.scan is not None:
             changed = self._scan_places(list(string_places(obj)))
@@ -265,6 +270,16 @@ class ResponseProcessor:
                 self.usage_prompt = prompt if isinstance(prompt, int) and prompt >= 0 else 0
                 self.usage_completion = completion if isinstance(completion, int) and completion >= 0 else 0
 
+    def _note_response(self, obj: dict[str, Any]) -> None:
+        """The response's model and each choice's finish reason (names, never text)."""
+        model = obj.get("model")
+        if isinstance(model, str):
+            self.response_model = model[:256]
+        for choice in obj.get("choices") or ():
+            reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+            if isinstance(reason, str) and len(self.finish_reasons) < 16:
+                self.finish_reasons.append(reason[:64])
+
     # -- streams --------------------------------------------------------------------------------
     def on_event(self, event: bytes) -> bytes:
         """The bytes to send for one upstream SSE event (b"" to drop it)."""
@@ -278,6 +293,8 @@ class ResponseProcessor:
         if not isinstance(obj, dict):
             raise ValueError("SSE data is not a JSON object")
         self._read_usage(obj)
+        if self.noting:
+            self._note_response(obj)
         choices = obj.get("choices")
         if self.strip_usage_chunk and obj.get("usage") and not choices:
             return b""

@@ -11,7 +11,13 @@ import orjson
 import pytest
 from aiohttp import web
 
-from sidecar.conversations import ConversationService, NewMessage, StoredMessage, select_for_replay
+from sidecar.conversations import (
+    ConversationQuotaExceeded,
+    ConversationService,
+    NewMessage,
+    StoredMessage,
+    select_for_replay,
+)
 from sidecar.errors import InvalidRequest, StoreUnavailable
 from sidecar.guards.injection import InjectionDetector
 from sidecar.metrics import Metrics
@@ -198,10 +204,33 @@ async def test_replay_reads_only_the_callers_tenant(make_service: ServiceFactory
     turn = await begin_turn(app, PRINCIPAL, ConversationRequest("c1", False),
                             chat({"role": "user", "content": "tenant a text"}))
     await finish_turn(app, turn, "req_1", "reply for a")
-    other = Principal("key_b1", "tenant-b", frozenset({"chat"}))
+    other = Principal("key_b1", "tenant-b", frozenset({"chat", "conversations"}))
     request = chat({"role": "user", "content": "hi"})
     turn_b = await begin_turn(app, other, ConversationRequest("c1", True), request)
     assert turn_b.replayed == 0 and request.body["messages"] == [{"role": "user", "content": "hi"}]
+
+
+async def test_a_turn_past_the_quota_after_its_check_is_dropped_and_counted(
+        make_service: ServiceFactory) -> None:
+    """Two new conversations pass the check while the tenant (cap: one conversation) has
+    none; the first reply stores its turn, the second is dropped (nothing of it written),
+    counted and reported as not stored; a third is then refused before the provider call."""
+    service = await make_service(max_per_tenant=1)
+    metrics = Metrics()
+    app = app_with(service, metrics)
+    first = await begin_turn(app, PRINCIPAL, ConversationRequest("a", False),
+                             chat({"role": "user", "content": "one"}))
+    second = await begin_turn(app, PRINCIPAL, ConversationRequest("b", False),
+                              chat({"role": "user", "content": "two"}))
+    assert await finish_turn(app, first, "req_a", "reply a")
+    assert not await finish_turn(app, second, "req_b", "reply b")
+    assert await service.get("tenant-a", "b") is None
+    assert metrics.registry.get_sample_value(
+        "sidecar_conversation_quota_exceeded_total",
+        {"cap": "conversations", "outcome": "dropped"}) == 1
+    with pytest.raises(ConversationQuotaExceeded):
+        await begin_turn(app, PRINCIPAL, ConversationRequest("c", False),
+                         chat({"role": "user", "content": "three"}))
 
 
 class FlakyStore:

@@ -134,3 +134,84 @@ async def test_injection_in_shadow_for_one_policy_only(
             statuses[tenant] = response.status
     assert statuses == {"tenant-new": 200, "tenant-old": 400}
     assert metrics.blocked.labels("chat", "shadow:prompt_injection_detected")._value.get() == 1
+
+
+SLOW_PLUGIN = '''
+"""A slow third-party guard: blocks on an event the test controls, or fails outright."""
+import threading
+
+from sidecar.guards.base import Stage, allow
+
+RELEASE = threading.Event()
+
+
+class Stuck:
+    name = "acme.stuck"
+    stage = Stage.INPUT
+    slow = True
+
+    def check(self, subject):
+        RELEASE.wait(30)
+        return allow()
+
+
+class Broken:
+    name = "acme.broken"
+    stage = Stage.INPUT
+
+    def check(self, subject):
+        raise RuntimeError("bug in a plug-in")
+'''
+
+
+@pytest.fixture
+def slow_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    (tmp_path / "acme_slow.py").write_text(textwrap.dedent(SLOW_PLUGIN))
+    info = tmp_path / "acme_slow-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-slow\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[sidecar.guards]\nacme.stuck = acme_slow:Stuck\nacme.broken = acme_slow:Broken\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugin_guards.cache_clear()
+    import acme_slow  # type: ignore[import-not-found]
+
+    yield acme_slow
+    acme_slow.RELEASE.set()
+    plugin_guards.cache_clear()
+    sys.modules.pop("acme_slow", None)
+
+
+async def test_a_slow_guard_runs_off_the_loop_within_its_budget(
+        slow_package: Any, make_sidecar: SidecarFactory, redis_url: str) -> None:
+    """A guard past its time budget follows its policy's on_timeout: `block` refuses, `allow`
+    forwards and counts `flag:guard_timeout`; the event loop keeps serving meanwhile."""
+    metrics = Metrics()
+    sidecar = await make_sidecar(metrics=metrics, policies=(
+        '{"closed": {"guards": ["validate", "acme.stuck"], "tenants": ["t-closed"], '
+        '"acme.stuck": {"budget_s": 0.05, "on_timeout": "block"}}, '
+        '"open": {"guards": ["validate", "acme.stuck"], "tenants": ["t-open"], '
+        '"acme.stuck": {"budget_s": 0.05, "on_timeout": "allow"}}}'))
+    statuses = {}
+    for tenant in ("t-closed", "t-open"):
+        key = await create_key(redis_url, tenant=tenant)
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session, \
+                session.post(sidecar.make_url(CHAT), json=message("hello")) as response:
+            statuses[tenant] = response.status
+    assert statuses == {"t-closed": 400, "t-open": 200}
+    assert metrics.blocked.labels("chat", "guard_timeout")._value.get() == 1
+    assert metrics.blocked.labels("chat", "flag:guard_timeout")._value.get() == 1
+
+
+async def test_a_failing_guard_never_answers_500(
+        slow_package: Any, make_sidecar: SidecarFactory, redis_url: str) -> None:
+    """A guard that raises is logged by name and handled by its on_timeout policy (default:
+    allow and count), so a plug-in's bug never becomes an internal error for the client."""
+    metrics = Metrics()
+    sidecar = await make_sidecar(metrics=metrics, policies=(
+        '{"default": {"guards": ["validate", "acme.broken", "injection"]}}'))
+    key = await create_key(redis_url)
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session, \
+            session.post(sidecar.make_url(CHAT), json=message("hello")) as response:
+        assert response.status == 200
+    assert metrics.blocked.labels("chat", "flag:guard_error")._value.get() == 1

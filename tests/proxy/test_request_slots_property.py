@@ -137,3 +137,24 @@ def test_completions_prompt_suffix_and_unknown_fields_are_slots(
     parsed = parse_request("completions", orjson.dumps(body), 64)
     scanned = {slot.text for slot in parsed.texts()}
     assert [s for s in read_strings(orjson.loads(parsed.serialize())) if s not in scanned] == []
+
+
+keys = st.text(alphabet=st.sampled_from('ab:"\\ é'), min_size=1, max_size=4)
+objects = st.recursive(json_leaf | st.text(alphabet=st.sampled_from('x:"\\{}'), max_size=6),
+                       lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner,
+                                                                                    max_size=3),
+                       max_leaves=10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(keys, objects, min_size=1, max_size=4), st.data())
+def test_duplicate_keys_are_found_whatever_the_strings_hold(
+        body: dict[str, Any], data: st.DataObject) -> None:
+    """Colons and escaped quotes inside strings never hide a duplicate or invent one."""
+    from sidecar.proxy.requests import has_duplicate_keys
+
+    raw = orjson.dumps(body)
+    assert has_duplicate_keys(raw, body) is None
+    key = data.draw(st.sampled_from(sorted(body)))
+    twice = raw[:-1] + b"," + orjson.dumps(key) + b":" + orjson.dumps(body[key]) + b"}"
+    assert has_duplicate_keys(twice, orjson.loads(twice)) == key

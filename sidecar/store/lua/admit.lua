@@ -10,6 +10,7 @@
 --                            "<index>" -> "<requests>:<last admission, ms>")
 --   tokens check ("t"): 2 keys - reservations (zset: member -> ms), amounts (hash: member ->
 --                            tokens, field "" -> running sum of the window, kept exact)
+--   cost check ("$"):   2 keys - as a tokens check, amounts in nano-dollars
 -- A counted window groups requests by time bucket (index = ms // (window / BUCKETS)) and keeps
 -- a bucket counted until its *last* request leaves the window, so no request of the window is
 -- ever missed (never over-admits) and memory is bounded by BUCKETS + 1 buckets whatever the
@@ -17,8 +18,9 @@
 -- ARGV[1] member    unique request id
 -- ARGV[2] cost      tokens this request reserves (integer, >= 0)
 -- ARGV[3] slack_ms  TTL of every key = its window + slack_ms (ms)
--- ARGV[4..]         4 per check: kind ("r" | "c" | "t"), window_ms (ms), limit (requests | tokens),
---                   shadow ("1" | "0")
+-- ARGV[4] money     nano-dollars this request reserves (integer, >= 0; cost checks)
+-- ARGV[5..]         4 per check: kind ("r" | "c" | "t" | "$"), window_ms (ms), limit (requests |
+--                   tokens | nano-dollars), shadow ("1" | "0")
 -- Returns {admitted (1 | 0), now_ms, then 4 per check: state, used, reset_ms, retry_ms}
 --   state:    0 fits, 1 over the limit, 2 the cost alone exceeds the limit (can never fit)
 --   used:     requests (or tokens) counted in the window, this request included if recorded
@@ -29,6 +31,8 @@
 local member = ARGV[1]
 local cost = tonumber(ARGV[2])
 local slack_ms = tonumber(ARGV[3])
+local money = tonumber(ARGV[4])
+local FIRST = 4     -- ARGV index before the first check's fields
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local SUM = ''
@@ -119,9 +123,9 @@ local admitted = 1
 local fits = {}
 local counted = {}  -- per counted check: its state after trimming, for the recording pass
 local k = 1
-local n = (#ARGV - 3) / 4
+local n = (#ARGV - FIRST) / 4
 for c = 1, n do
-  local base = 3 + (c - 1) * 4
+  local base = FIRST + (c - 1) * 4
   local kind = ARGV[base + 1]
   local window = tonumber(ARGV[base + 2])
   local limit = tonumber(ARGV[base + 3])
@@ -179,12 +183,13 @@ for c = 1, n do
   else
     local zkey, hkey = KEYS[k], KEYS[k + 1]
     k = k + 2
+    local amount = kind == '$' and money or cost
     used = trim_tokens(zkey, hkey, cutoff)
-    if cost > limit then
+    if amount > limit then
       state = 2
-    elseif used + cost > limit then
+    elseif used + amount > limit then
       state = 1
-      retry = token_retry(zkey, hkey, window, used + cost - limit)
+      retry = token_retry(zkey, hkey, window, used + amount - limit)
     end
   end
   fits[c] = state == 0
@@ -197,7 +202,7 @@ end
 
 k = 1
 for c = 1, n do
-  local base = 3 + (c - 1) * 4
+  local base = FIRST + (c - 1) * 4
   local kind = ARGV[base + 1]
   local window = tonumber(ARGV[base + 2])
   local ttl = window + slack_ms
@@ -243,13 +248,14 @@ for c = 1, n do
     local zkey, hkey = KEYS[k], KEYS[k + 1]
     k = k + 2
     if record then
+      local amount = kind == '$' and money or cost
       local old = tonumber(redis.call('HGET', hkey, member)) or 0
       redis.call('ZADD', zkey, now, member)
-      redis.call('HSET', hkey, member, cost)
-      redis.call('HINCRBY', hkey, SUM, cost - old)
+      redis.call('HSET', hkey, member, amount)
+      redis.call('HINCRBY', hkey, SUM, amount - old)
       redis.call('PEXPIRE', zkey, ttl)
       redis.call('PEXPIRE', hkey, ttl)
-      out[slot + 2] = out[slot + 2] + cost - old
+      out[slot + 2] = out[slot + 2] + amount - old
     end
     out[slot + 3] = oldest_left(zkey, window)
   end
