@@ -35,6 +35,17 @@ BODY = json.dumps({
     ],
     "max_tokens": 64,
 })
+_QUESTION = json.loads(BODY)["messages"][1]["content"]
+_SYSTEM = json.loads(BODY)["messages"][0]["content"]
+# The same question through the other APIs the sidecar guards: (row name, path, body).
+API_ROWS = (
+    ("sidecar responses", "/v1/responses", json.dumps({
+        "model": "mock-gpt", "instructions": _SYSTEM, "max_output_tokens": 64,
+        "input": [{"role": "user", "content": [{"type": "input_text", "text": _QUESTION}]}]})),
+    ("sidecar messages", "/v1/messages", json.dumps({
+        "model": "mock-gpt", "system": _SYSTEM, "max_tokens": 64,
+        "messages": [{"role": "user", "content": _QUESTION}]})),
+)
 
 
 def free_port() -> int:
@@ -76,12 +87,13 @@ def process(cmd: list[str], env: dict[str, str] | None = None) -> Iterator[subpr
             proc.kill()
 
 
-def wrk(url: str, connections: int, seconds: int, extra_headers: dict[str, str]) -> dict[str, float]:
+def wrk(url: str, connections: int, seconds: int, extra_headers: dict[str, str],
+        path: str = "/v1/chat/completions", body: str = BODY) -> dict[str, float]:
     script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
     headers = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in extra_headers.items())
     # Every request carries a different user message (a counter in the text), so caches keyed
     # by content do not flatter the figures.
-    head, _, tail = BODY.partition("Summarize")
+    head, _, tail = body.partition("Summarize")
     script.write(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n{headers}'
                  f'local n = 0\nfunction request()\n  n = n + 1\n'
                  f'  return wrk.format(nil, nil, nil, {json.dumps(head)} .. "Request " .. n .. ". "'
@@ -89,7 +101,7 @@ def wrk(url: str, connections: int, seconds: int, extra_headers: dict[str, str])
     script.close()
     out = subprocess.run(
         [*cpus(1), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s",
-         script.name, url + "/v1/chat/completions"],
+         script.name, url + path],
         capture_output=True, text=True, check=True).stdout
     os.unlink(script.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -115,20 +127,22 @@ def cpu_seconds(pid: int) -> float:
 
 
 def measured_round(url: str, connections: int, seconds: int, headers: dict[str, str],
-                   pid: int | None) -> dict[str, float]:
+                   pid: int | None, path: str = "/v1/chat/completions",
+                   body: str = BODY) -> dict[str, float]:
     """One wrk round, plus the proxy's CPU per request when its pid is known: less sensitive
     than req/s to whatever else the machine runs."""
     before = cpu_seconds(pid) if pid else 0.0
-    result = wrk(url, connections, seconds, headers)
+    result = wrk(url, connections, seconds, headers, path, body)
     if pid:
         result["cpu_us"] = (cpu_seconds(pid) - before) / (result["rps"] * seconds) * 1e6
     return result
 
 
 def measure(url: str, connections: int, seconds: int, rounds: int,
-            headers: dict[str, str], pid: int | None = None) -> dict[str, float]:
-    wrk(url, connections, 1, headers)  # warm-up
-    return median_of([measured_round(url, connections, seconds, headers, pid)
+            headers: dict[str, str], pid: int | None = None, path: str = "/v1/chat/completions",
+            body: str = BODY) -> dict[str, float]:
+    wrk(url, connections, 1, headers, path, body)  # warm-up
+    return median_of([measured_round(url, connections, seconds, headers, pid, path, body)
                       for _ in range(rounds)])
 
 
@@ -152,6 +166,7 @@ def main() -> None:
         "SIDECAR_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
         "SIDECAR_ADMIN_LISTEN": f"127.0.0.1:{free_port()}",
         "SIDECAR_UPSTREAM_URL": mock,
+        "SIDECAR_ANTHROPIC_URL": mock,
         "SIDECAR_STORE_URL": f"redis://127.0.0.1:{redis_port}/0",
         "SIDECAR_LOG_LEVEL": "WARNING",
         "OPENAI_API_KEY": "bench-provider-key",
@@ -183,6 +198,9 @@ def main() -> None:
                     ("aiohttp pass-through", f"http://127.0.0.1:{pass_port}", floor.pid),
                     ("sidecar", f"http://127.0.0.1:{side_port}", sidecar.pid)):
                 rows.append((name, c, measure(url, c, args.seconds, args.rounds, headers, pid)))
+            for name, path, body in API_ROWS:
+                rows.append((name, c, measure(f"http://127.0.0.1:{side_port}", c, args.seconds,
+                                              args.rounds, headers, sidecar.pid, path, body)))
     print_table(rows)
 
 
@@ -192,9 +210,11 @@ def bench_headers(env: dict[str, str]) -> dict[str, str]:
     limits = ['{"window_s": 60, "requests": 1000000000}', '{"window_s": 60, "tokens": 1000000000000}']
     created = subprocess.run(
         [PY, "-m", "sidecar", "keys", "create", "--tenant", "bench", "--json",
+         "--scopes", "chat,completions,embeddings,models,responses,messages",
          *(arg for rule in limits for arg in ("--limit", rule))],
         env={**os.environ, **env}, capture_output=True, text=True, check=True)
-    return {"Authorization": f"Bearer {json.loads(created.stdout)['key']}"}
+    return {"Authorization": f"Bearer {json.loads(created.stdout)['key']}",
+            "anthropic-version": "2023-06-01"}
 
 
 def print_table(rows: list[tuple[str, int, dict[str, float]]]) -> None:

@@ -320,7 +320,10 @@ _POLICY = {"type": "string", "nullable": True, "enum": ["", "default", None],
                           "or the default; the served document lists the configured names"}
 _SCOPES = {"type": "array", "minItems": 1, "uniqueItems": True,
            "items": {"type": "string", "enum": ["chat", "completions", "embeddings", "models",
-                                                "conversations"]}}
+                                                "conversations", "responses", "messages"]}}
+_MODELS = {"type": "array", "maxItems": 64, "uniqueItems": True, "nullable": True,
+           "description": "model names or glob patterns the key may call; empty or null = every model",
+           "items": {"type": "string", "pattern": "^[A-Za-z0-9._:/@*?\\[\\]-]{1,128}$"}}
 _KEY = {
     "type": "object",
     "required": ["key_id", "tenant", "scopes", "status", "created_at", "limits", "label"],
@@ -333,6 +336,7 @@ _KEY = {
         "limits": {"type": "array", "items": {"type": "object"}}, "label": {"type": "string"},
         "lineage": {"type": "string"}, "rotated_to": {"type": ["string", "null"]},
         "policy": {"type": ["string", "null"]},
+        "models": {"type": "array", "items": {"type": "string"}},
     },
 }
 _ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
@@ -388,7 +392,8 @@ OPENAPI: dict[str, Any] = {
                         "scopes": _SCOPES, "limits": {"type": "array", "maxItems": 16, "items": _RULE},
                         "expires_in_s": {"type": "integer", "minimum": 1, "maximum": 315360000,
                                          "nullable": True},
-                        "label": {"type": "string", "maxLength": 200}, "policy": _POLICY}}}}},
+                        "label": {"type": "string", "maxLength": 200}, "policy": _POLICY,
+                        "models": _MODELS}}}}},
                 "responses": {"201": _resp("Created", _CREATED), **_ERRORS},
             },
             "get": {
@@ -423,11 +428,11 @@ OPENAPI: dict[str, Any] = {
             "parameters": [_KEY_ID_PARAM],
             "get": {"summary": "Show a key", "responses": {"200": _resp("Key", _KEY), **_ERRORS}},
             "patch": {
-                "summary": "Change label, scopes, limits, guard policy or expiry",
+                "summary": "Change label, scopes, limits, guard policy, models or expiry",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "object", "additionalProperties": False,
                     "properties": {"label": {"type": "string", "maxLength": 200}, "scopes": _SCOPES,
-                                   "policy": _POLICY,
+                                   "policy": _POLICY, "models": _MODELS,
                                    "limits": {"type": "array", "maxItems": 16, "items": _RULE},
                                    "expires_in_s": {"type": "integer", "minimum": 1,
                                                     "maximum": 315360000, "nullable": True}}}}}},

@@ -16,6 +16,7 @@ from sidecar.abuse import AbuseService
 from sidecar.admin import create_admin_app
 from sidecar.appstate import (
     ABUSE,
+    ANTHROPIC_UPSTREAM,
     AUTH,
     BACKGROUND,
     CONTEXT,
@@ -48,7 +49,7 @@ from sidecar.proxy.parse_errors import install_json_parser_errors
 from sidecar.proxy.relay import error_response, plain_error
 from sidecar.proxy.routes import ROUTE_OF_RESOURCE, add_routes
 from sidecar.proxy.server_timing import add_server_timing
-from sidecar.proxy.upstream import Upstream
+from sidecar.proxy.upstream import ANTHROPIC, Upstream
 from sidecar.settings import Settings
 from sidecar.store.redis import connect
 from sidecar.tracing import Tracing
@@ -91,7 +92,7 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
         except SidecarError as exc:
             ctx.reason = ctx.reason or exc.code
             metrics.blocked.labels(ctx.route, exc.reason or exc.code).inc()
-            response = error_response(exc, ctx.request_id)
+            response = error_response(exc, ctx.request_id, ctx.route)
         except web.HTTPException as exc:
             code, message = _HTTP_CODES.get(exc.status, ("http_error", exc.reason))
             response = plain_error(exc.status, "invalid_request_error", code, message,
@@ -107,7 +108,7 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
                        route=ctx.route)
             log.exception("unhandled error (request %s)", ctx.request_id)
             ctx.reason = "internal_error"
-            response = error_response(InternalError(), ctx.request_id)
+            response = error_response(InternalError(), ctx.request_id, ctx.route)
         ctx.status = response.status
         return response
     finally:
@@ -166,6 +167,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     upstream = Upstream(settings.upstream, settings.upstream.url, settings.upstream_key)
     await upstream.start()
     app[UPSTREAM] = upstream
+    anthropic = Upstream(settings.upstream, settings.anthropic_url, settings.anthropic_key, ANTHROPIC)
+    await anthropic.start()
+    app[ANTHROPIC_UPSTREAM] = anthropic
     a = settings.auth
     hasher = SecretHasher(a.argon2_time_cost, a.argon2_memory_kib, a.argon2_parallelism,
                           a.max_concurrent_verifications)
@@ -192,6 +196,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         hasher.close()
         app[GUARDS].close()
         await upstream.close()
+        await anthropic.close()
         await store.close()
 
 

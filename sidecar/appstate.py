@@ -57,6 +57,7 @@ BACKGROUND = web.AppKey("background", Background)
 METRICS = web.AppKey("metrics", Metrics)
 STORE = web.AppKey("store", Store)
 UPSTREAM = web.AppKey("upstream", Upstream)
+ANTHROPIC_UPSTREAM = web.AppKey("anthropic_upstream", Upstream)  # where /v1/messages goes
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 AUTH = web.AppKey("auth", Authenticator)
 USAGE = web.AppKey("usage", UsageService)

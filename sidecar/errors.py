@@ -76,6 +76,11 @@ class InsufficientScope(SidecarError):
     message = "The API key is not allowed to use this endpoint."
 
 
+class ModelNotAllowed(SidecarError):
+    status, type, code = 403, "permission_error", "model_not_allowed"
+    message = "The API key is not allowed to use this model."
+
+
 class AbuseDetected(SidecarError):
     status, type, code = 403, "permission_error", "abuse_detected"
     message = "Requests from this key are paused because of suspected abuse."

@@ -28,12 +28,16 @@ def add_keys_parser(sub: Any, handler: Callable[[argparse.Namespace], int]) -> N
     create = actions.add_parser("create", help="create a key and print it once", parents=[common])
     create.add_argument("--tenant", required=True)
     create.add_argument("--scopes", default="chat,completions,embeddings,models",
-                        help="comma-separated: chat, completions, embeddings, models, conversations")
+                        help="comma-separated: chat, completions, embeddings, models, "
+                        "conversations, responses, messages")
     create.add_argument("--limit", action="append", default=[], metavar="RULE",
                         help='a limit rule as JSON, e.g. \'{"window_s": 60, "requests": 100}\'')
     create.add_argument("--expires-in", type=int, dest="expires_in_s")
     create.add_argument("--label", default="")
     create.add_argument("--policy", default="", help="guard policy name ([policies.<name>])")
+    create.add_argument("--models", default="",
+                        help="comma-separated model names or glob patterns the key may call, "
+                        "e.g. gpt-4o-mini,claude-* (default: every model)")
     listing = actions.add_parser("list", help="list keys: a tenant's, or every tenant's",
                                  parents=[common])
     listing.add_argument("--tenant", help="only this tenant's keys (default: every tenant's)")
@@ -74,7 +78,8 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
                 raise KeyRequestError(
                     '--limit: expected JSON such as {"window_s": 60, "requests": 100}') from None
             body: dict[str, Any] = {"tenant": args.tenant, "scopes": args.scopes.split(","),
-                                    "limits": limits, "label": args.label, "policy": args.policy}
+                                    "limits": limits, "label": args.label, "policy": args.policy,
+                                    "models": [m.strip() for m in args.models.split(",") if m.strip()]}
             if args.expires_in_s is not None:
                 body["expires_in_s"] = args.expires_in_s
             raw_key, record = await records.create(parse_key_spec(body))

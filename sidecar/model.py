@@ -15,6 +15,7 @@ class Principal:
     limits: tuple[LimitRule, ...] = ()
     lineage: str = ""  # the first key id of a rotation chain: rotated keys share usage windows
     policy: str = ""  # the guard policy this key runs ("" = its tenant's, else the default)
+    models: tuple[str, ...] = ()  # model names or glob patterns it may call (empty: every model)
 
     @property
     def limit_id(self) -> str:

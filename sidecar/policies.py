@@ -131,8 +131,10 @@ class Policies:
             s = self.settings
             # Our own key format is in the shared secret table (secret:sidecar, same shape as
             # auth.keyformat.KEY_REGEX; a test keeps the two in step).
+            anthropic = [("secret:provider_key", s.anthropic_key)] if s.anthropic_key else []
             self._scanner = OutputScanner(provider_key=s.upstream_key or None,
-                                          admin_token=s.admin.token or None, ip=s.output.detect_ip)
+                                          admin_token=s.admin.token or None, ip=s.output.detect_ip,
+                                          extra_exact=anthropic)
         return self._scanner
 
     def _build(self, policy: Policy) -> ActivePolicy:

@@ -50,8 +50,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def with_mock_upstream(settings: Settings, port: int) -> Settings:
-    upstream = dataclasses.replace(settings.upstream, url=f"http://127.0.0.1:{port}")
-    return dataclasses.replace(settings, upstream=upstream)
+    """The bundled mock answers every API: OpenAI's routes, and Anthropic's unless
+    `anthropic.url` names a provider of its own."""
+    url = f"http://127.0.0.1:{port}"
+    upstream = dataclasses.replace(settings.upstream, url=url)
+    anthropic = settings.anthropic if settings.anthropic.url else \
+        dataclasses.replace(settings.anthropic, url=url)
+    return dataclasses.replace(settings, upstream=upstream, anthropic=anthropic)
 
 
 class ListenError(Exception):

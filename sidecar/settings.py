@@ -39,8 +39,9 @@ class Secret(str):
         return "***" if self else ""
 
 
-def _f(default: Any, help: str, *, min: float | None = None, max: float | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "min": min, "max": max})
+def _f(default: Any, help: str, *, min: float | None = None, max: float | None = None,
+       kind: str = "") -> Any:
+    return field(default=default, metadata={"help": help, "min": min, "max": max, "kind": kind})
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,21 @@ class UpstreamSettings:
     max_connections: int = _f(1000, "concurrent upstream connections per process", min=1)
     max_response_bytes: int = _f(16 * 1024 * 1024, "cap on a non-streamed response", min=1024)
     allow_insecure: bool = _f(False, "allow plain http to a non-loopback upstream")
+    kind: Literal["openai", "azure"] = _f(
+        "openai", "openai: /v1/... with a bearer key; azure: Azure OpenAI paths and the api-key header")
+    api_version: str = _f("2024-10-21", "azure: the api-version query parameter (empty: none sent)")
+    azure_endpoint: Literal["deployments", "v1"] = _f(
+        "deployments", "azure: /openai/deployments/<deployment>/... or the v1-style /openai/v1/...")
+    deployments: tuple[tuple[str, str], ...] = _f(
+        (), "azure: model name -> deployment name (a model not listed is its own deployment)",
+        kind="map")
+
+
+@dataclass(frozen=True, slots=True)
+class AnthropicSettings:
+    url: str = _f("", "Anthropic base URL for /v1/messages; empty = https://api.anthropic.com "
+                  "(or the bundled mock when upstream.url is empty too)")
+    key_env: str = _f("ANTHROPIC_API_KEY", "name of the environment variable holding the Anthropic key")
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,6 +373,7 @@ class Settings:
                                  min=0, max=3600)
     store: StoreSettings = field(default_factory=StoreSettings)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
+    anthropic: AnthropicSettings = field(default_factory=AnthropicSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     log: LogSettings = field(default_factory=LogSettings)
@@ -374,6 +391,17 @@ class Settings:
     def upstream_key(self) -> Secret:
         """The provider key, read from the variable that `upstream.key_env` names."""
         return Secret(os.environ.get(self.upstream.key_env, ""))
+
+    @property
+    def anthropic_key(self) -> Secret:
+        """The Anthropic key, read from the variable that `anthropic.key_env` names."""
+        return Secret(os.environ.get(self.anthropic.key_env, ""))
+
+    @property
+    def anthropic_url(self) -> str:
+        """Where /v1/messages goes: `anthropic.url`, else Anthropic's own API (`serve` points
+        it at the bundled mock when it runs one)."""
+        return self.anthropic.url or ANTHROPIC_API
 
 
 def _coerce(name: str, hint: Any, raw: Any, meta: Mapping[str, Any]) -> Any:
@@ -418,6 +446,8 @@ def _coerce(name: str, hint: Any, raw: Any, meta: Mapping[str, Any]) -> Any:
             return _limit_rules(name, raw)
         elif origin is tuple and get_args(hint)[0] is ModelPrice:
             return _prices(name, raw)
+        elif meta.get("kind") == "map":
+            return _string_map(name, raw)
         elif origin is tuple and get_args(hint)[0] is str:
             items = raw.split(",") if isinstance(raw, str) else raw
             if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
@@ -448,6 +478,14 @@ def _from_env_json(name: str, raw: Any, what: str) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise ConfigError(f"{name}: expected a JSON {what}") from None
+
+
+def _string_map(name: str, raw: Any) -> tuple[tuple[str, str], ...]:
+    """A table of name -> name (TOML table, or a JSON object in the environment)."""
+    raw = _from_env_json(name, raw, "object of name -> name")
+    if not isinstance(raw, dict) or not all(isinstance(v, str) and v for v in raw.values()):
+        raise ConfigError(f"{name}: expected a table of name -> non-empty string")
+    return tuple(raw.items())
 
 
 def _limit_rules(name: str, raw: Any) -> tuple[LimitRule, ...]:
@@ -718,6 +756,27 @@ def _check_relations(s: Settings) -> None:
             )
         if parts.username or parts.password or parts.query or parts.fragment:
             raise ConfigError("upstream.url: must not carry credentials, a query or a fragment")
+    if s.anthropic.url:
+        _check_base_url("anthropic.url", s.anthropic.url, s.upstream.allow_insecure)
+    for model, deployment in s.upstream.deployments:
+        if not _DEPLOYMENT.fullmatch(deployment):
+            raise ConfigError(f"upstream.deployments.{model}: a deployment name is 1-64 of "
+                              "A-Z a-z 0-9 . _ - (not . or ..)")
+
+
+ANTHROPIC_API = "https://api.anthropic.com"
+_DEPLOYMENT = re.compile(r"(?!\.\.?$)[A-Za-z0-9._-]{1,64}")
+
+
+def _check_base_url(name: str, url: str, allow_insecure: bool) -> None:
+    parts = _split_url(name, url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ConfigError(f"{name}: expected an http(s) URL such as https://api.anthropic.com")
+    if parts.scheme == "http" and not (is_loopback_host(parts.hostname) or allow_insecure):
+        raise ConfigError(f"{name}: plain http is allowed only for loopback hosts; use https "
+                          "or set upstream.allow_insecure")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ConfigError(f"{name}: must not carry credentials, a query or a fragment")
 
 
 def url_without_password(url: str) -> str:
@@ -743,5 +802,7 @@ def describe(settings: Settings) -> dict[str, Any]:
 
     out: dict[str, Any] = walk(settings)
     out["upstream"]["key"] = settings.upstream_key.masked() or "(not set)"
+    out["upstream"]["deployments"] = dict(settings.upstream.deployments)
+    out["anthropic"]["key"] = settings.anthropic_key.masked() or "(not set)"
     out["store"]["url"] = url_without_password(settings.store.url)
     return out

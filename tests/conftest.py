@@ -156,7 +156,8 @@ def no_key_in_logs() -> Iterator[None]:
 # argon2 at its cheapest for tests that are not about argon2 (tests/auth uses the defaults).
 CHEAP_ARGON2 = {"SIDECAR_AUTH_ARGON2_TIME_COST": "1", "SIDECAR_AUTH_ARGON2_MEMORY_KIB": "8192",
                 "SIDECAR_AUTH_ARGON2_PARALLELISM": "1"}
-ALL_SCOPES = ["chat", "completions", "embeddings", "models", "conversations"]
+ALL_SCOPES = ["chat", "completions", "embeddings", "models", "conversations", "responses",
+              "messages"]
 
 
 async def create_key(store_url: str, tenant: str = "tenant-a", scopes: list[str] | None = None,

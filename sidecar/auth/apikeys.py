@@ -166,7 +166,8 @@ class Authenticator:
                 self._refuse(digest, subject)
                 return None
         principal = Principal(key_id=key_id, tenant=record.tenant, scopes=record.scopes,
-                              limits=record.limits, lineage=record.lineage, policy=record.policy)
+                              limits=record.limits, lineage=record.lineage, policy=record.policy,
+                              models=record.models)
         self._remember(digest, principal, record)
         with contextlib.suppress(StoreError):
             await self.records.touch(record)

@@ -18,12 +18,16 @@ import orjson
 
 from sidecar.auth.hashing import SecretHasher
 from sidecar.auth.keyformat import make_key, new_key_id, parse_key
+from sidecar.auth.models import ModelListError, parse_models
 from sidecar.errors import ConfigError
 from sidecar.model import LimitRule
 from sidecar.settings import parse_limit_rule
 from sidecar.store.redis import Store
 
-SCOPES = frozenset({"chat", "completions", "embeddings", "models", "conversations"})
+# A scope per API: a key reaches only the APIs it was given (a key made before the Responses
+# and Messages routes existed does not silently gain them; Anthropic is another provider's bill).
+SCOPES = frozenset({"chat", "completions", "embeddings", "models", "conversations", "responses",
+                    "messages"})
 EVENTS_CHANNEL = "sidecar:key-events"
 TENANT_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 POLICY_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
@@ -51,6 +55,7 @@ class KeySpec:
     expires_in_s: int | None = None
     label: str = ""
     policy: str = ""  # guard policy name ("" = the tenant's, else the default)
+    models: tuple[str, ...] = ()  # allowed model names or glob patterns (empty: every model)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +74,7 @@ class KeyRecord:
     last_used_at: float | None = None
     rotated_to: str = ""
     policy: str = ""
+    models: tuple[str, ...] = ()
     secret_hash: str = field(default="", repr=False)
 
     def state(self, now: float) -> str:
@@ -87,7 +93,7 @@ class KeyRecord:
             "expires_at": self.expires_at, "last_used_at": self.last_used_at,
             "limits": [rule_dict(r) for r in self.limits], "label": self.label,
             "lineage": self.lineage, "rotated_to": self.rotated_to or None,
-            "policy": self.policy or None,
+            "policy": self.policy or None, "models": list(self.models),
         }
 
 
@@ -148,11 +154,19 @@ def parse_policy(value: Any) -> str:
     return value
 
 
+def parse_model_list(value: Any) -> tuple[str, ...]:
+    try:
+        return parse_models(value)
+    except ModelListError as exc:
+        raise KeyRequestError(str(exc)) from None
+
+
 def parse_key_spec(body: Any) -> KeySpec:
     """Validate a create request: {"tenant", "scopes", "limits"?, "expires_in_s"?, "label"?}."""
     if not isinstance(body, dict):
         raise KeyRequestError("body: expected a JSON object")
-    unknown = set(body) - {"tenant", "scopes", "limits", "expires_in_s", "label", "policy"}
+    unknown = set(body) - {"tenant", "scopes", "limits", "expires_in_s", "label", "policy",
+                           "models"}
     if unknown:
         raise KeyRequestError(f"{sorted(unknown)[0]}: unknown field")
     tenant = body.get("tenant")
@@ -165,6 +179,7 @@ def parse_key_spec(body: Any) -> KeySpec:
         expires_in_s=_int_field(body, "expires_in_s", 1, MAX_EXPIRY_S),
         label=parse_label(body.get("label", "")),
         policy=parse_policy(body.get("policy")),
+        models=parse_model_list(body.get("models")),
     )
 
 
@@ -204,6 +219,7 @@ def decode_record(key_id: str, raw: dict[bytes, bytes]) -> KeyRecord:
         last_used_at=_float(raw, "last_used_at"),
         rotated_to=_text(raw, "rotated_to"),
         policy=_text(raw, "policy"),
+        models=tuple(orjson.loads(raw.get(b"models") or b"[]")),
         secret_hash=_text(raw, "hash"),
     )
 
@@ -237,6 +253,7 @@ class KeyRecords:
             "expires_at": repr(expires_at) if expires_at else "",
             "limits": orjson.dumps([rule_dict(r) for r in spec.limits]).decode(),
             "label": spec.label, "lineage": lineage or key_id, "policy": spec.policy,
+            "models": orjson.dumps(list(spec.models)).decode(),
         }
         rkey = record_key(spec.tenant, key_id)
         await self.store.call("hset", rkey, None, None, fields)
@@ -284,10 +301,10 @@ class KeyRecords:
         await self.store.call("publish", EVENTS_CHANNEL, key_id)
 
     async def update(self, key_id: str, body: Any) -> KeyRecord:
-        """PATCH: label, scopes, limits, policy, expires_in_s (from now)."""
+        """PATCH: label, scopes, limits, policy, models, expires_in_s (from now)."""
         if not isinstance(body, dict):
             raise KeyRequestError("body: expected a JSON object")
-        unknown = set(body) - {"label", "scopes", "limits", "expires_in_s", "policy"}
+        unknown = set(body) - {"label", "scopes", "limits", "expires_in_s", "policy", "models"}
         if unknown:
             raise KeyRequestError(f"{sorted(unknown)[0]}: unknown field")
         record = await self.get(key_id)
@@ -296,6 +313,8 @@ class KeyRecords:
             fields["label"] = parse_label(body["label"])
         if "policy" in body:
             fields["policy"] = parse_policy(body["policy"])
+        if "models" in body:
+            fields["models"] = orjson.dumps(list(parse_model_list(body["models"]))).decode()
         if "scopes" in body:
             fields["scopes"] = ",".join(sorted(parse_scopes(body["scopes"])))
         if "limits" in body:
@@ -326,7 +345,7 @@ class KeyRecords:
         if old.state(time.time()) != "active":
             raise KeyRequestError("key: only an active key can be rotated")
         spec = KeySpec(tenant=old.tenant, scopes=old.scopes, limits=old.limits, label=old.label,
-                       policy=old.policy,
+                       policy=old.policy, models=old.models,
                        expires_in_s=int(old.expires_at - time.time()) if old.expires_at else None)
         raw_key, new = await self.create(spec, lineage=old.lineage)
         grace_end = time.time() + grace_s

@@ -63,7 +63,8 @@ class OutputGuard:
             return None
         scanners: list[Scanner] = [self.scanner]
         system = "\n".join(s.text for s in slots if s.trust == TRUSTED and
-                           s.role in ("system", "developer") and s.path.startswith("messages["))
+                           s.role in ("system", "developer") and
+                           s.path.startswith(("messages[", "system", "instructions", "input[")))
         if system.strip():
             scanners.append(SystemPromptLeak(system, min_words=self.system_prompt_min_words))
         if self.canary and body is not None:

@@ -86,10 +86,12 @@ def prompt_tokens(route: str, body: Mapping[str, Any]) -> int:
     return 0
 
 
-CAP_FIELDS = ("max_completion_tokens", "max_tokens")
+CAP_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 # The field the sidecar sets when a request names no cap: chat's current one (OpenAI's reasoning
-# models refuse max_tokens), and the only one completions know.
-DEFAULT_CAP_FIELD = {"chat": "max_completion_tokens", "completions": "max_tokens"}
+# models refuse max_tokens), the only one completions know, the Responses API's and Anthropic's
+# (which every Messages request carries).
+DEFAULT_CAP_FIELD = {"chat": "max_completion_tokens", "completions": "max_tokens",
+                     "responses": "max_output_tokens", "messages": "max_tokens"}
 
 
 def completion_cap(body: Mapping[str, Any]) -> int | None:

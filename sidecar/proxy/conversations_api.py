@@ -142,8 +142,9 @@ def conversation_request(headers: Mapping[str, str], route: str) -> Conversation
         return None
     if not valid_conversation_id(conversation_id):
         raise InvalidRequest(f"{ID_HEADER} must be 1-128 characters of A-Z a-z 0-9 . _ -")
-    if route != "chat":
-        raise InvalidRequest(f"{ID_HEADER} is supported on /v1/chat/completions only.")
+    if route not in ("chat", "messages"):
+        raise InvalidRequest(f"{ID_HEADER} is supported on /v1/chat/completions and /v1/messages "
+                             "only.")
     replay = (replay_value or "false").strip().lower()
     if replay not in ("true", "false"):
         raise InvalidRequest(f"{REPLAY_HEADER} must be true or false.")

@@ -34,8 +34,8 @@ _LABEL = re.compile(r"[a-z0-9_.:-]{1,64}")
 
 
 def request_view(parsed: ParsedRequest) -> RequestView:
-    messages = parsed.body.get("messages")
-    count = len(messages) if isinstance(messages, list) else 0
+    messages = parsed.body.get("messages" if parsed.route != "responses" else "input")
+    count = len(messages) if isinstance(messages, list) else 0  # Responses: input items
     return RequestView(parsed.route, tuple(parsed.slots), tuple(parsed.groups), count)
 
 

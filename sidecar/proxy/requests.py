@@ -485,11 +485,18 @@ def _unknown_fields(req: ParsedRequest, done: set[str], trusted: frozenset[str])
 
 # -- entry point ---------------------------------------------------------------------------------
 
-_PARSERS: dict[str, Callable[[ParsedRequest, frozenset[str], bool], None]] = {
+Parser = Callable[[ParsedRequest, frozenset[str], bool], None]
+_PARSERS: dict[str, Parser] = {
     "chat": lambda req, trusted, _allow: _chat(req, trusted),
     "completions": _completions,
     "embeddings": _embeddings,
 }
+
+
+def register_parser(route: str, parser: Parser) -> None:
+    """Another API's typed request (proxy/anthropic.py, proxy/responses_api.py) joins the same
+    entry point, so every route's text reaches the same guards the same way."""
+    _PARSERS[route] = parser
 
 
 def parse_request(route: str, raw: bytes, max_depth: int, *,
@@ -516,3 +523,9 @@ def parse_object(route: str, body: dict[str, Any], *,
     trusted = trusted_roles if isinstance(trusted_roles, frozenset) else frozenset(trusted_roles)
     _PARSERS[route](req, trusted, allow_token_ids)
     return req
+
+
+# The other APIs' typed requests build on the helpers above and register their parsers here, so
+# `parse_request` knows every route however this module was first imported.
+from sidecar.proxy import anthropic as _anthropic  # noqa: E402, F401
+from sidecar.proxy import responses_api as _responses_api  # noqa: E402, F401

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from sidecar.errors import OutputBlocked
+from sidecar.errors import OutputBlocked, SidecarError
 from sidecar.guards.base import BLOCK, MODIFY, ResponseView
 from sidecar.guards.output import ResponseScan
 from sidecar.guards.pipeline import SHADOW, Step
@@ -29,13 +29,16 @@ from sidecar.guards.stream import StreamRedactor
 from sidecar.metrics import Metrics
 from sidecar.model import UNTRUSTED, Finding, TextSlot
 from sidecar.proxy.guarding import count_findings, reason_label
-from sidecar.proxy.openai import event_data
+from sidecar.proxy.openai import DONE_EVENT, encode_event, event_data
 
 _DONE = b"[DONE]"
 # Keys whose string values are ids, enums or timestamps the provider sets, never model text.
 _NOT_TEXT = frozenset({"id", "object", "created", "model", "system_fingerprint", "service_tier",
                        "role", "finish_reason", "index", "type", "tool_call_id", "usage",
-                       "logprobs", "expires_at", "status", "created_at", "encoding_format"})
+                       "logprobs", "expires_at", "status", "created_at", "encoding_format",
+                       # Anthropic and Responses ids, enums and opaque blobs
+                       "signature", "encrypted_content", "stop_reason", "tool_use_id", "call_id",
+                       "previous_response_id", "item_id", "media_type"})
 # Delta fields a provider streams in pieces: each is redacted incrementally per choice.
 _STREAMED = ("content", "refusal", "reasoning_content", "reasoning")
 _Place = tuple[Any, Any, str]  # (container, key, path)
@@ -136,6 +139,7 @@ class ResponseProcessor:
         self.usage_completion = 0
         self.streamed_chars = 0
         self.blocked = False
+        self.ended = False  # the provider's last event was seen
         self.noting = False  # record the response model and finish reasons (for traces)
         self.response_model = ""
         self.finish_reasons: list[str] = []
@@ -237,6 +241,14 @@ class ResponseProcessor:
                     changed = True
         return changed
 
+    def error_event(self, error: SidecarError, request_id: str) -> bytes:
+        """The SSE event that ends a stream in error: an OpenAI error object, then `[DONE]`."""
+        return encode_event(error.body(request_id)) + DONE_EVENT
+
+    def error_shape(self, error: dict[str, Any]) -> dict[str, Any]:
+        """A provider's (scrubbed) error as this API's clients expect it."""
+        return error
+
     def scrub_error(self, body: dict[str, Any]) -> None:
         """A provider's error body gets the full secret and PII scan (redacting, never blocking:
         the client must still learn that the provider refused)."""
@@ -275,6 +287,7 @@ class ResponseProcessor:
         if data is None:
             return self._other_lines(event) + b"\n\n"
         if data == _DONE:
+            self.ended = True
             return self.flush() + event + b"\n\n"
         obj = orjson.loads(data)  # ValueError on garbage: the relay ends the stream in error
         if not isinstance(obj, dict):

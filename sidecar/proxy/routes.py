@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from time import perf_counter
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
+import orjson
 from aiohttp import web
 
 from sidecar.abuse import enforce
 from sidecar.appstate import (
     ABUSE,
+    ANTHROPIC_UPSTREAM,
     AUTH,
     BACKGROUND,
     CONTEXT,
@@ -26,11 +28,19 @@ from sidecar.appstate import (
     UPSTREAM,
     USAGE,
 )
-from sidecar.errors import InsufficientScope, InvalidRequest, NotFound, SidecarError
+from sidecar.auth.models import model_allowed
+from sidecar.errors import InsufficientScope, InvalidRequest, ModelNotAllowed, NotFound, SidecarError
 from sidecar.guards.fingerprint import Features, fingerprint
 from sidecar.limits.limiter import Admission
-from sidecar.limits.tokens import clamp_cap, estimate_tokens, prompt_tokens
-from sidecar.model import Principal
+from sidecar.limits.tokens import (
+    PER_REQUEST_TOKENS,
+    clamp_cap,
+    estimate_tokens,
+    prompt_tokens,
+    text_tokens,
+)
+from sidecar.model import UNTRUSTED, Principal
+from sidecar.proxy.anthropic_turns import MessagesReplyCollector, begin_messages_turn
 from sidecar.proxy.body import check_content_headers, media_type, read_body
 from sidecar.proxy.context import RequestContext
 from sidecar.proxy.conversations_api import (
@@ -44,6 +54,8 @@ from sidecar.proxy.conversations_api import (
 from sidecar.proxy.relay import relay_stream, relay_whole
 from sidecar.proxy.requests import ParsedRequest, parse_object, parse_request
 from sidecar.proxy.response import ResponseProcessor
+from sidecar.proxy.typed_stream import MessagesProcessor, ResponsesProcessor
+from sidecar.proxy.upstream import Upstream
 from sidecar.tracing import mark_failed
 
 # path -> (route name, method)
@@ -51,9 +63,21 @@ POST_ROUTES = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
+    "/v1/responses": "responses",
+    "/v1/messages": "messages",
 }
+# A stored Responses reply and what can be done with it: (method, path suffix).
+RESPONSE_RESOURCES = (("GET", ""), ("DELETE", ""), ("POST", "/cancel"), ("GET", "/input_items"))
 ROUTE_OF_RESOURCE = {**POST_ROUTES, "/v1/models": "models", "/v1/models/{model}": "models",
+                     **{"/v1/responses/{response_id}" + suffix: "responses"
+                        for _, suffix in RESPONSE_RESOURCES},
                      **CONVERSATION_RESOURCES}
+# Query parameters of those routes passed to the provider (everything else is dropped).
+_RESPONSE_QUERY = frozenset({"after", "before", "limit", "order", "include", "include[]"})
+# Routes whose provider reports usage on its own (no stream_options to ask for it) and whose
+# replies need their own processor.
+PROCESSORS: dict[str, type[ResponseProcessor]] = {"responses": ResponsesProcessor,
+                                                  "messages": MessagesProcessor}
 TWO_CREDENTIALS = ("Send the API key once: in Authorization: Bearer or in X-API-Key, "
                    "not in both and not twice.")
 
@@ -81,7 +105,7 @@ async def authorize(request: web.Request, ctx: RequestContext) -> Principal:
 
 
 async def handle_model_call(request: web.Request) -> web.StreamResponse:
-    """POST /v1/chat/completions, /v1/completions, /v1/embeddings."""
+    """POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/messages."""
     app = request.app
     settings = app[SETTINGS]
     ctx = request[CONTEXT]
@@ -97,6 +121,12 @@ async def handle_model_call(request: web.Request) -> web.StreamResponse:
     parsed = parse_request(ctx.route, raw, settings.max_json_depth,
                            trusted_roles=policy.trusted_roles,
                            allow_token_ids=policy.allow_token_ids)
+    model = parsed.body["model"]
+    if not model_allowed(principal.models, model):
+        raise ModelNotAllowed()  # before any guard, store call or provider call is spent
+    upstream = app[ANTHROPIC_UPSTREAM] if ctx.route == "messages" else app[UPSTREAM]
+    path = upstream.path_for(request.path, model)
+    upstream_model = upstream.body_model(model)
     conversation = conversation_request(request.headers, ctx.route)
     # 5. input guards: the key's policy over every text slot.
     with tracing.span("sidecar.guards.input") as span:
@@ -104,7 +134,8 @@ async def handle_model_call(request: web.Request) -> web.StreamResponse:
         span.set_attribute("sidecar.guard.verdict", "allow")  # let through (maybe edited or flagged)
     # 6-7. limits and abuse: two scripts issued together, so they share one write and one
     # round trip on the store's pipelined connection.
-    prompt_estimate = prompt_tokens(ctx.route, parsed.body)
+    prompt_estimate = prompt_tokens(ctx.route, parsed.body) if ctx.route not in PROCESSORS \
+        else PER_REQUEST_TOKENS + sum(text_tokens(s.text) for s in parsed.slots)
     # Replayed history joins after admission, so its most is reserved now.
     replay_allowance = settings.conversations.replay_max_tokens \
         if conversation and conversation.replay else 0
@@ -120,8 +151,9 @@ async def handle_model_call(request: web.Request) -> web.StreamResponse:
         # Replay reads stored history only once the request is admitted; the history then
         # goes through the same pipeline (size limits over the whole request).
         try:
+            begin = begin_messages_turn if ctx.route == "messages" else begin_turn
             with tracing.span("sidecar.store.conversation"):
-                turn = await begin_turn(app, principal, conversation, parsed)
+                turn = await begin(app, principal, conversation, parsed)
             if turn.replayed:
                 parsed = parse_object(ctx.route, parsed.body, trusted_roles=policy.trusted_roles,
                                       allow_token_ids=policy.allow_token_ids)
@@ -131,16 +163,18 @@ async def handle_model_call(request: web.Request) -> web.StreamResponse:
             raise
     scan = policy.output.prepare(ctx.route, parsed.slots, parsed.body) if policy.output else None
     strip_usage = ask_for_stream_usage(parsed)
+    parsed.body["model"] = upstream_model
     body = parsed.serialize()
     # 8. upstream; 9. output guards inside the relay; 10. settlement.
-    processor = ResponseProcessor(ctx.route, scan, app[METRICS], strip_usage,
-                                  policy.output_steps)
+    processor = PROCESSORS.get(ctx.route, ResponseProcessor)(
+        ctx.route, scan, app[METRICS], strip_usage, policy.output_steps)
     processor.noting = tracing.enabled
-    collector = ReplyCollector() if turn else None
+    collector = (MessagesReplyCollector() if ctx.route == "messages" else ReplyCollector()) \
+        if turn else None
     settled = False
     try:
-        result = await forward(request, ctx, body, parsed.stream, processor, admission.headers,
-                               collector)
+        result = await forward(request, ctx, upstream, path, body, parsed.stream, processor,
+                               admission.headers, collector)
         settled = True
         # Settlement is bookkeeping the client need not wait for (shutdown waits for it).
         settle_later(app, principal, admission, processor, prompt_estimate, failed=bool(ctx.reason),
@@ -200,6 +234,9 @@ def request_features(parsed: ParsedRequest) -> Features:
     if parsed.route == "completions":
         prompt = body["prompt"]
         return fingerprint(prompt if isinstance(prompt, str) else " ".join(map(str, prompt[:16])))
+    if parsed.route in PROCESSORS:
+        asked = [s.text for s in parsed.slots if s.role == "user" and s.trust == UNTRUSTED]
+        return fingerprint(asked[-1] if asked else "")
     inputs = body["input"]
     items = [inputs] if isinstance(inputs, str) else inputs
     return fingerprint("\n".join(str(i) for i in items[:16]), inputs=len(items))
@@ -208,7 +245,7 @@ def request_features(parsed: ParsedRequest) -> Features:
 def ask_for_stream_usage(parsed: ParsedRequest) -> bool:
     """Streams must report usage for settlement: ask the provider for it, and remember to drop
     that extra chunk when the client did not ask for it itself."""
-    if not parsed.stream or parsed.route == "embeddings":
+    if not parsed.stream or parsed.route not in ("chat", "completions"):
         return False
     options = parsed.body.get("stream_options")
     if isinstance(options, dict) and options.get("include_usage") is True:
@@ -218,16 +255,15 @@ def ask_for_stream_usage(parsed: ParsedRequest) -> bool:
     return True
 
 
-async def forward(request: web.Request, ctx: RequestContext, body: bytes, stream: bool,
-                  processor: ResponseProcessor, headers: dict[str, str],
+async def forward(request: web.Request, ctx: RequestContext, upstream: Upstream, path: str,
+                  body: bytes, stream: bool, processor: ResponseProcessor, headers: dict[str, str],
                   collector: ReplyCollector | None = None) -> web.StreamResponse:
-    upstream = request.app[UPSTREAM]
     tracing = request.app[TRACING]
     upstream_headers = upstream.headers_for(request.headers, ctx.request_id)
     with tracing.client_span(ctx.route, ctx.model, upstream.base_url) as span:
         tracing.inject(upstream_headers)  # the provider continues this trace (W3C traceparent)
         sent = perf_counter()
-        async with upstream.request("POST", request.path, body, upstream_headers) as exchange:
+        async with upstream.request("POST", path, body, upstream_headers) as exchange:
             response, deadline = exchange
             ctx.upstream_s += perf_counter() - sent
             if stream and response.status == 200 and \
@@ -286,21 +322,71 @@ def settle_later(app: web.Application, principal: Principal, admission: Admissio
         background.start(limiter.refund(admission))
 
 
+def _path_segment(value: str | None) -> bool:
+    """An id that cannot climb out of its route (no `/`, not `.` or `..`, bounded)."""
+    return value is not None and 0 < len(value) <= 256 and value not in (".", "..") \
+        and "/" not in value
+
+
 async def handle_models(request: web.Request) -> web.StreamResponse:
-    """GET /v1/models and /v1/models/{model}."""
-    upstream = request.app[UPSTREAM]
+    """GET /v1/models (only the models the key may call) and /v1/models/{model}; from Anthropic
+    when the client speaks its API (sends `anthropic-version`), as its SDK does."""
+    anthropic = "anthropic-version" in request.headers
+    upstream = request.app[ANTHROPIC_UPSTREAM if anthropic else UPSTREAM]
     ctx = request[CONTEXT]
-    await authorize(request, ctx)
+    principal = await authorize(request, ctx)
     model = request.match_info.get("model")
-    if model is not None and (not 0 < len(model) <= 256 or model in (".", "..") or "/" in model):
-        # A model id that is a path segment of its own would climb out of /v1/models/.
+    if model is not None and not _path_segment(model):
         raise NotFound("Unknown model.")
+    if model is not None and not model_allowed(principal.models, model):
+        raise ModelNotAllowed()
     path = "/v1/models" if model is None else "/v1/models/" + quote(model, safe="")
     headers = upstream.headers_for(request.headers, ctx.request_id)
     sent = perf_counter()
-    async with upstream.request("GET", path, None, headers) as (response, _):
+    async with upstream.request("GET", upstream.path_for(path), None, headers) as (response, _):
         ctx.upstream_s += perf_counter() - sent
-        return await relay_whole(upstream, response, ctx)
+        result = await relay_whole(upstream, response, ctx)
+    if model is None and principal.models and result.status == 200:
+        result.body = only_allowed(result.body, principal.models)
+    return result
+
+
+def only_allowed(raw: object, patterns: tuple[str, ...]) -> bytes:
+    """A model list with only the entries a key's allow-list matches."""
+    listing = orjson.loads(raw if isinstance(raw, bytes) else b"{}")
+    data = listing.get("data") if isinstance(listing, dict) else None
+    if isinstance(data, list):
+        listing["data"] = [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)
+                           and model_allowed(patterns, m["id"])]
+    return orjson.dumps(listing)
+
+
+async def handle_stored_response(request: web.Request) -> web.StreamResponse:
+    """GET and DELETE /v1/responses/{response_id}, POST .../cancel, GET .../input_items: what the
+    provider answers goes through the output guards like any reply (the key's policy; there
+    is no request to judge a system-prompt leak against). Only the listing parameters of the
+    query are passed on; a stored reply comes back whole, never streamed."""
+    app = request.app
+    upstream = app[UPSTREAM]
+    ctx = request[CONTEXT]
+    principal = await authorize(request, ctx)
+    response_id = request.match_info["response_id"]
+    if not _path_segment(response_id):
+        raise NotFound("Unknown response.")
+    policy = app[POLICIES].for_principal(principal)
+    scan = policy.output.prepare(ctx.route, []) if policy.output else None
+    processor = ResponsesProcessor(ctx.route, scan, app[METRICS], False, policy.output_steps)
+    suffix = request.path[request.path.rindex("/"):] if request.path.endswith(
+        ("/cancel", "/input_items")) else ""
+    path = upstream.path_for("/v1/responses/" + quote(response_id, safe="") + suffix)
+    query = [(k, v) for k, v in request.query.items() if k in _RESPONSE_QUERY]
+    if query:
+        path += ("&" if "?" in path else "?") + urlencode(query)
+    headers = upstream.headers_for(request.headers, ctx.request_id)
+    sent = perf_counter()
+    async with upstream.request(request.method, path, None, headers) as (response, _):
+        ctx.upstream_s += perf_counter() - sent
+        return await relay_whole(upstream, response, ctx, processor)
 
 
 def add_routes(app: web.Application) -> None:
@@ -308,3 +394,5 @@ def add_routes(app: web.Application) -> None:
         app.router.add_post(path, handle_model_call)
     app.router.add_get("/v1/models", handle_models, allow_head=False)
     app.router.add_get("/v1/models/{model}", handle_models, allow_head=False)
+    for method, suffix in RESPONSE_RESOURCES:
+        app.router.add_route(method, "/v1/responses/{response_id}" + suffix, handle_stored_response)

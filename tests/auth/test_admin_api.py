@@ -140,3 +140,23 @@ async def test_admin_answers_name_no_versions(admin_url: str) -> None:
             async with session.get(admin_url + path, headers=headers) as response:
                 server = response.headers.get("Server", "")
                 assert "Python" not in server and "aiohttp" not in server, (path, server)
+
+
+async def test_models_allow_list_over_http(admin_url: str) -> None:
+    """`models` is set on create, changed by PATCH, cleared with [], and checked for shape."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        async with session.post(admin_url + "/admin/keys", json={
+                "tenant": "models", "scopes": ["chat", "messages"],
+                "models": ["gpt-4o-mini", "claude-*"]}) as response:
+            created = await response.json()
+            assert response.status == 201, created
+        assert created["models"] == ["gpt-4o-mini", "claude-*"]
+        url = f"{admin_url}/admin/keys/{created['key_id']}"
+        async with session.patch(url, json={"models": ["claude-3-*"]}) as response:
+            assert (await response.json())["models"] == ["claude-3-*"]
+        async with session.patch(url, json={"models": []}) as response:
+            assert (await response.json())["models"] == []
+        async with session.patch(url, json={"models": "gpt-4o"}) as response:
+            assert response.status == 400
+            assert "models:" in (await response.json())["error"]["message"]
