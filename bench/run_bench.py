@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import shutil
 import socket
@@ -35,6 +36,33 @@ BODY = json.dumps({
     ],
     "max_tokens": 64,
 })
+# Varied prompts: every request asks something else (words drawn per request), so no cache
+# keyed by content, and no abuse signal keyed by a template, flatters the figures.
+WORDS = ("lighthouse keeper message bottle story river mountain village winter garden letter "
+         "recipe bread soup travel train station museum painting violin concert library "
+         "astronomy planet comet telescope ocean whale island harbor storm sailor compass "
+         "market bakery cheese apple orchard harvest festival lantern castle bridge tower "
+         "forest fox owl badger meadow beekeeper honey clock inventor engine bicycle kite "
+         "school teacher lesson history empire treaty merchant spice silk caravan desert "
+         "oasis camel puzzle riddle chess strategy opening endgame poem sonnet rhyme chorus "
+         "budget invoice spreadsheet database index query cache server network protocol "
+         "kernel compiler function variable recursion algorithm graph tree sorting search").split()
+VERBS = ("Summarize", "Explain", "Describe", "Compare", "Write a short note about",
+         "List three facts about", "Suggest a title for", "Give advice on", "Outline")
+SYSTEM = "You are a helpful assistant that answers briefly."
+
+
+def varied_body(n: int) -> bytes:
+    """Request body `n` of the varied workload: 1-3 sentences of 6-14 drawn words (the same
+    generator as the wrk script's, seeded by n)."""
+    rng = random.Random(n)
+    sentences = []
+    for _ in range(rng.randint(1, 3)):
+        words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 14)))
+        sentences.append(f"{rng.choice(VERBS)} {words}.")
+    return json.dumps({"model": "mock-gpt", "max_tokens": 64, "messages": [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": " ".join(sentences)}]}).encode()
 
 
 def free_port() -> int:
