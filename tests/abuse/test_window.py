@@ -30,11 +30,11 @@ def redis_bucket(client: redis.Redis) -> int:
 
 
 async def next_bucket(client: redis.Redis) -> int:
-    """Wait (polling Redis TIME) until a new 1-second bucket starts; return it."""
-    start = redis_bucket(client)
-    while (now := redis_bucket(client)) == start:
-        await asyncio.sleep(0.01)
-    return now
+    """Wait until the next 1-second bucket of Redis time starts; return it."""
+    seconds, micros = client.time()  # type: ignore[misc]
+    await asyncio.sleep((1_000_000 - int(micros)) / 1e6 + 0.005)
+    assert redis_bucket(client) == int(seconds) + 1
+    return int(seconds) + 1
 
 
 def new_hashes(client: redis.Redis, count: int) -> list[str]:
