@@ -128,9 +128,10 @@ class AbuseService:
                 *features.buckets[:MAX_BUCKETS])
         return PendingCheck(self, principal, self.store.start("abuse", self._keys(principal), args))
 
-    async def record_output(self, principal: Principal, tokens: int) -> None:
-        """Add a response's completion tokens to its key and tenant (call after the response)."""
-        call = self._start_output(principal, tokens)
+    async def record_output(self, principal: Principal, tokens: int, at_ms: int = 0) -> None:
+        """Add a response's completion tokens to its key and tenant (call after the response),
+        in the bucket of Redis time `at_ms` (the request's admission; 0: now)."""
+        call = self._start_output(principal, tokens, at_ms)
         if call is None:
             return
         try:
@@ -143,20 +144,22 @@ class AbuseService:
         else:
             self._output_recorded(None)
 
-    def record_output_soon(self, principal: Principal, tokens: int) -> asyncio.Future[Any] | None:
+    def record_output_soon(self, principal: Principal, tokens: int,
+                           at_ms: int = 0) -> asyncio.Future[Any] | None:
         """`record_output` for a caller that does not wait: the call leaves now (sharing the
         turn's write) and is booked when the reply arrives, without a task. Returns what to
         wait for at shutdown."""
-        call = self._start_output(principal, tokens)
+        call = self._start_output(principal, tokens, at_ms)
         if call is None:
             return None
         return call.when_done(self._output_recorded)
 
-    def _start_output(self, principal: Principal, tokens: int) -> StoreCall | None:
+    def _start_output(self, principal: Principal, tokens: int, at_ms: int) -> StoreCall | None:
         if not self._output_on or tokens <= 0 or not self._use_store():
             return None
+        bucket = at_ms // 1000 // self.settings.bucket_s if at_ms > 0 else ""
         return self.store.start("abuse_output", self._keys(principal),
-                                (self.settings.bucket_s, self._nbuckets, int(tokens)))
+                                (self.settings.bucket_s, self._nbuckets, int(tokens), bucket))
 
     def _output_recorded(self, error: StoreError | None) -> None:
         """Book an output record's outcome (the breaker was asked when it was sent)."""

@@ -207,7 +207,8 @@ def settle_later(app: web.Application, principal: Principal, admission: Admissio
         metrics.prompt_tokens.inc(processor.usage_prompt)
         metrics.completion_tokens.inc(processor.usage_completion)
         background.track(limiter.settle_soon(admission, processor.usage_total))
-        background.track(app[ABUSE].record_output_soon(principal, processor.usage_completion))
+        background.track(app[ABUSE].record_output_soon(principal, processor.usage_completion,
+                                                       admission.redis_time_ms))
     elif failed and processor.streamed_chars:
         used = prompt_estimate + (processor.streamed_chars + 3) // 4
         background.start(limiter.settle(admission, min(used, admission.reserved_tokens or used)))

@@ -105,6 +105,7 @@ class PipelinedConnection:
         self._pending: deque[tuple[asyncio.Future[Any], float]] = deque()
         self._outbox: list[bytes] = []
         self._flush_scheduled = False
+        self._before_write: list[Callable[[], None]] = []
         self.writes = 0  # socket writes issued (tests and benchmarks read it)
         # Sentinel: names the master before every connect (host and port above are then ignored).
         self.resolve = resolve
@@ -132,6 +133,19 @@ class PipelinedConnection:
             self._check_master(RECHECK_S)
         return self._enqueue(protocol, args)
 
+    @property
+    def ready(self) -> bool:
+        """Connected and answering: a command queued now leaves in this turn's write."""
+        return self._protocol is not None and not self._stale()
+
+    def before_write(self, hook: Callable[[], None]) -> None:
+        """Run `hook` once, right before this event-loop turn's write (commands it sends join
+        that write). Only while `ready`."""
+        self._before_write.append(hook)
+        if not self._flush_scheduled and self._protocol is not None:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush, self._protocol)
+
     def _stale(self) -> bool:
         return bool(self._pending) and monotonic() - self._pending[0][1] > self.stale_after_s
 
@@ -146,6 +160,10 @@ class PipelinedConnection:
         return future
 
     def _flush(self, protocol: _Protocol) -> None:
+        while self._before_write:
+            hooks, self._before_write = self._before_write, []
+            for hook in hooks:
+                hook()
         self._flush_scheduled = False
         data, self._outbox = b"".join(self._outbox), []
         if protocol is self._protocol and protocol.transport is not None:

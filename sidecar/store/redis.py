@@ -14,6 +14,7 @@ script could charge a request twice).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,7 +30,7 @@ from redis.retry import Retry
 
 from sidecar.settings import SENTINEL_SCHEMES, StoreSettings, parse_sentinel_url
 from sidecar.store.pipelined import PipelinedConnection
-from sidecar.store.scripts import Script, load_scripts
+from sidecar.store.scripts import PAIRS, Script, load_scripts
 
 log = logging.getLogger("sidecar.store")
 
@@ -108,6 +109,10 @@ class Store:
             else client.script_load
         self.fast = fast
         self._loading: dict[str, asyncio.Future[Any]] = {}
+        # Calls of scripts that compose (scripts.PAIRS), held until this turn's write.
+        self._pairs = {(a, b): self.scripts[f"{a}+{b}"] for a, b in PAIRS}
+        self._composable = {name for pair in PAIRS for name in pair}
+        self._held: list[_Held] = []
 
     @property
     def is_memory(self) -> bool:
@@ -123,8 +128,56 @@ class Store:
         so two of them cost one round trip and no task."""
         command = ("EVALSHA", self.scripts[name].sha, len(keys), *keys, *args)
         if self.fast is not None:
+            if name in self._composable and self.fast.ready:
+                return StoreCall(self, name, command, self._hold(name, keys, args, command))
             return StoreCall(self, name, command, self.fast.send(command))
         return StoreCall(self, name, command, asyncio.ensure_future(self._evalsha(*command)))
+
+    # -- composing the calls of one write ---------------------------------------------------
+    def _hold(self, name: str, keys: Sequence[KeyOrArg], args: Sequence[KeyOrArg],
+              command: tuple[KeyOrArg, ...]) -> asyncio.Future[Any]:
+        """Keep a call back until this turn's write, where it may pair with its partner."""
+        assert self.fast is not None
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self._held:
+            self.fast.before_write(self._release)
+        self._held.append(_Held(name, tuple(keys), tuple(args), command, future))
+        return future
+
+    def _release(self) -> None:
+        """Send the held calls: two of a composed pair for one tenant (hash tag) as one
+        EVALSHA of the composed script, every other one as it is."""
+        assert self.fast is not None
+        held, self._held = self._held, []
+        while held:
+            call = held.pop(0)
+            partner = next((other for other in held if self._pair_of(call, other)), None)
+            if partner is None:
+                _forward(self.fast.send(call.command), (call.future,))
+                continue
+            held.remove(partner)
+            first, second = (call, partner) if (call.name, partner.name) in self._pairs \
+                else (partner, call)
+            script = self._pairs[(first.name, second.name)]
+            command = ("EVALSHA", script.sha, len(first.keys) + len(second.keys), *first.keys,
+                       *second.keys, len(first.keys), len(first.args), *first.args, *second.args)
+            sent = self.fast.send(command)
+            sent.add_done_callback(functools.partial(self._composed_done, script=script))
+            _forward(sent, (first.future, second.future))
+
+    def _pair_of(self, one: _Held, other: _Held) -> bool:
+        names = (one.name, other.name)
+        if names not in self._pairs and names[::-1] not in self._pairs:
+            return False
+        tags = {_hash_tag(k) for k in (*one.keys, *other.keys) if k != ""}
+        return len(tags) == 1 and None not in tags
+
+    def _composed_done(self, future: asyncio.Future[Any], script: Script) -> None:
+        """A composed script the store forgot is loaded again for the next pair (its two parts
+        were re-run alone by their callers, see `_finish`)."""
+        if not future.cancelled() and isinstance(future.exception(), NoScriptError):
+            asyncio.ensure_future(self._reload(script)).add_done_callback(
+                lambda f: f.cancelled() or f.exception())
 
     async def _finish(self, call: StoreCall) -> Any:
         name = call.name
@@ -200,6 +253,44 @@ class Store:
             await self.fast.close()
         close = getattr(self.client, "aclose", None) or self.client.close
         await close()
+
+
+class _Held:
+    """A script call waiting for this turn's write (see `Store._hold`)."""
+
+    __slots__ = ("args", "command", "future", "keys", "name")
+
+    def __init__(self, name: str, keys: tuple[KeyOrArg, ...], args: tuple[KeyOrArg, ...],
+                 command: tuple[KeyOrArg, ...], future: asyncio.Future[Any]) -> None:
+        self.name, self.keys, self.args, self.command, self.future = name, keys, args, command, future
+
+
+def _hash_tag(key: KeyOrArg) -> str | None:
+    """The Cluster hash tag of a key (the text between the first { and the next }), or None."""
+    text = key.decode() if isinstance(key, bytes) else str(key)
+    start = text.find("{")
+    end = text.find("}", start + 1)
+    return text[start + 1:end] if start >= 0 and end > start + 1 else None
+
+
+def _forward(sent: asyncio.Future[Any], to: tuple[asyncio.Future[Any], ...]) -> None:
+    """Hand a reply (or its error) on: one future gets it whole, a pair gets one half each.
+    A caller that gave up already (cancelled) is skipped."""
+
+    def done(future: asyncio.Future[Any]) -> None:
+        error = None if future.cancelled() else future.exception()
+        for index, target in enumerate(to):
+            if target.done():
+                continue
+            if future.cancelled():
+                target.cancel()
+            elif error is not None:
+                target.set_exception(error)
+            else:
+                result = future.result()
+                target.set_result(result if len(to) == 1 else result[index])
+
+    sent.add_done_callback(done)
 
 
 def _memory_client() -> Any:

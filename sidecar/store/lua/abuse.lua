@@ -146,14 +146,19 @@ local function roll_over(ent)
   if not ent.v[8] then ent.sweep = '0' end
 end
 
--- One step of the sweep: id fields whose every entry left the window are dropped.
+-- One step of the sweep: id fields whose every entry left the window are dropped, and bucket
+-- fields older than the window (output tokens of a request that outlasted it).
 local function sweep(ent, cursor)
   local r = redis.call('HSCAN', ent.key, cursor, 'COUNT', SWEEP)
   local kv = r[2]
   for j = 1, #kv, 2 do
-    if string.byte(kv[j], 1) == 105 then  -- 'i'
+    local f = kv[j]
+    if string.byte(f, 1) == 105 then  -- 'i'
       local total = ring(kv[j + 1])
-      if total == 0 then ent.dels[#ent.dels + 1] = kv[j] end
+      if total == 0 then ent.dels[#ent.dels + 1] = f end
+    else
+      local b = tonumber(string.match(f, '^[ndeo](%d+)$'))
+      if b and b < first then ent.dels[#ent.dels + 1] = f end
     end
   end
   if r[1] == '0' then
