@@ -9,7 +9,7 @@ its own redis-server; run this file for the breakdown by command:
 It starts a redis-server, the mock provider and the sidecar (every guard on, abuse checks, a
 key with a request limit and a token budget, as `make bench`), sends the requests with a
 different prompt in each (or one fixed body), waits for the settlements, and prints the
-commands per request, by command.
+commands per request, by command, and the redis-server's CPU time per request (INFO cpu).
 """
 
 from __future__ import annotations
@@ -43,6 +43,29 @@ def command_counts(port: int) -> Counter[str]:
     # redis-py parses `cmdstat_evalsha:calls=3,...` into {"cmdstat_evalsha": {"calls": 3, ...}}
     return Counter({name.removeprefix("cmdstat_").upper(): int(v["calls"])
                     for name, v in stats.items()})
+
+
+def command_usec(port: int) -> Counter[str]:
+    """Microseconds spent per command so far (INFO commandstats; a script's time includes the
+    commands it runs)."""
+    client = redis.Redis(port=port)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return Counter({name.removeprefix("cmdstat_").upper(): int(v["usec"])
+                    for name, v in stats.items()})
+
+
+def cpu_seconds(port: int) -> float:
+    """CPU time the redis-server at `port` has used so far (INFO cpu: user + system): what
+    the requests cost Redis, networking included."""
+    client = redis.Redis(port=port)
+    try:
+        cpu = client.info("cpu")
+    finally:
+        client.close()
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
 
 def per_request(before: Counter[str], after: Counter[str], requests: int,
@@ -101,14 +124,20 @@ def main() -> None:
         url = f"http://127.0.0.1:{side_port}"
         asyncio.run(send(url, headers, 50, 4, args.fixed_body))  # warm-up: scripts loaded, keys exist
         time.sleep(0.2)
-        before = command_counts(redis_port)
+        before, cpu = command_counts(redis_port), cpu_seconds(redis_port)
+        usec = command_usec(redis_port)
         ok = asyncio.run(send(url, headers, args.requests, args.concurrency, args.fixed_body))
         time.sleep(0.5)  # settlements are sent after the replies
-        after = command_counts(redis_port)
+        after, cpu = command_counts(redis_port), cpu_seconds(redis_port) - cpu
+        usec = command_usec(redis_port) - usec
     rows = per_request(before, after, args.requests)
     print(json.dumps({"requests": args.requests, "ok": ok, "body": "fixed" if args.fixed_body
                       else "varied", "commands_per_request": round(sum(rows.values()), 2),
-                      "by_command": {k: round(v, 2) for k, v in rows.items()}}, indent=1))
+                      "redis_cpu_us_per_request": round(cpu / args.requests * 1e6, 1),
+                      "by_command": {k: round(v, 2) for k, v in rows.items()},
+                      "usec_per_request_by_command": {
+                          k: round(v / args.requests, 1) for k, v in usec.most_common()
+                          if k != "INFO"}}, indent=1))
     if ok != args.requests:
         sys.exit(f"{args.requests - ok} requests failed")
 

@@ -5,19 +5,23 @@
 --   P..'s'         hash: everything the judgement reads, in one HMGET per request:
 --                  per time bucket b = floor(now_s / bucket_s) of the window: 'n'..b requests,
 --                  'e'..b embedding inputs, 'o'..b output tokens (abuse_output.lua), 'd'..b
---                  prompts new to the bucket; 'i'..id the distinct prompts that fell into LSH
+--                  prompts new to the bucket; 'N', 'D', 'E' the running sums of n, d and e
+--                  over the window's buckets (a bucket comes off them when it leaves the
+--                  window; output tokens, written after the response, are summed per request
+--                  over the window's 'o' fields); 'i'..id the distinct prompts that fell into LSH
 --                  bucket id, as "b:count,b:count" per time bucket (entries that left the window
 --                  count for nothing and are dropped when the field is next written);
 --                  'lo' the bucket of the last roll-over; 'xb','x','X' the kept exact distinct
 --                  count (see distinct()); 'ca','cs','cu' a cool-down: action, signals, until
 --                  (ms); 'r'..signal the window epoch a signal was last reported in;
---                  'sc' the cursor of a sweep that drops id fields whose buckets all left
+--                  'sc' the cursor of a sweep that drops id fields whose buckets all left;
+--                  'pad' a 65-byte value that keeps the hash a hash table (see PAD)
 --   P..'h:'..b     HyperLogLog of prompt hashes of bucket b (PFCOUNT over the window = distinct)
 --   P..'day:'..d   requests on UTC day d (Redis time)
 --   P..'thr:'..m   requests admitted during a throttle cool-down in minute m
 -- Per request and entity that is HMGET, PFADD, INCR (the day) and HSET; the first request of a
--- bucket also drops the bucket that left the window (HDEL), refreshes the TTLs and starts a
--- sweep of the id fields (HSCAN, SWEEP fields per request until it is done).
+-- bucket also takes the buckets that left the window off the sums (HMGET, HDEL), refreshes the
+-- TTLs and starts a sweep of the hash (HSCAN, SWEEP fields per request until it is done).
 --
 -- KEYS[1] key prefix     e.g. abuse:{t:acme}:k:<key id>:
 -- KEYS[2] tenant prefix  e.g. abuse:{t:acme}:tenant:   (same hash tag: same Cluster slot);
@@ -53,6 +57,10 @@ local ACTIONS = {'allow', 'allow', 'throttle', 'block'}  -- by policy + 1 (off, 
 local SEVERITY = {allow = 0, throttle = 1, block = 2}
 local SCALARS = {'n', 'd', 'e', 'o'}
 local SWEEP = 256  -- hash fields a sweep examines per request
+-- A field whose value is longer than hash-max-listpack-value (64 by default) keeps the hash a
+-- hash table: O(1) per field read. As a listpack (up to 512 fields by default) every field of
+-- the HMGET, and every one it misses, would be a linear scan of the whole hash.
+local PAD = string.rep('-', 65)
 
 local t = redis.call('TIME')
 local now_s = tonumber(t[1])
@@ -66,14 +74,19 @@ local shadow = mode == 'shadow'
 local ids = {}
 for i = 26, #ARGV do ids[#ids + 1] = ARGV[i] end
 
--- What one HMGET reads per entity: 8 fixed fields, the 6 report epochs, 4 per window bucket,
--- one per LSH id of this prompt.
-local fields = {'ca', 'cs', 'cu', 'lo', 'xb', 'x', 'X', 'sc'}
-for s = 1, 6 do fields[#fields + 1] = 'r' .. NAMES[s] end
-local AT_WINDOW = #fields
-for b = first, cur do
-  for _, f in ipairs(SCALARS) do fields[#fields + 1] = f .. b end
-end
+-- What one HMGET reads per entity: 8 fixed fields, the 6 report epochs, the running sums of
+-- requests, new prompts and inputs and the current bucket's own, each window bucket's output
+-- tokens, one per LSH id of this prompt.
+local REPORTED = {'rvolume', 'rdistinct', 'rtemplate', 'rembeddings', 'routput', 'rdaily'}
+local RUNNING = {'n', 'd', 'e'}  -- kept as running sums 'N', 'D', 'E' over the window
+local SUMS = {'N', 'D', 'E'}
+local scur = string.format('%d', cur)
+local fields = {'ca', 'cs', 'cu', 'lo', 'xb', 'x', 'X', 'sc', 'rvolume', 'rdistinct',
+                'rtemplate', 'rembeddings', 'routput', 'rdaily', 'N', 'D', 'E',
+                'n' .. scur, 'd' .. scur, 'e' .. scur}
+local AT_SUMS = 14
+local AT_OUT = #fields
+for b = first, cur do fields[#fields + 1] = 'o' .. b end
 local AT_IDS = #fields
 for _, id in ipairs(ids) do fields[#fields + 1] = 'i' .. id end
 
@@ -132,22 +145,42 @@ local function ring(value)
   return total, kept
 end
 
--- The first request of a bucket: drop the scalars of buckets that left the window (the hash
--- lives window + one bucket after a roll-over, so none older than that can exist), keep the
--- hash that long, and start a sweep of the id fields.
-local function roll_over(ent)
-  local from = ent.lo and ent.lo - nbuckets + 1 or first - nbuckets - 2
-  from = math.max(from, first - nbuckets - 2)
-  for b = from, first - 1 do
-    for _, f in ipairs(SCALARS) do ent.dels[#ent.dels + 1] = f .. b end
+-- Take a bucket field that left the window off its running sum (once: `gone` remembers it).
+local function drop(ent, field, value)
+  if ent.gone[field] then return end
+  ent.gone[field] = true
+  ent.dels[#ent.dels + 1] = field
+  local f = string.sub(field, 1, 1)
+  if f ~= 'o' then
+    local sum = ent.sums[f]
+    ent.sums[f] = math.max(0, sum - (tonumber(value) or 0))
   end
-  set(ent, 'lo', fmt(cur))
+end
+
+-- The first request of a bucket: the buckets that left the window since the last roll-over come
+-- off the running sums and are deleted (the hash lives window + one bucket after a roll-over,
+-- so no older bucket can remain but from a step back of Redis time, which the sweep catches);
+-- the hash's TTL is refreshed and a sweep of its fields starts.
+local function roll_over(ent)
+  if ent.lo and ent.lo - nbuckets + 1 <= first - 1 then
+    local names = {}
+    for b = math.max(ent.lo - nbuckets + 1, first - nbuckets - 2), first - 1 do
+      for _, f in ipairs(SCALARS) do names[#names + 1] = f .. b end
+    end
+    local values = redis.call('HMGET', ent.key, unpack(names))
+    for j = 1, #names do
+      if values[j] then drop(ent, names[j], values[j]) end
+    end
+  end
+  set(ent, 'lo', scur)
+  if not ent.lo then set(ent, 'pad', PAD) end
   ent.expire = true
   if not ent.v[8] then ent.sweep = '0' end
 end
 
 -- One step of the sweep: id fields whose every entry left the window are dropped, and bucket
--- fields older than the window (output tokens of a request that outlasted it).
+-- fields older than the window (output tokens of a request that outlasted it; a bucket of
+-- before a step back of Redis time) come off their sums.
 local function sweep(ent, cursor)
   local r = redis.call('HSCAN', ent.key, cursor, 'COUNT', SWEEP)
   local kv = r[2]
@@ -158,7 +191,7 @@ local function sweep(ent, cursor)
       if total == 0 then ent.dels[#ent.dels + 1] = f end
     else
       local b = tonumber(string.match(f, '^[ndeo](%d+)$'))
-      if b and b < first then ent.dels[#ent.dels + 1] = f end
+      if b and b < first then drop(ent, f, kv[j + 1]) end
     end
   end
   if r[1] == '0' then
@@ -171,6 +204,8 @@ end
 -- 2. Record this request in the current bucket and the day; returns the window's values.
 local function record(ent)
   local v = ent.v
+  ent.sums, ent.gone = {}, {}
+  for j, f in ipairs(RUNNING) do ent.sums[f] = tonumber(v[AT_SUMS + j]) or 0 end
   if not ent.lo or ent.lo < cur then roll_over(ent) end
   local cursor = ent.sweep or v[8]
   if cursor then sweep(ent, cursor) end
@@ -181,23 +216,20 @@ local function record(ent)
   end
   local new = 0
   if phash ~= '' then
-    local h = ent.prefix .. 'h:' .. cur
+    local h = ent.prefix .. 'h:' .. scur
     new = redis.call('PFADD', h, phash)
-    if ent.expire or not v[AT_WINDOW + 4 * nbuckets - 3] then redis.call('PEXPIRE', h, ttl_ms) end
+    if ent.expire or not v[AT_SUMS + 4] then redis.call('PEXPIRE', h, ttl_ms) end
   end
-  -- window sums; the current bucket is the last one read
-  local sums = {0, 0, 0, 0}
-  for b = 0, nbuckets - 1 do
-    for f = 1, 4 do sums[f] = sums[f] + (tonumber(v[AT_WINDOW + 4 * b + f]) or 0) end
-  end
-  local at_cur = AT_WINDOW + 4 * (nbuckets - 1)
-  local add = {1, new, inputs, 0}
-  for f = 1, 3 do
+  local add = {n = 1, d = new, e = inputs}
+  for j, f in ipairs(RUNNING) do
     if add[f] > 0 then
-      sums[f] = sums[f] + add[f]
-      set(ent, SCALARS[f] .. cur, fmt((tonumber(v[at_cur + f]) or 0) + add[f]))
+      ent.sums[f] = ent.sums[f] + add[f]
+      set(ent, f .. scur, (tonumber(v[AT_SUMS + 3 + j]) or 0) + add[f])
     end
   end
+  for j, f in ipairs(RUNNING) do set(ent, SUMS[j], ent.sums[f]) end
+  local out = 0
+  for b = 1, nbuckets do out = out + (tonumber(v[AT_OUT + b]) or 0) end
   local template = 0
   for j = 1, #ids do
     local count, kept = ring(v[AT_IDS + j])
@@ -207,7 +239,7 @@ local function record(ent)
         local b, c = string.match(kept[#kept], '^(%d+):(%d+)$')
         if tonumber(b) == cur then here = tonumber(c); kept[#kept] = nil end
       end
-      kept[#kept + 1] = fmt(cur) .. ':' .. fmt(here + 1)
+      kept[#kept + 1] = scur .. ':' .. (here + 1)
       count = count + 1
       set(ent, 'i' .. ids[j], table.concat(kept, ','))
     end
@@ -216,7 +248,7 @@ local function record(ent)
   local dkey = ent.prefix .. 'day:' .. day
   local today = redis.call('INCR', dkey)
   if today == 1 then redis.call('EXPIRE', dkey, 2 * 86400) end
-  return {sums[1], sums[2], template, sums[3], sums[4], today}
+  return {ent.sums.n, ent.sums.d, template, ent.sums.e, out, today}
 end
 
 -- Distinct prompts over the window, exactly (PFCOUNT over the window's HyperLogLogs), asked
@@ -236,7 +268,7 @@ local function distinct(ent, bound, limit)
   for b = first, cur do keys[#keys + 1] = ent.prefix .. 'h:' .. b end
   local exact = redis.call('PFCOUNT', unpack(keys))
   if exact >= limit then again = -1 else again = bound + limit - exact end
-  set(ent, 'xb', fmt(cur))
+  set(ent, 'xb', scur)
   set(ent, 'x', fmt(again))
   set(ent, 'X', fmt(exact))
   return exact
@@ -259,11 +291,12 @@ local function cool_down(ent, action, signals, span)
   local keys = {ent.key}
   for b = first, cur do keys[#keys + 1] = ent.prefix .. 'h:' .. b end
   redis.call('DEL', unpack(keys))
-  local sets = {'ca', action, 'cs', signals, 'cu', fmt(now_ms + span), 'lo', fmt(cur)}
+  local sets = {'ca', action, 'cs', signals, 'cu', fmt(now_ms + span), 'lo', scur,
+                'pad', PAD}
   for s = 1, 6 do
     local epoch = ent.reported[s] or ent.v[8 + s]
     if epoch then
-      sets[#sets + 1] = 'r' .. NAMES[s]
+      sets[#sets + 1] = REPORTED[s]
       sets[#sets + 1] = epoch
     end
   end
@@ -295,7 +328,7 @@ for i, ent in ipairs(entities) do
         if SEVERITY[a] > SEVERITY[ent_action] then ent_action = a end
         if a ~= 'allow' and s == 6 then daily = true end
         if ent.v[8 + s] ~= epoch then
-          set(ent, 'r' .. NAMES[s], epoch)
+          set(ent, REPORTED[s], epoch)
           ent.reported[s] = epoch
           fresh[#fresh + 1] = name
         end
