@@ -22,13 +22,22 @@ import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
 from time import monotonic
-from typing import Any
+from typing import Any, Protocol
 
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
 
 Arg = str | bytes | int | float
+
+
+class Sink(Protocol):
+    """Where a reply goes: an asyncio future, or anything that takes a reply like one."""
+
+    def done(self) -> bool: ...
+    def set_result(self, result: Any, /) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
 Resolver = Callable[[], Awaitable[tuple[str, int]]]
 # How often the master's address is checked again while commands flow, and how soon after a
 # NOREPLICAS reply (the master lost its replicas: maybe a failover is under way).
@@ -102,7 +111,7 @@ class PipelinedConnection:
         self.stale_after_s = stale_after_s
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
-        self._pending: deque[tuple[asyncio.Future[Any], float]] = deque()
+        self._pending: deque[tuple[Sink, float]] = deque()
         self._outbox: list[bytes] = []
         self._flush_scheduled = False
         self._before_write: list[Callable[[], None]] = []
@@ -150,14 +159,22 @@ class PipelinedConnection:
         return bool(self._pending) and monotonic() - self._pending[0][1] > self.stale_after_s
 
     def _enqueue(self, protocol: _Protocol, args: tuple[Arg, ...]) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((future, monotonic()))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue(protocol, args, future)
+        return future
+
+    def send_into(self, args: tuple[Arg, ...], sink: Sink) -> None:
+        """Queue one command whose reply (or error) goes to `sink`; only while `ready`."""
+        protocol = self._protocol
+        assert protocol is not None
+        self._queue(protocol, args, sink)
+
+    def _queue(self, protocol: _Protocol, args: tuple[Arg, ...], sink: Sink) -> None:
+        self._pending.append((sink, monotonic()))
         self._outbox.append(encode_command(args))
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            loop.call_soon(self._flush, protocol)
-        return future
+            asyncio.get_running_loop().call_soon(self._flush, protocol)
 
     def _flush(self, protocol: _Protocol) -> None:
         while self._before_write:

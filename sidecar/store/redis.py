@@ -14,7 +14,6 @@ script could charge a request twice).
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,7 +28,7 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
 from sidecar.settings import SENTINEL_SCHEMES, StoreSettings, parse_sentinel_url
-from sidecar.store.pipelined import PipelinedConnection
+from sidecar.store.pipelined import PipelinedConnection, Sink
 from sidecar.store.scripts import PAIRS, Script, load_scripts
 
 log = logging.getLogger("sidecar.store")
@@ -146,14 +145,16 @@ class Store:
 
     def _release(self) -> None:
         """Send the held calls: two of a composed pair for one tenant (hash tag) as one
-        EVALSHA of the composed script, every other one as it is."""
-        assert self.fast is not None
+        EVALSHA of the composed script, every other one as it is. Replies go straight to the
+        callers' futures (no future in between: no extra turn of the loop)."""
+        fast = self.fast
+        assert fast is not None
         held, self._held = self._held, []
         while held:
             call = held.pop(0)
             partner = next((other for other in held if self._pair_of(call, other)), None)
             if partner is None:
-                _forward(self.fast.send(call.command), (call.future,))
+                self._send_held(call.command, call.future)
                 continue
             held.remove(partner)
             first, second = (call, partner) if (call.name, partner.name) in self._pairs \
@@ -161,23 +162,42 @@ class Store:
             script = self._pairs[(first.name, second.name)]
             command = ("EVALSHA", script.sha, len(first.keys) + len(second.keys), *first.keys,
                        *second.keys, len(first.keys), len(first.args), *first.args, *second.args)
-            sent = self.fast.send(command)
-            sent.add_done_callback(functools.partial(self._composed_done, script=script))
-            _forward(sent, (first.future, second.future))
+            self._send_held(command, _Split(self, script, first.future, second.future))
+
+    def _send_held(self, command: tuple[KeyOrArg, ...], sink: Sink) -> None:
+        fast = self.fast
+        assert fast is not None
+        if fast.ready:
+            fast.send_into(command, sink)
+            return
+        # The connection went away since the calls were held: the next one opens it.
+        def copy(future: asyncio.Future[Any]) -> None:
+            if sink.done():
+                if not future.cancelled():
+                    future.exception()  # retrieved: nobody waits for it any more
+            elif future.cancelled():
+                sink.set_exception(StoreError("store call cancelled"))
+            elif (error := future.exception()) is not None:
+                sink.set_exception(error)
+            else:
+                sink.set_result(future.result())
+
+        fast.send(command).add_done_callback(copy)
 
     def _pair_of(self, one: _Held, other: _Held) -> bool:
+        """Two calls that compose: a pair of scripts, for one tenant (every key of one of these
+        calls carries the same hash tag, so their first keys decide)."""
         names = (one.name, other.name)
         if names not in self._pairs and names[::-1] not in self._pairs:
             return False
-        tags = {_hash_tag(k) for k in (*one.keys, *other.keys) if k != ""}
-        return len(tags) == 1 and None not in tags
+        tag = _hash_tag(one.keys[0]) if one.keys else None
+        return tag is not None and bool(other.keys) and tag == _hash_tag(other.keys[0])
 
-    def _composed_done(self, future: asyncio.Future[Any], script: Script) -> None:
+    def _reload_soon(self, script: Script) -> None:
         """A composed script the store forgot is loaded again for the next pair (its two parts
-        were re-run alone by their callers, see `_finish`)."""
-        if not future.cancelled() and isinstance(future.exception(), NoScriptError):
-            asyncio.ensure_future(self._reload(script)).add_done_callback(
-                lambda f: f.cancelled() or f.exception())
+        are re-run alone by their callers, see `_finish`)."""
+        asyncio.ensure_future(self._reload(script)).add_done_callback(
+            lambda f: f.cancelled() or f.exception())
 
     async def _finish(self, call: StoreCall) -> Any:
         name = call.name
@@ -273,24 +293,29 @@ def _hash_tag(key: KeyOrArg) -> str | None:
     return text[start + 1:end] if start >= 0 and end > start + 1 else None
 
 
-def _forward(sent: asyncio.Future[Any], to: tuple[asyncio.Future[Any], ...]) -> None:
-    """Hand a reply (or its error) on: one future gets it whole, a pair gets one half each.
-    A caller that gave up already (cancelled) is skipped."""
+class _Split:
+    """Takes the reply of a composed script like a future and hands each caller its part."""
 
-    def done(future: asyncio.Future[Any]) -> None:
-        error = None if future.cancelled() else future.exception()
-        for index, target in enumerate(to):
-            if target.done():
-                continue
-            if future.cancelled():
-                target.cancel()
-            elif error is not None:
-                target.set_exception(error)
-            else:
-                result = future.result()
-                target.set_result(result if len(to) == 1 else result[index])
+    __slots__ = ("first", "script", "second", "store")
 
-    sent.add_done_callback(done)
+    def __init__(self, store: Store, script: Script, first: asyncio.Future[Any],
+                 second: asyncio.Future[Any]) -> None:
+        self.store, self.script, self.first, self.second = store, script, first, second
+
+    def done(self) -> bool:
+        return self.first.done() and self.second.done()
+
+    def set_result(self, result: Any, /) -> None:
+        for target, part in ((self.first, result[0]), (self.second, result[1])):
+            if not target.done():
+                target.set_result(part)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        if isinstance(exception, NoScriptError):
+            self.store._reload_soon(self.script)
+        for target in (self.first, self.second):
+            if not target.done():
+                target.set_exception(exception)
 
 
 def _memory_client() -> Any:
