@@ -31,7 +31,8 @@ from sidecar.metrics import Metrics
 from sidecar.model import Principal
 from sidecar.settings import AbuseSettings
 from sidecar.store.breaker import CircuitBreaker
-from sidecar.store.redis import Store, StoreCall, StoreError
+from sidecar.store.pipelined import Packed
+from sidecar.store.redis import KeyOrArg, Store, StoreCall, StoreError
 
 log = logging.getLogger("sidecar.abuse")
 
@@ -96,16 +97,16 @@ class AbuseService:
         s = settings
         self._nbuckets = s.window_s // s.bucket_s
         # Everything but the per-request values, encoded once.
-        self._head = (s.mode, s.bucket_s, self._nbuckets, int(s.cooldown_s * 1000),
-                      s.throttle_per_minute)
-        self._tail = (
+        self._head = Packed((s.mode, s.bucket_s, self._nbuckets, int(s.cooldown_s * 1000),
+                             s.throttle_per_minute))
+        self._tail = Packed((
             s.key_requests, s.key_distinct, s.key_template, s.key_embedding_inputs,
             s.key_output_tokens, s.key_daily_requests,
             s.tenant_requests, s.tenant_distinct, s.tenant_template, s.tenant_embedding_inputs,
             s.tenant_output_tokens, s.tenant_daily_requests,
             *(_POLICY[p] for p in (s.volume_policy, s.distinct_policy, s.template_policy,
                                    s.embeddings_policy, s.output_policy, s.daily_policy)),
-        )
+        ))
         self._tenant_on = any((s.tenant_requests, s.tenant_distinct, s.tenant_template,
                                s.tenant_embedding_inputs, s.tenant_output_tokens,
                                s.tenant_daily_requests))
@@ -124,8 +125,8 @@ class AbuseService:
             return PendingCheck(self, principal, None)
         if not self._use_store():
             return PendingCheck(self, principal, None, degraded=True)
-        args = (*self._head, features.prompt_hash, features.inputs, *self._tail,
-                *features.buckets[:MAX_BUCKETS])
+        args: tuple[KeyOrArg, ...] = (self._head, features.prompt_hash, features.inputs,
+                                      self._tail, *features.buckets[:MAX_BUCKETS])
         return PendingCheck(self, principal, self.store.start("abuse", self._keys(principal), args))
 
     async def record_output(self, principal: Principal, tokens: int, at_ms: int = 0) -> None:

@@ -118,8 +118,8 @@ class Limiter:
         if not self._use_store():
             return self._degrade(plan, request_id, cost)
         try:
-            reply = await self.store.run("admit", plan.keys,
-                                         (request_id, cost, SLACK_MS, *plan.argv))
+            reply = await self.store.run("admit", (plan.packed_keys,),
+                                         (request_id, cost, SLACK_MS, plan.packed_argv))
         except StoreError:
             self._store_failed("limits_admit")
             return self._degrade(plan, request_id, cost)

@@ -25,12 +25,13 @@ until its *last* request leaves the window, so the count never misses a request 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import quote
 
 from sidecar.model import LimitRule, Principal
 from sidecar.settings import LimitsSettings
+from sidecar.store.pipelined import Packed
 
 Kind = Literal["requests", "tokens"]
 Level = Literal["key", "tenant"]
@@ -70,6 +71,8 @@ class Plan:
     keys: tuple[str, ...]
     argv: tuple[str, ...]
     token_keys: tuple[str, ...]  # (reservations, amounts) pairs of the token checks, for settle
+    packed_keys: Packed = field(default_factory=lambda: Packed(()), compare=False)  # keys, encoded
+    packed_argv: Packed = field(default_factory=lambda: Packed(()), compare=False)  # argv, encoded
 
     @property
     def has_tokens(self) -> bool:
@@ -119,4 +122,5 @@ def build_plan(principal: Principal, settings: LimitsSettings) -> Plan:
                  str(check.limit), "1" if check.shadow else "0"]
         if check.kind == "tokens":
             token_keys.extend(check.keys)
-    return Plan(principal.tenant, tuple(checks), tuple(keys), tuple(argv), tuple(token_keys))
+    return Plan(principal.tenant, tuple(checks), tuple(keys), tuple(argv), tuple(token_keys),
+                Packed(keys), Packed(argv))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from time import monotonic
 from typing import Any, Protocol
 
@@ -45,10 +45,69 @@ RECHECK_S = 1.0
 SUSPECT_RECHECK_S = 0.1
 
 
-def encode_command(args: tuple[Arg, ...]) -> bytes:
-    """RESP encoding of one command (hiredis packs it in C: 3x faster than Python here)."""
+class Packed:
+    """A run of command arguments encoded once (RESP bulk strings): for what a caller sends
+    again and again (a limit plan's keys and windows, the abuse settings). hiredis packs ~0.2 us
+    per argument; a script call of 50 arguments spent ~10 us of the request's CPU on it."""
+
+    __slots__ = ("resp", "values")
+
+    def __init__(self, values: Iterable[Arg]) -> None:
+        self.values: tuple[Arg, ...] = tuple(values)
+        self.resp = _bulks(self.values) if self.values else b""
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+Part = Arg | Packed
+
+
+def _bulks(args: tuple[Arg, ...]) -> bytes:
+    """The bulk strings of `args`, without the command's `*<count>` header."""
     packed: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]  # its stub says 1-tuple
-    return packed
+    return packed[packed.index(b"\r\n") + 2:]
+
+
+def flatten(args: tuple[Part, ...]) -> tuple[Arg, ...]:
+    """The plain arguments of a command (for clients that know nothing of Packed)."""
+    out: list[Arg] = []
+    for arg in args:
+        if isinstance(arg, Packed):
+            out.extend(arg.values)
+        else:
+            out.append(arg)
+    return tuple(out)
+
+
+def count(args: Iterable[Part]) -> int:
+    """How many arguments `args` stand for (a Packed counts its values)."""
+    return sum(len(a) if isinstance(a, Packed) else 1 for a in args)
+
+
+def encode_command(args: tuple[Part, ...]) -> bytes:
+    """RESP encoding of one command (hiredis packs it in C: 3x faster than Python here); runs
+    already encoded (Packed) are spliced in as they are."""
+    chunks: list[bytes] = []
+    run: list[Arg] = []
+    total = 0
+    for arg in args:
+        if isinstance(arg, Packed):
+            if run:
+                chunks.append(_bulks(tuple(run)))
+                total += len(run)
+                run = []
+            chunks.append(arg.resp)
+            total += len(arg.values)
+        else:
+            run.append(arg)
+    if not chunks:
+        packed: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]
+        return packed
+    if run:
+        chunks.append(_bulks(tuple(run)))
+        total += len(run)
+    return b"*%d\r\n" % total + b"".join(chunks)
 
 
 def _error(reply: hiredis.ReplyError) -> ResponseError:
@@ -122,7 +181,7 @@ class PipelinedConnection:
         self._last_check = float("-inf")
         self.moves = 0  # times a connection was dropped because the master moved (tests read it)
 
-    async def execute(self, *args: Arg) -> Any:
+    async def execute(self, *args: Part) -> Any:
         """Send one command (pipelined with its neighbours) and wait for its reply."""
         protocol = self._protocol or await self._connect()
         if self._stale():
@@ -132,7 +191,7 @@ class PipelinedConnection:
             self._check_master(RECHECK_S)
         return await self._enqueue(protocol, args)
 
-    def send(self, args: tuple[Arg, ...]) -> asyncio.Future[Any]:
+    def send(self, args: tuple[Part, ...]) -> asyncio.Future[Any]:
         """Queue one command now, without a task, and return its reply future: commands sent
         in one event-loop turn share one write. (Opens the connection first when needed.)"""
         protocol = self._protocol
@@ -158,18 +217,18 @@ class PipelinedConnection:
     def _stale(self) -> bool:
         return bool(self._pending) and monotonic() - self._pending[0][1] > self.stale_after_s
 
-    def _enqueue(self, protocol: _Protocol, args: tuple[Arg, ...]) -> asyncio.Future[Any]:
+    def _enqueue(self, protocol: _Protocol, args: tuple[Part, ...]) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue(protocol, args, future)
         return future
 
-    def send_into(self, args: tuple[Arg, ...], sink: Sink) -> None:
+    def send_into(self, args: tuple[Part, ...], sink: Sink) -> None:
         """Queue one command whose reply (or error) goes to `sink`; only while `ready`."""
         protocol = self._protocol
         assert protocol is not None
         self._queue(protocol, args, sink)
 
-    def _queue(self, protocol: _Protocol, args: tuple[Arg, ...], sink: Sink) -> None:
+    def _queue(self, protocol: _Protocol, args: tuple[Part, ...], sink: Sink) -> None:
         self._pending.append((sink, monotonic()))
         self._outbox.append(encode_command(args))
         if not self._flush_scheduled:

@@ -28,12 +28,12 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
 from sidecar.settings import SENTINEL_SCHEMES, StoreSettings, parse_sentinel_url
-from sidecar.store.pipelined import PipelinedConnection, Sink
+from sidecar.store.pipelined import Packed, PipelinedConnection, Sink, count, flatten
 from sidecar.store.scripts import PAIRS, Script, load_scripts
 
 log = logging.getLogger("sidecar.store")
 
-KeyOrArg = str | int | float | bytes
+KeyOrArg = str | int | float | bytes | Packed  # a Packed run stands for its values
 NOSCRIPT_ATTEMPTS = 3  # loads-and-reruns of a script the store forgot, per call
 
 
@@ -112,6 +112,7 @@ class Store:
         self._pairs = {(a, b): self.scripts[f"{a}+{b}"] for a, b in PAIRS}
         self._composable = {name for pair in PAIRS for name in pair}
         self._held: list[_Held] = []
+        self._heads = {name: Packed(("EVALSHA", script.sha)) for name, script in self.scripts.items()}
 
     @property
     def is_memory(self) -> bool:
@@ -125,7 +126,7 @@ class Store:
         """Send one script call now and return it; `await call.reply()` waits for the answer.
         Calls started in one event-loop turn leave in one write on the pipelined connection,
         so two of them cost one round trip and no task."""
-        command = ("EVALSHA", self.scripts[name].sha, len(keys), *keys, *args)
+        command = (self._heads[name], count(keys), *keys, *args)
         if self.fast is not None:
             if name in self._composable and self.fast.ready:
                 return StoreCall(self, name, command, self._hold(name, keys, args, command))
@@ -160,8 +161,9 @@ class Store:
             first, second = (call, partner) if (call.name, partner.name) in self._pairs \
                 else (partner, call)
             script = self._pairs[(first.name, second.name)]
-            command = ("EVALSHA", script.sha, len(first.keys) + len(second.keys), *first.keys,
-                       *second.keys, len(first.keys), len(first.args), *first.args, *second.args)
+            first_keys = count(first.keys)
+            command = (self._heads[script.name], first_keys + count(second.keys), *first.keys,
+                       *second.keys, first_keys, count(first.args), *first.args, *second.args)
             self._send_held(command, _Split(self, script, first.future, second.future))
 
     def _send_held(self, command: tuple[KeyOrArg, ...], sink: Sink) -> None:
@@ -190,8 +192,8 @@ class Store:
         names = (one.name, other.name)
         if names not in self._pairs and names[::-1] not in self._pairs:
             return False
-        tag = _hash_tag(one.keys[0]) if one.keys else None
-        return tag is not None and bool(other.keys) and tag == _hash_tag(other.keys[0])
+        tag = _first_tag(one.keys)
+        return tag is not None and tag == _first_tag(other.keys)
 
     def _reload_soon(self, script: Script) -> None:
         """A composed script the store forgot is loaded again for the next pair (its two parts
@@ -239,7 +241,7 @@ class Store:
         await asyncio.shield(pending)
 
     async def _client_evalsha(self, *command: KeyOrArg) -> Any:
-        return await self.client.evalsha(*command[1:])  # command[0] is "EVALSHA"
+        return await self.client.evalsha(*flatten(command)[1:])  # [0] is "EVALSHA"
 
     async def call(self, op: str, *args: Any) -> Any:
         """Run one plain command (`op` is a redis-py method name) within the store deadline."""
@@ -285,7 +287,17 @@ class _Held:
         self.name, self.keys, self.args, self.command, self.future = name, keys, args, command, future
 
 
-def _hash_tag(key: KeyOrArg) -> str | None:
+def _first_tag(keys: tuple[KeyOrArg, ...]) -> str | None:
+    """The hash tag of the first of `keys` (None: no key, or no tag)."""
+    if not keys:
+        return None
+    first = keys[0]
+    if isinstance(first, Packed):
+        return _hash_tag(first.values[0]) if first.values else None
+    return _hash_tag(first)
+
+
+def _hash_tag(key: str | int | float | bytes) -> str | None:
     """The Cluster hash tag of a key (the text between the first { and the next }), or None."""
     text = key.decode() if isinstance(key, bytes) else str(key)
     start = text.find("{")
