@@ -147,20 +147,22 @@ class AbuseService:
 
     def record_output_soon(self, principal: Principal, tokens: int,
                            at_ms: int = 0) -> asyncio.Future[Any] | None:
-        """`record_output` for a caller that does not wait: the call leaves now (sharing the
-        turn's write) and is booked when the reply arrives, without a task. Returns what to
+        """`record_output` for a caller that does not wait: the call leaves with the next write
+        (within a few ms) and is booked when the reply arrives, without a task. Returns what to
         wait for at shutdown."""
-        call = self._start_output(principal, tokens, at_ms)
+        call = self._start_output(principal, tokens, at_ms, lazy=True)
         if call is None:
             return None
         return call.when_done(self._output_recorded)
 
-    def _start_output(self, principal: Principal, tokens: int, at_ms: int) -> StoreCall | None:
+    def _start_output(self, principal: Principal, tokens: int, at_ms: int, *,
+                      lazy: bool = False) -> StoreCall | None:
         if not self._output_on or tokens <= 0 or not self._use_store():
             return None
         bucket = at_ms // 1000 // self.settings.bucket_s if at_ms > 0 else ""
         return self.store.start("abuse_output", self._keys(principal),
-                                (self.settings.bucket_s, self._nbuckets, int(tokens), bucket))
+                                (self.settings.bucket_s, self._nbuckets, int(tokens), bucket),
+                                lazy=lazy)
 
     def _output_recorded(self, error: StoreError | None) -> None:
         """Book an output record's outcome (the breaker was asked when it was sent)."""

@@ -229,16 +229,18 @@ class Limiter:
             self._settled(op, None)
 
     def settle_soon(self, admission: Admission, actual_tokens: int) -> asyncio.Future[Any] | None:
-        """`settle` for a caller that does not wait: the call leaves now (sharing the turn's
-        write) and its outcome is booked when the reply arrives, without a task. Returns what
-        to wait for at shutdown."""
-        call = self._start_settle(admission, actual_tokens, "limits_settle")
+        """`settle` for a caller that does not wait: the call leaves with the next write (within
+        a few ms: the next request's admission, usually) and its outcome is booked when the reply
+        arrives, without a task. Returns what to wait for at shutdown."""
+        call = self._start_settle(admission, actual_tokens, "limits_settle", lazy=True)
         if call is None:
             return None
         return call.when_done(lambda error: self._settled("limits_settle", error))
 
-    def _start_settle(self, admission: Admission, amount: int, op: str) -> StoreCall | None:
-        """Send a settlement now; None when nothing goes to the store."""
+    def _start_settle(self, admission: Admission, amount: int, op: str, *,
+                      lazy: bool = False) -> StoreCall | None:
+        """Send a settlement now (`lazy`: with the next write, within a few ms); None when
+        nothing goes to the store."""
         amount = max(0, int(amount))
         if not admission.token_keys:
             return None
@@ -249,7 +251,8 @@ class Limiter:
             # The reservation stays at its estimate until it leaves the window (never under-counts).
             self.metrics.store_errors.labels(op).inc()
             return None
-        return self.store.start("settle", admission.token_keys, (admission.request_id, amount))
+        return self.store.start("settle", admission.token_keys, (admission.request_id, amount),
+                                lazy=lazy)
 
     def _settled(self, op: str, error: StoreError | None) -> None:
         """Book a settlement's outcome (the breaker was asked when it was sent)."""

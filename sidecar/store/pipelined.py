@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from time import monotonic
 from typing import Any, Protocol
 
@@ -80,9 +80,13 @@ def flatten(args: tuple[Part, ...]) -> tuple[Arg, ...]:
     return tuple(out)
 
 
-def count(args: Iterable[Part]) -> int:
+def count(args: Sequence[Part]) -> int:
     """How many arguments `args` stand for (a Packed counts its values)."""
-    return sum(len(a) if isinstance(a, Packed) else 1 for a in args)
+    total = len(args)
+    for arg in args:
+        if type(arg) is Packed:
+            total += len(arg.values) - 1
+    return total
 
 
 def encode_command(args: tuple[Part, ...]) -> bytes:
@@ -174,6 +178,7 @@ class PipelinedConnection:
         self._outbox: list[bytes] = []
         self._flush_scheduled = False
         self._before_write: list[Callable[[], None]] = []
+        self._lazy: asyncio.TimerHandle | None = None  # a write that may wait for company
         self.writes = 0  # socket writes issued (tests and benchmarks read it)
         # Sentinel: names the master before every connect (host and port above are then ignored).
         self.resolve = resolve
@@ -206,13 +211,33 @@ class PipelinedConnection:
         """Connected and answering: a command queued now leaves in this turn's write."""
         return self._protocol is not None and not self._stale()
 
-    def before_write(self, hook: Callable[[], None]) -> None:
-        """Run `hook` once, right before this event-loop turn's write (commands it sends join
-        that write). Only while `ready`."""
+    def before_write(self, hook: Callable[[], None], delay_s: float = 0.0) -> None:
+        """Run `hook` once, right before a write (commands it sends join that write). Only while
+        `ready`. With `delay_s`, the write may wait that long: whatever leaves sooner (the next
+        request's admission) takes the hook along, so bookkeeping nobody waits for shares a
+        write (and a read on both ends) with the next request instead of costing its own."""
         self._before_write.append(hook)
-        if not self._flush_scheduled and self._protocol is not None:
+        if self._flush_scheduled or self._protocol is None:
+            return
+        loop = asyncio.get_running_loop()
+        if delay_s <= 0:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush, self._protocol)
+            loop.call_soon(self._flush, self._protocol)
+        elif self._lazy is None:
+            self._lazy = loop.call_later(delay_s, self._flush_lazy)
+
+    def _flush_lazy(self) -> None:
+        self._lazy = None
+        if self._flush_scheduled or not self._before_write:
+            return
+        protocol = self._protocol
+        if protocol is None:  # lost meanwhile: the hooks send through a new connection
+            hooks, self._before_write = self._before_write, []
+            for hook in hooks:
+                hook()
+            return
+        self._flush_scheduled = True
+        self._flush(protocol)
 
     def _stale(self) -> bool:
         return bool(self._pending) and monotonic() - self._pending[0][1] > self.stale_after_s
@@ -240,9 +265,12 @@ class PipelinedConnection:
             hooks, self._before_write = self._before_write, []
             for hook in hooks:
                 hook()
+        if self._lazy is not None:
+            self._lazy.cancel()
+            self._lazy = None
         self._flush_scheduled = False
         data, self._outbox = b"".join(self._outbox), []
-        if protocol is self._protocol and protocol.transport is not None:
+        if data and protocol is self._protocol and protocol.transport is not None:
             protocol.transport.write(data)
             self.writes += 1
 
@@ -349,6 +377,11 @@ class PipelinedConnection:
                 future.set_exception(error)
 
     async def close(self) -> None:
+        if self._before_write and not self._flush_scheduled:
+            self._flush_lazy()  # what waits for company leaves now
+        if self._lazy is not None:
+            self._lazy.cancel()
+            self._lazy = None
         if self._recheck is not None:
             self._recheck.cancel()
             await asyncio.gather(self._recheck, return_exceptions=True)

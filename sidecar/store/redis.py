@@ -35,6 +35,7 @@ log = logging.getLogger("sidecar.store")
 
 KeyOrArg = str | int | float | bytes | Packed  # a Packed run stands for its values
 NOSCRIPT_ATTEMPTS = 3  # loads-and-reruns of a script the store forgot, per call
+LAZY_S = 0.002  # how long a lazy call may wait for the next write (bookkeeping after a reply)
 
 
 class StoreError(Exception):
@@ -112,6 +113,7 @@ class Store:
         self._pairs = {(a, b): self.scripts[f"{a}+{b}"] for a, b in PAIRS}
         self._composable = {name for pair in PAIRS for name in pair}
         self._held: list[_Held] = []
+        self._held_lazy = False  # every held call may wait (the write is not due yet)
         self._heads = {name: Packed(("EVALSHA", script.sha)) for name, script in self.scripts.items()}
 
     @property
@@ -122,25 +124,29 @@ class Store:
         """EVALSHA one script (loading it first on NOSCRIPT) within the store deadline."""
         return await self.start(name, keys, args).reply()
 
-    def start(self, name: str, keys: Sequence[KeyOrArg], args: Sequence[KeyOrArg]) -> StoreCall:
+    def start(self, name: str, keys: Sequence[KeyOrArg], args: Sequence[KeyOrArg], *,
+              lazy: bool = False) -> StoreCall:
         """Send one script call now and return it; `await call.reply()` waits for the answer.
         Calls started in one event-loop turn leave in one write on the pipelined connection,
-        so two of them cost one round trip and no task."""
+        so two of them cost one round trip and no task. A `lazy` call (bookkeeping nobody
+        waits for) may wait up to LAZY_S for the next write instead of making its own."""
         command = (self._heads[name], count(keys), *keys, *args)
         if self.fast is not None:
             if name in self._composable and self.fast.ready:
-                return StoreCall(self, name, command, self._hold(name, keys, args, command))
+                return StoreCall(self, name, command,
+                                 self._hold(name, keys, args, command, lazy))
             return StoreCall(self, name, command, self.fast.send(command))
         return StoreCall(self, name, command, asyncio.ensure_future(self._evalsha(*command)))
 
     # -- composing the calls of one write ---------------------------------------------------
     def _hold(self, name: str, keys: Sequence[KeyOrArg], args: Sequence[KeyOrArg],
-              command: tuple[KeyOrArg, ...]) -> asyncio.Future[Any]:
-        """Keep a call back until this turn's write, where it may pair with its partner."""
+              command: tuple[KeyOrArg, ...], lazy: bool) -> asyncio.Future[Any]:
+        """Keep a call back until the next write, where it may pair with its partner."""
         assert self.fast is not None
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if not self._held:
-            self.fast.before_write(self._release)
+        if not self._held or (self._held_lazy and not lazy):
+            self.fast.before_write(self._release, LAZY_S if lazy else 0.0)
+            self._held_lazy = lazy
         self._held.append(_Held(name, tuple(keys), tuple(args), command, future))
         return future
 
@@ -151,6 +157,7 @@ class Store:
         fast = self.fast
         assert fast is not None
         held, self._held = self._held, []
+        self._held_lazy = False
         while held:
             call = held.pop(0)
             partner = next((other for other in held if self._pair_of(call, other)), None)

@@ -116,3 +116,51 @@ async def test_settlement_and_output_record_are_one_script_call(
     assert client.hget(amounts, "r1") == b"42"
     fields = client.hgetall(key_prefix(principal()) + "s")
     assert sum(int(v) for k, v in fields.items() if k.startswith(b"o")) == 30
+
+
+async def test_bookkeeping_after_a_reply_leaves_with_the_next_admission(
+        store: Store, redis_proc: RedisProcess) -> None:
+    """Settlement and output record of one request and the next request's admission and abuse
+    check leave in one write (two composed calls) and all four are answered."""
+    client = redis_proc.client()
+    limiter = Limiter(store, LimitsSettings(), Metrics())
+    abuse = AbuseService(store, AbuseSettings(), Metrics())
+    await warm_up(limiter, abuse)
+    admission = await limiter.admit(principal(), "r1", 500)
+    assert store.fast is not None
+    writes, calls = store.fast.writes, evalsha_calls(client)
+    settled = limiter.settle_soon(admission, 42)
+    recorded = abuse.record_output_soon(principal(), 30, admission.redis_time_ms)
+    assert await admit_and_check(limiter, abuse, principal(), principal(), "r2") == ("4", "allow")
+    assert settled is not None and recorded is not None
+    await asyncio.wait_for(asyncio.gather(settled, recorded), 1)
+    assert (store.fast.writes - writes, evalsha_calls(client) - calls) == (1, 2)
+    assert client.hget(limiter.plan(principal()).token_keys[1], "r1") == b"42"
+
+
+async def test_bookkeeping_with_no_request_after_it_leaves_within_milliseconds(
+        store: Store, redis_proc: RedisProcess) -> None:
+    """With nothing else to send, a settlement leaves on its own a few ms later."""
+    client = redis_proc.client()
+    limiter = Limiter(store, LimitsSettings(), Metrics())
+    abuse = AbuseService(store, AbuseSettings(), Metrics())
+    await warm_up(limiter, abuse)
+    admission = await limiter.admit(principal(), "r1", 500)
+    settled = limiter.settle_soon(admission, 42)
+    assert settled is not None
+    await asyncio.wait_for(settled, 0.5)
+    assert client.hget(limiter.plan(principal()).token_keys[1], "r1") == b"42"
+
+
+async def test_bookkeeping_still_waiting_is_sent_when_the_store_closes(
+        redis_url: str, redis_proc: RedisProcess) -> None:
+    """Closing the store sends what waits for a write first: no settlement is lost at
+    shutdown."""
+    store = await connect(StoreSettings(url=redis_url))
+    limiter = Limiter(store, LimitsSettings(), Metrics())
+    admission = await limiter.admit(principal(), "r1", 500)
+    settled = limiter.settle_soon(admission, 42)
+    await store.close()
+    assert settled is not None
+    await asyncio.wait_for(asyncio.gather(settled, return_exceptions=True), 1)
+    assert redis_proc.client().hget(limiter.plan(principal()).token_keys[1], "r1") == b"42"
