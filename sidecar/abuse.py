@@ -38,6 +38,7 @@ log = logging.getLogger("sidecar.abuse")
 
 BREAKER_S = 0.5   # after a store failure, skip the abuse check this long (then probe once)
 MAX_BUCKETS = 8   # LSH bucket ids sent per request (fingerprint makes at most 4)
+MAX_CACHED_KEYS = 4096  # principals whose script KEYS are kept encoded
 _POLICY = {"off": 0, "flag": 1, "throttle": 2, "block": 3}
 _ALLOW = "allow"
 
@@ -113,6 +114,7 @@ class AbuseService:
         self._output_on = s.enabled and (s.key_output_tokens > 0 or s.tenant_output_tokens > 0) \
             and s.output_policy != "off"
         self._breaker = CircuitBreaker(breaker_s, clock)
+        self._packed_keys: dict[tuple[str, str], Packed] = {}
 
     async def check(self, principal: Principal, features: Features) -> AbuseVerdict:
         """Record one request and judge its key and tenant (one store call)."""
@@ -170,9 +172,16 @@ class AbuseService:
         if error is not None:
             self._failed("abuse_output")
 
-    def _keys(self, principal: Principal) -> tuple[str, str]:
-        tenant = tenant_prefix(principal.tenant) if self._tenant_on else ""
-        return key_prefix(principal), tenant
+    def _keys(self, principal: Principal) -> tuple[Packed]:
+        """The script's KEYS for a principal, encoded once per key lineage (bounded cache)."""
+        cache_key = (principal.tenant, principal.limit_id)
+        packed = self._packed_keys.get(cache_key)
+        if packed is None:
+            if len(self._packed_keys) >= MAX_CACHED_KEYS:
+                self._packed_keys.clear()
+            tenant = tenant_prefix(principal.tenant) if self._tenant_on else ""
+            packed = self._packed_keys[cache_key] = Packed((key_prefix(principal), tenant))
+        return (packed,)
 
     # -- reply ------------------------------------------------------------------------------
     def _verdict(self, principal: Principal, reply: Any) -> AbuseVerdict:

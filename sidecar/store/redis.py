@@ -28,7 +28,14 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
 from sidecar.settings import SENTINEL_SCHEMES, StoreSettings, parse_sentinel_url
-from sidecar.store.pipelined import Packed, PipelinedConnection, Sink, count, flatten
+from sidecar.store.pipelined import (
+    Packed,
+    PipelinedConnection,
+    Sink,
+    count,
+    flatten,
+    hash_tag,
+)
 from sidecar.store.scripts import PAIRS, Script, load_scripts
 
 log = logging.getLogger("sidecar.store")
@@ -111,7 +118,7 @@ class Store:
         self._loading: dict[str, asyncio.Future[Any]] = {}
         # Calls of scripts that compose (scripts.PAIRS), held until this turn's write.
         self._pairs = {(a, b): self.scripts[f"{a}+{b}"] for a, b in PAIRS}
-        self._composable = {name for pair in PAIRS for name in pair}
+        self._partner = {**{a: b for a, b in PAIRS}, **{b: a for a, b in PAIRS}}
         self._held: list[_Held] = []
         self._held_lazy = False  # every held call may wait (the write is not due yet)
         self._heads = {name: Packed(("EVALSHA", script.sha)) for name, script in self.scripts.items()}
@@ -130,56 +137,67 @@ class Store:
         Calls started in one event-loop turn leave in one write on the pipelined connection,
         so two of them cost one round trip and no task. A `lazy` call (bookkeeping nobody
         waits for) may wait up to LAZY_S for the next write instead of making its own."""
-        command = (self._heads[name], count(keys), *keys, *args)
-        if self.fast is not None:
-            if name in self._composable and self.fast.ready:
+        nkeys = count(keys)
+        command = (self._heads[name], nkeys, *keys, *args)
+        fast = self.fast
+        if fast is not None:
+            partner = self._partner.get(name)
+            if partner is not None and fast.connected:
                 return StoreCall(self, name, command,
-                                 self._hold(name, keys, args, command, lazy))
-            return StoreCall(self, name, command, self.fast.send(command))
+                                 self._hold(name, partner, nkeys, keys, args, command, lazy))
+            return StoreCall(self, name, command, fast.send(command))
         return StoreCall(self, name, command, asyncio.ensure_future(self._evalsha(*command)))
 
     # -- composing the calls of one write ---------------------------------------------------
-    def _hold(self, name: str, keys: Sequence[KeyOrArg], args: Sequence[KeyOrArg],
-              command: tuple[KeyOrArg, ...], lazy: bool) -> asyncio.Future[Any]:
+    def _hold(self, name: str, partner: str, nkeys: int, keys: Sequence[KeyOrArg],
+              args: Sequence[KeyOrArg], command: tuple[KeyOrArg, ...],
+              lazy: bool) -> asyncio.Future[Any]:
         """Keep a call back until the next write, where it may pair with its partner."""
         assert self.fast is not None
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if not self._held or (self._held_lazy and not lazy):
             self.fast.before_write(self._release, LAZY_S if lazy else 0.0)
             self._held_lazy = lazy
-        self._held.append(_Held(name, tuple(keys), tuple(args), command, future))
+        self._held.append(_Held(name, partner, _first_tag(keys), nkeys, keys, args, command,
+                                future))
         return future
 
     def _release(self) -> None:
-        """Send the held calls: two of a composed pair for one tenant (hash tag) as one
-        EVALSHA of the composed script, every other one as it is. Replies go straight to the
-        callers' futures (no future in between: no extra turn of the loop)."""
-        fast = self.fast
-        assert fast is not None
+        """Send the held calls: two of a composed pair for one tenant (hash tag: every key of
+        one of these calls carries the same) as one EVALSHA of the composed script, every other
+        one as it is. Replies go straight to the callers' futures (no future in between: no
+        extra turn of the loop)."""
         held, self._held = self._held, []
         self._held_lazy = False
-        while held:
-            call = held.pop(0)
-            partner = next((other for other in held if self._pair_of(call, other)), None)
-            if partner is None:
-                self._send_held(call.command, call.future)
-                continue
-            held.remove(partner)
-            first, second = (call, partner) if (call.name, partner.name) in self._pairs \
-                else (partner, call)
-            script = self._pairs[(first.name, second.name)]
-            first_keys = count(first.keys)
-            command = (self._heads[script.name], first_keys + count(second.keys), *first.keys,
-                       *second.keys, first_keys, count(first.args), *first.args, *second.args)
-            self._send_held(command, _Split(self, script, first.future, second.future))
-
-    def _send_held(self, command: tuple[KeyOrArg, ...], sink: Sink) -> None:
         fast = self.fast
         assert fast is not None
-        if fast.ready:
-            fast.send_into(command, sink)
-            return
-        # The connection went away since the calls were held: the next one opens it.
+        send = fast.send_into if fast.ready else self._send_later
+        alone: dict[tuple[str, str], list[_Held]] = {}
+        for call in held:
+            if call.tag is None:
+                send(call.command, call.future)
+                continue
+            waiting = alone.get((call.partner, call.tag))
+            if not waiting:
+                alone.setdefault((call.name, call.tag), []).append(call)
+                continue
+            other = waiting.pop(0)
+            first, second = (other, call) if (other.name, call.name) in self._pairs \
+                else (call, other)
+            script = self._pairs[(first.name, second.name)]
+            command = (self._heads[script.name], first.nkeys + second.nkeys, *first.keys,
+                       *second.keys, first.nkeys, count(first.args), *first.args, *second.args)
+            send(command, _Split(self, script, first.future, second.future))
+        for calls in alone.values():
+            for call in calls:
+                send(call.command, call.future)
+
+    def _send_later(self, command: tuple[KeyOrArg, ...], sink: Sink) -> None:
+        """The connection went away (or stopped answering) since the calls were held: send
+        through a new one."""
+        fast = self.fast
+        assert fast is not None
+
         def copy(future: asyncio.Future[Any]) -> None:
             if sink.done():
                 if not future.cancelled():
@@ -192,15 +210,6 @@ class Store:
                 sink.set_result(future.result())
 
         fast.send(command).add_done_callback(copy)
-
-    def _pair_of(self, one: _Held, other: _Held) -> bool:
-        """Two calls that compose: a pair of scripts, for one tenant (every key of one of these
-        calls carries the same hash tag, so their first keys decide)."""
-        names = (one.name, other.name)
-        if names not in self._pairs and names[::-1] not in self._pairs:
-            return False
-        tag = _first_tag(one.keys)
-        return tag is not None and tag == _first_tag(other.keys)
 
     def _reload_soon(self, script: Script) -> None:
         """A composed script the store forgot is loaded again for the next pair (its two parts
@@ -285,31 +294,23 @@ class Store:
 
 
 class _Held:
-    """A script call waiting for this turn's write (see `Store._hold`)."""
+    """A script call waiting for the next write (see `Store._hold`)."""
 
-    __slots__ = ("args", "command", "future", "keys", "name")
+    __slots__ = ("args", "command", "future", "keys", "name", "nkeys", "partner", "tag")
 
-    def __init__(self, name: str, keys: tuple[KeyOrArg, ...], args: tuple[KeyOrArg, ...],
+    def __init__(self, name: str, partner: str, tag: str | None, nkeys: int,
+                 keys: Sequence[KeyOrArg], args: Sequence[KeyOrArg],
                  command: tuple[KeyOrArg, ...], future: asyncio.Future[Any]) -> None:
-        self.name, self.keys, self.args, self.command, self.future = name, keys, args, command, future
+        self.name, self.partner, self.tag, self.nkeys = name, partner, tag, nkeys
+        self.keys, self.args, self.command, self.future = keys, args, command, future
 
 
-def _first_tag(keys: tuple[KeyOrArg, ...]) -> str | None:
+def _first_tag(keys: Sequence[KeyOrArg]) -> str | None:
     """The hash tag of the first of `keys` (None: no key, or no tag)."""
     if not keys:
         return None
     first = keys[0]
-    if isinstance(first, Packed):
-        return _hash_tag(first.values[0]) if first.values else None
-    return _hash_tag(first)
-
-
-def _hash_tag(key: str | int | float | bytes) -> str | None:
-    """The Cluster hash tag of a key (the text between the first { and the next }), or None."""
-    text = key.decode() if isinstance(key, bytes) else str(key)
-    start = text.find("{")
-    end = text.find("}", start + 1)
-    return text[start + 1:end] if start >= 0 and end > start + 1 else None
+    return first.tag if isinstance(first, Packed) else hash_tag(first)
 
 
 class _Split:
