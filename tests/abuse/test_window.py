@@ -13,8 +13,12 @@ import redis
 
 from sidecar.abuse import AbuseService, key_prefix
 from sidecar.guards.fingerprint import Features
+from sidecar.metrics import Metrics
 from sidecar.model import Principal
+from sidecar.settings import AbuseSettings, StoreSettings
+from sidecar.store.redis import connect
 from tests.abuse.conftest import ServiceFactory
+from tests.cluster import RedisClusterNodes
 
 OFF = {name: 0 for name in (
     "key_requests", "key_distinct", "key_template", "key_embedding_inputs", "key_output_tokens",
@@ -25,13 +29,13 @@ PHASES = (3, 1, 4, 0, 2, 5)
 
 
 def redis_bucket(client: redis.Redis) -> int:
-    seconds, _ = client.time()  # type: ignore[misc]
+    seconds, _ = client.time()
     return int(seconds)
 
 
 async def next_bucket(client: redis.Redis) -> int:
     """Wait until the next 1-second bucket of Redis time starts; return it."""
-    seconds, micros = client.time()  # type: ignore[misc]
+    seconds, micros = client.time()
     await asyncio.sleep((1_000_000 - int(micros)) / 1e6 + 0.005)
     assert redis_bucket(client) == int(seconds) + 1
     return int(seconds) + 1
@@ -130,3 +134,24 @@ async def test_a_check_costs_ten_redis_commands_with_the_tenant_tracked(
         await service.check(who, Features(h, ("a1", "b2", "c3", "d4"), 0))
     per_check = (command_calls(client) - before) / 200
     assert per_check <= 10.1, per_check
+
+
+async def test_the_check_runs_on_a_redis_cluster_in_the_tenants_slot(
+        redis_cluster: RedisClusterNodes) -> None:
+    """On a 3-master Cluster the check records and judges (every key it touches, named in the
+    script or not, is in the tenant's slot) and output tokens reach the same hash."""
+    redis_cluster.flush()
+    store = await connect(StoreSettings(url=redis_cluster.url, timeout_s=2.0))
+    try:
+        service = AbuseService(store, AbuseSettings(key_requests=3, key_output_tokens=1000),
+                               Metrics())
+        who = Principal("k", "acme", frozenset())
+        seen = [(await service.check(who, Features(f"{i:016x}", ("a1",), 0))).signals
+                for i in range(3)]
+        assert seen == [(), (), ("key:volume",)]
+        await service.record_output(who, 2000)
+        assert "key:output" in (await service.check(who, Features("f" * 16, ("a1",), 0))).signals
+    finally:
+        await store.close()
+    client = redis_cluster.cluster_client()
+    assert client.exists(key_prefix(who) + "s", "abuse:{t:acme}:tenant:s") == 2

@@ -67,3 +67,21 @@ async def test_an_admission_with_a_counted_window_and_a_token_window_costs_eight
     for admission in admissions:
         await limiter.settle(admission, 7)
     assert (command_calls(redis_proc) - before) / 200 <= 3.01
+
+
+async def test_keys_outlive_their_newest_admission_by_a_window_though_ttls_refresh_per_tick(
+        make_limiter: LimiterFactory, redis_proc: RedisProcess) -> None:
+    """Admissions every 30 ms for over 2 s (TTLs are refreshed at most once per half second): right
+    after the last one every key lives between its window minus half a second and its window
+    plus 1 s more."""
+    limiter = await make_limiter(key=(rule(2, requests=5000, tokens=10**9),
+                                      rule(3, requests=500)))
+    client = redis_proc.client()
+    for i in range(70):
+        await limiter.admit(principal(), f"r{i}", 10)
+        await asyncio.sleep(0.03)  # the pace of the traffic under test
+    plan = limiter.plan(principal())
+    windows = {key: check.window_s * 1000 for check in plan.checks for key in check.keys}
+    assert len(windows) == 4  # counted requests, a request log, reservations and amounts
+    ttls = {key: client.pttl(key) for key in windows}
+    assert all(windows[key] - 500 <= ttl <= windows[key] + 1000 for key, ttl in ttls.items()), ttls

@@ -32,6 +32,12 @@ async def store(redis_url: str) -> AsyncIterator[Store]:
     await store.close()
 
 
+def field_sum(client: redis.Redis, key: str, prefix: bytes) -> int:
+    """Sum of a hash's fields whose names start with `prefix`."""
+    fields: dict[bytes, bytes] = client.hgetall(key)  # type: ignore[assignment]
+    return sum(int(v) for k, v in fields.items() if k.startswith(prefix))
+
+
 def evalsha_calls(client: redis.Redis) -> int:
     return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
 
@@ -65,8 +71,7 @@ async def test_one_tenants_admission_and_abuse_check_are_one_script_call(
     assert await admit_and_check(limiter, abuse, principal(), principal(), "r1") == ("5", "allow")
     assert await admit_and_check(limiter, abuse, principal(), principal(), "r2") == ("4", "allow")
     assert evalsha_calls(client) - before == 2
-    fields = client.hgetall(key_prefix(principal()) + "s")
-    assert sum(int(v) for k, v in fields.items() if k.startswith(b"n")) == 4
+    assert field_sum(client, key_prefix(principal()) + "s", b"n") == 4
 
 
 async def test_calls_for_two_tenants_are_sent_apart(store: Store, redis_proc: RedisProcess) -> None:
@@ -94,8 +99,7 @@ async def test_after_script_flush_both_parts_answer_and_compose_again(
     before = evalsha_calls(client)
     assert await admit_and_check(limiter, abuse, principal(), principal(), "r2") == ("4", "allow")
     assert evalsha_calls(client) - before == 1
-    fields = client.hgetall(key_prefix(principal()) + "s")
-    assert sum(int(v) for k, v in fields.items() if k.startswith(b"n")) == 4
+    assert field_sum(client, key_prefix(principal()) + "s", b"n") == 4
 
 
 async def test_settlement_and_output_record_are_one_script_call(
@@ -114,8 +118,7 @@ async def test_settlement_and_output_record_are_one_script_call(
     assert evalsha_calls(client) - before == 1
     amounts = limiter.plan(principal()).token_keys[1]
     assert client.hget(amounts, "r1") == b"42"
-    fields = client.hgetall(key_prefix(principal()) + "s")
-    assert sum(int(v) for k, v in fields.items() if k.startswith(b"o")) == 30
+    assert field_sum(client, key_prefix(principal()) + "s", b"o") == 30
 
 
 async def test_bookkeeping_after_a_reply_leaves_with_the_next_admission(
