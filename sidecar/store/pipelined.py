@@ -127,7 +127,7 @@ def encode_command(args: tuple[Part, ...]) -> bytes:
     return b"*%d\r\n" % total + b"".join(chunks)
 
 
-def _error(reply: hiredis.ReplyError) -> ResponseError:
+def reply_error(reply: hiredis.ReplyError) -> ResponseError:
     message = str(reply)
     if message.startswith("NOSCRIPT"):
         return NoScriptError(message)
@@ -159,7 +159,7 @@ class _Protocol(asyncio.Protocol):
                 return
             future, _ = pending.popleft()
             if isinstance(reply, hiredis.ReplyError):
-                error = _error(reply)
+                error = reply_error(reply)
                 if owner.resolve is not None:
                     demoted = owner._demoted_by(error) or demoted
                 if not future.done():
@@ -392,8 +392,12 @@ class PipelinedConnection:
                 future.set_exception(error)
 
     async def close(self) -> None:
-        if self._before_write and not self._flush_scheduled:
-            self._flush_lazy()  # what waits for company leaves now
+        if self._before_write:  # what waits for a write (held or lazy calls) leaves now
+            if self._protocol is not None:
+                self._flush_scheduled = True
+                self._flush(self._protocol)
+            else:
+                self._flush_lazy()
         if self._lazy is not None:
             self._lazy.cancel()
             self._lazy = None

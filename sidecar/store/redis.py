@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool, parse_url
@@ -35,6 +36,7 @@ from sidecar.store.pipelined import (
     count,
     flatten,
     hash_tag,
+    reply_error,
 )
 from sidecar.store.scripts import PAIRS, Script, load_scripts
 
@@ -327,7 +329,11 @@ class _Split:
 
     def set_result(self, result: Any, /) -> None:
         for target, part in ((self.first, result[0]), (self.second, result[1])):
-            if not target.done():
+            if target.done():
+                continue
+            if isinstance(part, hiredis.ReplyError):
+                target.set_exception(reply_error(part))  # that part failed; the other stands
+            else:
                 target.set_result(part)
 
     def set_exception(self, exception: BaseException, /) -> None:

@@ -35,7 +35,8 @@ def compose(first: Script, second: Script) -> Script:
     """One script running `first` then `second` on one reading of Redis TIME.
 
     Called as EVALSHA sha <keys of both> <n keys of first> <n args of first> <args of both>;
-    returns {reply of first, reply of second}."""
+    returns {reply of first, reply of second}, either of them an error reply when that part
+    failed (the other stands)."""
     parts = []
     for index, script in enumerate((first, second), 1):
         if script.source.count(TIME_CALL) > 1:
@@ -59,7 +60,15 @@ def compose(first: Script, second: Script) -> Script:
         "for i = 3, #ARGV do\n"
         "  if i <= 2 + na then a1[#a1 + 1] = ARGV[i] else a2[#a2 + 1] = ARGV[i] end\n"
         "end\n"
-        "return {part1(k1, a1), part2(k2, a2)}\n")
+        "-- A part that fails answers an error in its place; the other part's answer (and what\n"
+        "-- it wrote) stands, as when each runs alone.\n"
+        "local function run(part, keys, argv)\n"
+        "  local ok, reply = pcall(part, keys, argv)\n"
+        "  if ok then return reply end\n"
+        "  if type(reply) == 'table' and reply.err then return reply end\n"
+        "  return {err = 'ERR ' .. tostring(reply)}\n"
+        "end\n"
+        "return {run(part1, k1, a1), run(part2, k2, a2)}\n")
     return _script(f"{first.name}+{second.name}", source)
 
 

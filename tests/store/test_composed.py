@@ -167,3 +167,22 @@ async def test_bookkeeping_still_waiting_is_sent_when_the_store_closes(
     assert settled is not None
     await asyncio.wait_for(asyncio.gather(settled, return_exceptions=True), 1)
     assert redis_proc.client().hget(limiter.plan(principal()).token_keys[1], "r1") == b"42"
+
+
+async def test_a_failing_part_fails_alone(store: Store, redis_proc: RedisProcess) -> None:
+    """When the abuse part of a composed call fails (its hash holds a string), the admission is
+    still answered and recorded, and only the abuse check follows its store-failure policy."""
+    client = redis_proc.client()
+    limiter = Limiter(store, LimitsSettings(), Metrics())
+    abuse = AbuseService(store, AbuseSettings(), Metrics())
+    await warm_up(limiter, abuse)
+    client.set(key_prefix(principal()) + "s", "not a hash")
+    before = evalsha_calls(client)
+    check = abuse.begin(principal(), fingerprint("question"))
+    admission = await limiter.admit(principal(), "r1", 100)
+    verdict = await check.verdict()
+    assert evalsha_calls(client) - before == 1
+    assert admission.headers["x-ratelimit-remaining-requests"] == "5"
+    assert verdict.degraded and verdict.action == "allow"
+    assert abuse.metrics.registry.get_sample_value("sidecar_store_errors_total",
+                                                   {"op": "abuse_check"}) == 1
