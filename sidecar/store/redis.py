@@ -9,6 +9,11 @@ one auto-pipelined connection, which asks Sentinel again whenever it (re)connect
 or NOREPLICAS, and once a second while busy (see pipelined.py). No call on the request path
 waits longer than `store.timeout_s`, and no command is retried after it was sent (a retried
 script could charge a request twice).
+
+On the pipelined connection, calls of scripts that compose (`scripts.PAIRS`: admission and
+abuse check, settlement and output record) are held until the write: two of a pair for one
+tenant leave as one EVALSHA of the composed script, the rest as they are. A `lazy` call
+(bookkeeping after a reply) waits up to LAZY_S for a write that leaves anyway.
 """
 
 from __future__ import annotations
