@@ -236,7 +236,7 @@ class PipelinedConnection:
         write (and a read on both ends) with the next request instead of costing its own."""
         self._before_write.append(hook)
         if self._flush_scheduled or self._protocol is None:
-            return  # (an armed lazy timer stays: it fires at most every delay_s, mostly idle)
+            return
         loop = asyncio.get_running_loop()
         if delay_s <= 0:
             self._flush_scheduled = True
@@ -283,6 +283,9 @@ class PipelinedConnection:
             hooks, self._before_write = self._before_write, []
             for hook in hooks:
                 hook()
+        if self._lazy is not None:  # what it waited for leaves now: no wake-up for nothing
+            self._lazy.cancel()
+            self._lazy = None
         self._flush_scheduled = False
         data, self._outbox = b"".join(self._outbox), []
         if data and protocol is self._protocol and protocol.transport is not None:
