@@ -21,7 +21,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -212,6 +212,9 @@ def main() -> None:
     parser.add_argument("--connections", default="1,32,128")
     parser.add_argument("--fixed-body-connections", type=int, default=32,
                         help="connections of the extra row that sends one fixed body (0: none)")
+    parser.add_argument("--tracing", action="store_true",
+                        help="trace every request (OpenTelemetry, OTLP/HTTP to a local sink that "
+                             "keeps nothing); needs the otel extra")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (make bench installs it from Debian)")
@@ -228,11 +231,19 @@ def main() -> None:
         "SIDECAR_LOG_LEVEL": "WARNING",
         "OPENAI_API_KEY": "bench-provider-key",
     }
+    sink_port = free_port()
+    if args.tracing:  # every request sampled (wrk sends no traceparent: root spans, always on)
+        env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = f"http://127.0.0.1:{sink_port}/v1/traces"
+        env["OTEL_SERVICE_NAME"] = "sidecar-bench"
+    sink: AbstractContextManager[object] = \
+        process([*cpus(1), PY, str(ROOT / "bench" / "otlp_sink.py"), str(sink_port)]) \
+        if args.tracing else nullcontext()
     rows: list[tuple[str, int, dict[str, float]]] = []
     with process([*cpus(1), "redis-server", "--port", str(redis_port), "--save", "",
                   "--appendonly", "no", "--dir", workdir]), \
          process([*cpus(1), PY, "-m", "sidecar", "mock-upstream", "--port", str(mock_port)]), \
          process([*cpus(0), PY, str(ROOT / "bench" / "passthrough.py"), str(pass_port), mock]) as floor, \
+         sink, \
          process([*cpus(0), PY, "-m", "sidecar", "serve"], env=env) as sidecar:
         wait_http(mock + "/v1/models")
         wait_http(f"http://127.0.0.1:{metrics_port}/readyz")
@@ -240,7 +251,8 @@ def main() -> None:
         headers = bench_headers(env)
         print("sidecar: every guard on (injection, output scanning), abuse checks, and a key with a "
               "request limit and a token budget (admission + settlement per request); a different "
-              "prompt in every request unless the row says 'fixed body'", flush=True)
+              "prompt in every request unless the row says 'fixed body'"
+              + ("; every request traced (OTLP/HTTP)" if args.tracing else ""), flush=True)
         side = f"http://127.0.0.1:{side_port}"
         for c in conns:
             for name, url, pid, port in (

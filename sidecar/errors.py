@@ -16,6 +16,7 @@ class SidecarError(Exception):
     type: str = "server_error"
     code: str = "internal_error"
     message: str = "The sidecar hit an internal error."
+    reason: str = ""  # the metric's reason label when it differs from `code` (a guard's reason)
 
     def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None) -> None:
         if message is not None:
@@ -53,6 +54,11 @@ class InputTooLong(SidecarError):
 class PromptInjectionDetected(SidecarError):
     status, type, code = 400, "invalid_request_error", "prompt_injection_detected"
     message = "The request was blocked because it looks like a prompt-injection attempt."
+
+
+class RequestBlocked(SidecarError):
+    status, type, code = 400, "invalid_request_error", "request_blocked"
+    message = "The request was blocked by the guard policy."
 
 
 class MissingApiKey(SidecarError):

@@ -5,7 +5,12 @@ The model name steers it, so a test can ask for a failure through any client:
 - `mock-error-500`, `mock-error-400`, `mock-429`, `mock-bad-json`, `mock-redirect`: failures;
 - `mock-hang`: never answers; `mock-slow-stream`: streams, holding its last event until
   `POST /_mock/release` (so a test can see incremental delivery without sleeping);
-- `mock-truncated-stream`: ends the stream without `[DONE]`; `mock-no-usage`: no usage.
+- `mock-truncated-stream`: ends the stream without `[DONE]`; `mock-no-usage`: no usage;
+- `mock-scripted`: answers with the next reply queued by `POST /_mock/script`, which takes
+  `{"status": 200, "json": {...}}` for a whole body or `{"events": ["data: {...}", ": note"]}`
+  for an SSE stream (each string one event), so a test can send any shape a provider might.
+- `mock-long`: writes until its limit, as a model left uncapped does: `max_completion_tokens`
+  (or `max_tokens`) words, or LONG_REPLY_LIMIT words when the request sets no cap.
 Any other model answers normally. `GET /_mock/requests` lists what it received (headers and
 body) so tests can check what reached the provider.
 """
@@ -24,6 +29,7 @@ from aiohttp import web
 
 MODELS = ("mock-gpt", "mock-echo", "mock-embed")
 DEFAULT_REPLY = "Hello! This is the mock provider answering through the sidecar."
+LONG_REPLY_LIMIT = 1200  # `mock-long`'s words when the request sets no cap
 
 
 class _Recorder:
@@ -45,6 +51,7 @@ class _Gate:
 
 
 _RELEASE = web.AppKey("release", _Gate)
+_SCRIPTS = web.AppKey("scripts", deque)
 _LATENCY = web.AppKey("latency_s", float)
 
 
@@ -70,6 +77,10 @@ def _prompt_text(body: dict[str, Any]) -> str:
 
 def _reply_text(body: dict[str, Any]) -> str:
     model = body.get("model", "")
+    if model == "mock-long":
+        cap = body.get("max_completion_tokens", body.get("max_tokens"))
+        words = cap if isinstance(cap, int) and not isinstance(cap, bool) else LONG_REPLY_LIMIT
+        return " ".join(["token"] * max(words, 1))
     if model == "mock-echo":
         messages = [m for m in body.get("messages", []) if isinstance(m, dict)]
         users = [m for m in messages if m.get("role") == "user"]
@@ -102,6 +113,8 @@ async def _record(request: web.Request) -> dict[str, Any]:
 
 async def _failure(request: web.Request, body: dict[str, Any]) -> web.StreamResponse | None:
     model = body.get("model", "")
+    if model == "mock-scripted":
+        return await _scripted(request)
     if model == "mock-error-500":
         return web.Response(status=500, text="Traceback (most recent call last): internal boom")
     if model == "mock-error-400":
@@ -260,6 +273,28 @@ async def get_model(request: web.Request) -> web.Response:
     return web.json_response(_model(model_id))
 
 
+async def _scripted(request: web.Request) -> web.StreamResponse:
+    scripts = request.app[_SCRIPTS]
+    if not scripts:
+        return _error(400, "No scripted reply is queued", "invalid_request_error", "no_script")
+    script = scripts.popleft()
+    if "events" in script:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for event in script["events"]:
+            await response.write(event.encode() + b"\n\n")
+        await response.write_eof()
+        return response
+    return web.json_response(script.get("json", {}), status=int(script.get("status", 200)),
+                             dumps=lambda o: orjson.dumps(o).decode())
+
+
+async def script(request: web.Request) -> web.Response:
+    """Queue the reply the next `mock-scripted` request gets."""
+    request.app[_SCRIPTS].append(await request.json())
+    return web.json_response({"queued": len(request.app[_SCRIPTS])})
+
+
 async def received(request: web.Request) -> web.Response:
     recorder = request.app[_RECEIVED]
     return web.json_response({"requests": list(recorder.requests), "open_streams": recorder.open_streams})
@@ -278,6 +313,7 @@ def create_mock_app(latency_ms: float = 0.0, keep_requests: int = 200) -> web.Ap
     app[_RECEIVED] = _Recorder(keep_requests)
     app[_RELEASE] = _Gate()
     app[_LATENCY] = latency_ms / 1000.0
+    app[_SCRIPTS] = deque()
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
@@ -285,4 +321,5 @@ def create_mock_app(latency_ms: float = 0.0, keep_requests: int = 200) -> web.Ap
     app.router.add_get("/v1/models/{model}", get_model)
     app.router.add_get("/_mock/requests", received)
     app.router.add_post("/_mock/release", release)
+    app.router.add_post("/_mock/script", script)
     return app

@@ -58,7 +58,10 @@ async def relay_whole(
         if status == 429 and "Retry-After" in upstream_response.headers:
             headers["Retry-After"] = upstream_response.headers["Retry-After"][:32]
         ctx.reason = "provider_refused"
-        body = orjson.dumps(upstream.client_error_body(raw, status, ctx.request_id))
+        error = upstream.client_error_body(raw, status, ctx.request_id)
+        if processor is not None:
+            processor.scrub_error(error)
+        body = orjson.dumps(error)
         return web.Response(body=body, status=status, content_type="application/json",
                             headers=headers)
     if media_type(upstream_response.headers.get("Content-Type")) != "application/json":

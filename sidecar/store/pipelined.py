@@ -1,4 +1,4 @@
-"""One long-lived Redis connection per process with automatic pipelining (DESIGN.md section 10).
+"""One long-lived Redis connection per process with automatic pipelining.
 
 Every command issued during one event-loop turn goes out in one write, and replies are matched
 to callers in order, so the hot path pays one round trip and no pool checkout, connection churn
@@ -177,12 +177,14 @@ class PipelinedConnection:
     """A Redis connection that batches every command of an event-loop turn into one write."""
 
     def __init__(self, host: str, port: int, *, db: int = 0, username: str | None = None,
-                 password: str | None = None, use_ssl: bool = False,
+                 password: str | None = None, ssl_context: ssl.SSLContext | None = None,
                  connect_timeout_s: float = 1.0, stale_after_s: float = 2.0,
                  resolve: Resolver | None = None) -> None:
         self.host, self.port, self.db = host, port, db
         self.username, self.password = username, password
-        self.ssl_context = ssl.create_default_context() if use_ssl else None
+        # TLS exactly as the admin client's (CA file, client certificate, verification options
+        # from the rediss:// URL): see store/redis.py `tls_context_of`.
+        self.ssl_context = ssl_context
         self.connect_timeout_s = connect_timeout_s
         self.stale_after_s = stale_after_s
         self._protocol: _Protocol | None = None

@@ -10,6 +10,7 @@
 --                            "<index>" -> "<requests>:<last admission, ms>")
 --   tokens check ("t"): 2 keys - reservations (zset: member -> ms), amounts (hash: member ->
 --                            tokens, field "" -> running sum of the window, kept exact)
+--   cost check ("$"):   2 keys - as a tokens check, amounts in nano-dollars
 -- A counted window groups requests by time bucket (index = ms // (window / BUCKETS)) and keeps
 -- a bucket counted until its *last* request leaves the window, so no request of the window is
 -- ever missed (never over-admits) and memory is bounded by BUCKETS + 1 buckets whatever the
@@ -24,8 +25,9 @@
 -- ARGV[1] member    unique request id
 -- ARGV[2] cost      tokens this request reserves (integer, >= 0)
 -- ARGV[3] slack_ms  TTL of every key = its window + slack_ms (ms)
--- ARGV[4..]         4 per check: kind ("r" | "c" | "t"), window_ms (ms), limit (requests | tokens),
---                   shadow ("1" | "0")
+-- ARGV[4] money     nano-dollars this request reserves (integer, >= 0; cost checks)
+-- ARGV[5..]         4 per check: kind ("r" | "c" | "t" | "$"), window_ms (ms), limit (requests |
+--                   tokens | nano-dollars), shadow ("1" | "0")
 -- Returns {admitted (1 | 0), now_ms, then 4 per check: state, used, reset_ms, retry_ms}
 --   state:    0 fits, 1 over the limit, 2 the cost alone exceeds the limit (can never fit)
 --   used:     requests (or tokens) counted in the window, this request included if recorded
@@ -36,6 +38,8 @@
 local member = ARGV[1]
 local cost = tonumber(ARGV[2])
 local slack_ms = tonumber(ARGV[3])
+local money = tonumber(ARGV[4])
+local FIRST = 4     -- ARGV index before the first check's fields
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local SUM = ''
@@ -181,9 +185,9 @@ local admitted = 1
 local fits = {}
 local counted = {}  -- per counted check: its state after trimming, for the recording pass
 local k = 1
-local n = (#ARGV - 3) / 4
+local n = (#ARGV - FIRST) / 4
 for c = 1, n do
-  local base = 3 + (c - 1) * 4
+  local base = FIRST + (c - 1) * 4
   local kind = ARGV[base + 1]
   local window = tonumber(ARGV[base + 2])
   local limit = tonumber(ARGV[base + 3])
@@ -241,14 +245,15 @@ for c = 1, n do
   else
     local zkey, hkey = KEYS[k], KEYS[k + 1]
     k = k + 2
+    local amount = kind == '$' and money or cost
     local st = token_state(zkey, hkey, cutoff)
     tokens[c] = st
     used = st.used
-    if cost > limit then
+    if amount > limit then
       state = 2
-    elseif used + cost > limit then
+    elseif used + amount > limit then
       state = 1
-      retry = token_retry(zkey, hkey, window, used + cost - limit)
+      retry = token_retry(zkey, hkey, window, used + amount - limit)
     end
   end
   fits[c] = state == 0
@@ -261,7 +266,7 @@ end
 
 k = 1
 for c = 1, n do
-  local base = 3 + (c - 1) * 4
+  local base = FIRST + (c - 1) * 4
   local kind = ARGV[base + 1]
   local window = tonumber(ARGV[base + 2])
   local ttl = window + slack_ms
@@ -309,9 +314,10 @@ for c = 1, n do
     local st = tokens[c]
     local oldest = st.oldest
     if record then
+      local amount = kind == '$' and money or cost
       local old = st.mine
       redis.call('ZADD', zkey, now, member)
-      redis.call('HSET', hkey, member, cost, SUM, st.sum + cost - old)
+      redis.call('HSET', hkey, member, amount, SUM, st.sum + amount - old)
       local refresh
       if st.newest then refresh = stale_ttl(st.newest) else
         refresh = redis.call('PTTL', zkey) < ttl - TICK  -- (-2: no key yet)
@@ -320,7 +326,7 @@ for c = 1, n do
         redis.call('PEXPIRE', zkey, ttl)
         redis.call('PEXPIRE', hkey, ttl)
       end
-      out[slot + 2] = out[slot + 2] + cost - old
+      out[slot + 2] = out[slot + 2] + amount - old
       if not oldest then oldest = now end
     end
     out[slot + 3] = oldest and oldest + window - now or 0
