@@ -165,7 +165,7 @@ class Store:
         command = (self._heads[name], nkeys, *keys, *args)
         fast = self.fast
         if fast is not None:
-            partner = self._partner.get(name)
+            partner = self._partner.get(name, "" if lazy else None)  # "": held, never paired
             if partner is not None and fast.connected:
                 return StoreCall(self, name, command,
                                  self._hold(name, partner, nkeys, keys, args, command, lazy))
