@@ -88,7 +88,7 @@ class LogSettings:
 
 
 OUTPUT_ACTIONS = ("redact", "block", "flag", "off")
-DEFAULT_OUTPUT_ACTIONS = (("secret", "redact"), ("pii", "redact"), ("pii:ip", "off"),
+DEFAULT_OUTPUT_ACTIONS = (("secret", "redact"), ("pii", "redact"), ("pii:ip", "flag"),
                           ("leak", "flag"))
 
 
@@ -117,7 +117,7 @@ class OutputSettings:
         DEFAULT_OUTPUT_ACTIONS, "action per kind or family (secret, pii, leak, pii:email ...): "
         "redact, block, flag or off")
     mode: Literal["enforce", "shadow"] = _f("enforce", "shadow: count findings, change nothing")
-    detect_ip: bool = _f(False, "treat IP addresses as PII")
+    detect_ip: bool = _f(True, "treat public IP addresses as PII (never private or documentation ranges)")
     system_prompt_min_words: int = _f(8, "consecutive system-prompt words that make a leak", min=3)
     canary: bool = _f(False, "place a per-request canary token in the system message and watch for it")
     holdback_chars: int = _f(8192, "most characters a stream may hold back while scanning", min=64)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import secrets
 import string
+import unicodedata
 from typing import Any
 
 import aiohttp
@@ -251,6 +252,10 @@ def whole_replies(secret: str) -> list[tuple[str, str, dict[str, Any]]]:
         ("unknown message field", "chat", completion({"content": "ok", "debug_note": text})),
         ("unknown top-level field", "chat", {**completion({"content": "ok"}), "trace": [text]}),
         ("unknown choice field", "chat", completion({"content": "ok"}, explanation=text)),
+        ("zero-width inside the secret", "chat", completion({"content": text.replace(
+            secret, secret[:20] + "\u200b" + secret[20:40] + "\u2060" + secret[40:])})),
+        ("fullwidth secret", "chat", completion({"content": text.replace(secret, "".join(
+            chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in secret))})),
         ("completions text", "completions", {
             "id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m",
             "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}]}),
@@ -263,8 +268,12 @@ def whole_replies(secret: str) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def leaked(raw: bytes, secret: str) -> bool:
-    """True when the secret reached the client: as text, or spelled by logprob bytes."""
+    """True when the secret reached the client: as text (with hidden characters dropped and
+    compatibility forms folded), or spelled by logprob bytes."""
     if secret.encode() in raw or secret[8:30].encode() in raw:
+        return True
+    seen = unicodedata.normalize("NFKC", raw.decode("utf-8", "replace"))
+    if secret[8:30] in "".join(c for c in seen if unicodedata.category(c) != "Cf"):
         return True
     spelled = bytearray()
 
