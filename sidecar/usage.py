@@ -66,7 +66,8 @@ class UsageService:
     def record_soon(self, principal: Principal, model: str, prompt: int,
                     completion: int) -> asyncio.Future[Any] | None:
         """Count one answered request's usage now and send its report write (not awaited: it
-        shares the turn's write with settlement). Returns what to wait for at shutdown."""
+        leaves with the settlement, in the next write to the store). Returns what to wait for at
+        shutdown."""
         model = model[:MAX_MODEL_CHARS]
         cost = self.settings.cost_nusd(model, prompt, completion)
         series = self._series(self.tenant_label(principal.tenant), self.model_label(model))
@@ -78,7 +79,8 @@ class UsageService:
         if not self.settings.record:
             return None
         call = self.store.start("usage", [usage_prefix(principal.tenant)],
-                                [principal.key_id, model, prompt, completion, cost, self._ttl_s])
+                                [principal.key_id, model, prompt, completion, cost, self._ttl_s],
+                                lazy=True)
         return call.when_done(self._booked)
 
     def _series(self, tenant: str, model: str) -> tuple[Any, Any, Any, Any]:

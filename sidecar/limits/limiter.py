@@ -127,8 +127,8 @@ class Limiter:
         if not self._use_store():
             return self._degrade(plan, request_id, cost, money)
         try:
-            reply = await self.store.run("admit", plan.keys,
-                                         (request_id, cost, SLACK_MS, money, *plan.argv))
+            reply = await self.store.run("admit", (plan.packed_keys,),
+                                         (request_id, cost, SLACK_MS, money, plan.packed_argv))
         except StoreError:
             self._store_failed("limits_admit")
             return self._degrade(plan, request_id, cost, money)
@@ -251,17 +251,19 @@ class Limiter:
 
     def settle_soon(self, admission: Admission, actual_tokens: int,
                     actual_cost: int = 0) -> asyncio.Future[Any] | None:
-        """`settle` for a caller that does not wait: the call leaves now (sharing the turn's
-        write) and its outcome is booked when the reply arrives, without a task. Returns what
-        to wait for at shutdown."""
-        call = self._start_settle(admission, actual_tokens, "limits_settle", actual_cost)
+        """`settle` for a caller that does not wait: the call leaves with the next write (within
+        a few ms: the next request's admission, usually) and its outcome is booked when the reply
+        arrives, without a task. Returns what to wait for at shutdown."""
+        call = self._start_settle(admission, actual_tokens, "limits_settle", actual_cost,
+                                  lazy=True)
         if call is None:
             return None
         return call.when_done(lambda error: self._settled("limits_settle", error))
 
     def _start_settle(self, admission: Admission, amount: int, op: str,
-                      money: int = 0) -> StoreCall | None:
-        """Send a settlement now; None when nothing goes to the store."""
+                      money: int = 0, *, lazy: bool = False) -> StoreCall | None:
+        """Send a settlement now (`lazy`: with the next write, within a few ms); None when
+        nothing goes to the store."""
         amount = max(0, int(amount))
         money = max(0, int(money))
         if not admission.token_keys and not admission.cost_keys:
@@ -279,9 +281,11 @@ class Limiter:
             self.metrics.store_errors.labels(op).inc()
             return None
         if not admission.cost_keys:
-            return self.store.start("settle", admission.token_keys, (admission.request_id, amount))
+            return self.store.start("settle", admission.token_keys, (admission.request_id, amount),
+                                    lazy=lazy)
         return self.store.start("settle", admission.token_keys + admission.cost_keys,
-                                (admission.request_id, amount, len(admission.token_keys) // 2, money))
+                                (admission.request_id, amount, len(admission.token_keys) // 2, money),
+                                lazy=lazy)
 
     def _settled(self, op: str, error: StoreError | None) -> None:
         """Book a settlement's outcome (the breaker was asked when it was sent)."""

@@ -27,12 +27,13 @@ until its *last* request leaves the window, so the count never misses a request 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import quote
 
 from sidecar.model import LimitRule, Principal
 from sidecar.settings import LimitsSettings
+from sidecar.store.pipelined import Packed
 
 Kind = Literal["requests", "tokens", "cost"]
 NANO = 1_000_000_000  # cost windows count nano-dollars
@@ -74,6 +75,8 @@ class Plan:
     argv: tuple[str, ...]
     token_keys: tuple[str, ...]  # (reservations, amounts) pairs of the token checks, for settle
     cost_keys: tuple[str, ...] = ()  # the same for the cost checks (amounts in nano-dollars)
+    packed_keys: Packed = field(default_factory=lambda: Packed(()), compare=False)  # keys, encoded
+    packed_argv: Packed = field(default_factory=lambda: Packed(()), compare=False)  # argv, encoded
 
     @property
     def has_tokens(self) -> bool:
@@ -132,4 +135,4 @@ def build_plan(principal: Principal, settings: LimitsSettings) -> Plan:
         elif check.kind == "cost":
             cost_keys.extend(check.keys)
     return Plan(principal.tenant, tuple(checks), tuple(keys), tuple(argv), tuple(token_keys),
-                tuple(cost_keys))
+                tuple(cost_keys), Packed(keys), Packed(argv))

@@ -310,7 +310,8 @@ def settle_later(app: web.Application, principal: Principal, admission: Admissio
         cost = prices.cost_nusd(model, processor.usage_prompt, processor.usage_completion) \
             if admission.cost_keys else 0
         background.track(limiter.settle_soon(admission, processor.usage_total, cost))
-        background.track(app[ABUSE].record_output_soon(principal, processor.usage_completion))
+        background.track(app[ABUSE].record_output_soon(principal, processor.usage_completion,
+                                                       admission.redis_time_ms))
         background.track(app[USAGE].record_soon(principal, model, processor.usage_prompt,
                                                 processor.usage_completion))
     elif failed and processor.streamed_chars:

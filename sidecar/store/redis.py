@@ -9,6 +9,11 @@ one auto-pipelined connection, which asks Sentinel again whenever it (re)connect
 or NOREPLICAS, and once a second while busy (see pipelined.py). No call on the request path
 waits longer than `store.timeout_s`, and no command is retried after it was sent (a retried
 script could charge a request twice).
+
+On the pipelined connection, calls of scripts that compose (`scripts.PAIRS`: admission and
+abuse check, settlement and output record) are held until the write: two of a pair for one
+tenant leave as one EVALSHA of the composed script, the rest as they are. A `lazy` call
+(bookkeeping after a reply) waits up to LAZY_S for a write that leaves anyway.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from time import monotonic
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool, SSLConnection, parse_url
@@ -32,13 +38,22 @@ from redis.exceptions import NoScriptError, RedisError
 from sidecar.errors import ConfigError
 from sidecar.log import log_fields
 from sidecar.settings import SENTINEL_SCHEMES, StoreSettings, parse_sentinel_url
-from sidecar.store.pipelined import PipelinedConnection
-from sidecar.store.scripts import Script, load_scripts
+from sidecar.store.pipelined import (
+    Packed,
+    PipelinedConnection,
+    Sink,
+    count,
+    flatten,
+    hash_tag,
+    reply_error,
+)
+from sidecar.store.scripts import PAIRS, Script, load_scripts
 
 log = logging.getLogger("sidecar.store")
 
-KeyOrArg = str | int | float | bytes
+KeyOrArg = str | int | float | bytes | Packed  # a Packed run stands for its values
 NOSCRIPT_ATTEMPTS = 3  # loads-and-reruns of a script the store forgot, per call
+LAZY_S = 0.002  # how long a lazy call may wait for the next write (bookkeeping after a reply)
 # A failure this soon after a recovery is not logged as a new outage (the store flaps while it
 # comes back); one that persists is logged at the next failure after it.
 RELAPSE_GRACE_S = 2.0
@@ -125,6 +140,12 @@ class Store:
         self._down_since: float | None = None  # monotonic time of the outage's first failure
         self.epoch = 0  # +1 at every change between up and down
         self._up_since = float("-inf")  # monotonic time of the last recovery
+        # Calls of scripts that compose (scripts.PAIRS), held until this turn's write.
+        self._pairs = {(a, b): self.scripts[f"{a}+{b}"] for a, b in PAIRS}
+        self._partner = {**{a: b for a, b in PAIRS}, **{b: a for a, b in PAIRS}}
+        self._held: list[_Held] = []
+        self._held_lazy = False  # every held call may wait (the write is not due yet)
+        self._heads = {name: Packed(("EVALSHA", script.sha)) for name, script in self.scripts.items()}
 
     @property
     def is_memory(self) -> bool:
@@ -134,14 +155,91 @@ class Store:
         """EVALSHA one script (loading it first on NOSCRIPT) within the store deadline."""
         return await self.start(name, keys, args).reply()
 
-    def start(self, name: str, keys: Sequence[KeyOrArg], args: Sequence[KeyOrArg]) -> StoreCall:
+    def start(self, name: str, keys: Sequence[KeyOrArg], args: Sequence[KeyOrArg], *,
+              lazy: bool = False) -> StoreCall:
         """Send one script call now and return it; `await call.reply()` waits for the answer.
         Calls started in one event-loop turn leave in one write on the pipelined connection,
-        so two of them cost one round trip and no task."""
-        command = ("EVALSHA", self.scripts[name].sha, len(keys), *keys, *args)
-        if self.fast is not None:
-            return StoreCall(self, name, command, self.fast.send(command))
+        so two of them cost one round trip and no task. A `lazy` call (bookkeeping nobody
+        waits for) may wait up to LAZY_S for the next write instead of making its own."""
+        nkeys = count(keys)
+        command = (self._heads[name], nkeys, *keys, *args)
+        fast = self.fast
+        if fast is not None:
+            partner = self._partner.get(name, "" if lazy else None)  # "": held, never paired
+            if partner is not None and fast.connected:
+                return StoreCall(self, name, command,
+                                 self._hold(name, partner, nkeys, keys, args, command, lazy))
+            return StoreCall(self, name, command, fast.send(command))
         return StoreCall(self, name, command, asyncio.ensure_future(self._evalsha(*command)))
+
+    # -- composing the calls of one write ---------------------------------------------------
+    def _hold(self, name: str, partner: str, nkeys: int, keys: Sequence[KeyOrArg],
+              args: Sequence[KeyOrArg], command: tuple[KeyOrArg, ...],
+              lazy: bool) -> asyncio.Future[Any]:
+        """Keep a call back until the next write, where it may pair with its partner."""
+        assert self.fast is not None
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self._held or (self._held_lazy and not lazy):
+            self.fast.before_write(self._release, LAZY_S if lazy else 0.0)
+            self._held_lazy = lazy
+        self._held.append(_Held(name, partner, _first_tag(keys), nkeys, keys, args, command,
+                                future))
+        return future
+
+    def _release(self) -> None:
+        """Send the held calls: two of a composed pair for one tenant (hash tag: every key of
+        one of these calls carries the same) as one EVALSHA of the composed script, every other
+        one as it is. Replies go straight to the callers' futures (no future in between: no
+        extra turn of the loop)."""
+        held, self._held = self._held, []
+        self._held_lazy = False
+        fast = self.fast
+        assert fast is not None
+        send = fast.send_into if fast.ready else self._send_later
+        alone: dict[tuple[str, str], list[_Held]] = {}
+        for call in held:
+            if call.tag is None:
+                send(call.command, call.future)
+                continue
+            waiting = alone.get((call.partner, call.tag))
+            if not waiting:
+                alone.setdefault((call.name, call.tag), []).append(call)
+                continue
+            other = waiting.pop(0)
+            first, second = (other, call) if (other.name, call.name) in self._pairs \
+                else (call, other)
+            script = self._pairs[(first.name, second.name)]
+            command = (self._heads[script.name], first.nkeys + second.nkeys, *first.keys,
+                       *second.keys, first.nkeys, count(first.args), *first.args, *second.args)
+            send(command, _Split(self, script, first.future, second.future))
+        for calls in alone.values():
+            for call in calls:
+                send(call.command, call.future)
+
+    def _send_later(self, command: tuple[KeyOrArg, ...], sink: Sink) -> None:
+        """The connection went away (or stopped answering) since the calls were held: send
+        through a new one."""
+        fast = self.fast
+        assert fast is not None
+
+        def copy(future: asyncio.Future[Any]) -> None:
+            if sink.done():
+                if not future.cancelled():
+                    future.exception()  # retrieved: nobody waits for it any more
+            elif future.cancelled():
+                sink.set_exception(StoreError("store call cancelled"))
+            elif (error := future.exception()) is not None:
+                sink.set_exception(error)
+            else:
+                sink.set_result(future.result())
+
+        fast.send(command).add_done_callback(copy)
+
+    def _reload_soon(self, script: Script) -> None:
+        """A composed script the store forgot is loaded again for the next pair (its two parts
+        are re-run alone by their callers, see `_finish`)."""
+        asyncio.ensure_future(self._reload(script)).add_done_callback(
+            lambda f: f.cancelled() or f.exception())
 
     def _note(self, error: BaseException | None, epoch: int) -> None:
         """Log an outage when the first script call fails and the recovery when one succeeds
@@ -211,7 +309,7 @@ class Store:
         await asyncio.shield(pending)
 
     async def _client_evalsha(self, *command: KeyOrArg) -> Any:
-        return await self.client.evalsha(*command[1:])  # command[0] is "EVALSHA"
+        return await self.client.evalsha(*flatten(command)[1:])  # [0] is "EVALSHA"
 
     async def call(self, op: str, *args: Any) -> Any:
         """Run one plain command (`op` is a redis-py method name) within the store deadline."""
@@ -257,6 +355,55 @@ class Store:
             await self.fast.close()
         close = getattr(self.client, "aclose", None) or self.client.close
         await close()
+
+
+class _Held:
+    """A script call waiting for the next write (see `Store._hold`)."""
+
+    __slots__ = ("args", "command", "future", "keys", "name", "nkeys", "partner", "tag")
+
+    def __init__(self, name: str, partner: str, tag: str | None, nkeys: int,
+                 keys: Sequence[KeyOrArg], args: Sequence[KeyOrArg],
+                 command: tuple[KeyOrArg, ...], future: asyncio.Future[Any]) -> None:
+        self.name, self.partner, self.tag, self.nkeys = name, partner, tag, nkeys
+        self.keys, self.args, self.command, self.future = keys, args, command, future
+
+
+def _first_tag(keys: Sequence[KeyOrArg]) -> str | None:
+    """The hash tag of the first of `keys` (None: no key, or no tag)."""
+    if not keys:
+        return None
+    first = keys[0]
+    return first.tag if isinstance(first, Packed) else hash_tag(first)
+
+
+class _Split:
+    """Takes the reply of a composed script like a future and hands each caller its part."""
+
+    __slots__ = ("first", "script", "second", "store")
+
+    def __init__(self, store: Store, script: Script, first: asyncio.Future[Any],
+                 second: asyncio.Future[Any]) -> None:
+        self.store, self.script, self.first, self.second = store, script, first, second
+
+    def done(self) -> bool:
+        return self.first.done() and self.second.done()
+
+    def set_result(self, result: Any, /) -> None:
+        for target, part in ((self.first, result[0]), (self.second, result[1])):
+            if target.done():
+                continue
+            if isinstance(part, hiredis.ReplyError):
+                target.set_exception(reply_error(part))  # that part failed; the other stands
+            else:
+                target.set_result(part)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        if isinstance(exception, NoScriptError):
+            self.store._reload_soon(self.script)
+        for target in (self.first, self.second):
+            if not target.done():
+                target.set_exception(exception)
 
 
 def _memory_client() -> Any:

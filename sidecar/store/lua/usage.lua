@@ -15,10 +15,17 @@
 local suffix = '|' .. ARGV[1] .. '|' .. ARGV[2]
 local hour = math.floor(tonumber(redis.call('TIME')[1]) / 3600)
 local key = KEYS[1] .. 'h:' .. hour
-redis.call('HINCRBY', key, 'r' .. suffix, 1)
-redis.call('HINCRBY', key, 'p' .. suffix, tonumber(ARGV[3]))
-redis.call('HINCRBY', key, 'c' .. suffix, tonumber(ARGV[4]))
-local cost = tonumber(ARGV[5])
-if cost > 0 then redis.call('HINCRBY', key, 'n' .. suffix, cost) end
-redis.call('EXPIRE', key, tonumber(ARGV[6]))
+local adds = {1, tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])}
+local fields = {'r' .. suffix, 'p' .. suffix, 'c' .. suffix}
+if adds[4] > 0 then fields[4] = 'n' .. suffix end
+-- One read and one write (not a HINCRBY per counter); the TTL is set when the key and model
+-- first appear in the hour (the hash was new, or had not counted them yet).
+local v = redis.call('HMGET', key, unpack(fields))
+local sets = {}
+for i, field in ipairs(fields) do
+  sets[#sets + 1] = field
+  sets[#sets + 1] = string.format('%d', (tonumber(v[i]) or 0) + adds[i])
+end
+redis.call('HSET', key, unpack(sets))
+if not v[1] then redis.call('EXPIRE', key, tonumber(ARGV[6])) end
 return hour
