@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from time import perf_counter
 
+import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -203,7 +205,11 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
 async def _print_demo_key(auth: Authenticator) -> None:
     """On the embedded store, a key for trying the sidecar at once; printed once, never logged."""
     raw_key, _ = await auth.records.create(KeySpec(tenant="demo", scopes=SCOPES, label="demo"))
-    print(f"Demo API key (tenant 'demo', shown once, embedded store only): {raw_key}", flush=True)
+    # One JSON line like every other the sidecar writes; on stdout, never through the logger.
+    line = {"ts": round(time.time(), 3), "level": "info", "logger": "sidecar.demo",
+            "msg": "Demo API key (tenant 'demo', shown once, embedded store only)",
+            "demo_key": raw_key}
+    print(orjson.dumps(line).decode(), flush=True)
 
 
 async def _watch_store(app: web.Application, stop: asyncio.Event, interval_s: float = 5.0) -> None:
