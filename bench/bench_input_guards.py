@@ -107,7 +107,8 @@ def requests(n: int, seed: int) -> list[list[TextSlot]]:
             TextSlot("messages[1].content", "user", UNTRUSTED, user),
         ]
         if i % 2:
-            slots.append(TextSlot("messages[2].content", "tool", DATA, build(rnd.randint(300, 3000), PROSE, ~i)))
+            doc = build(rnd.randint(300, 3000), PROSE, ~i)
+            slots.append(TextSlot("messages[2].content", "tool", DATA, doc))
         out.append(slots)
     return out
 

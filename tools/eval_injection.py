@@ -96,7 +96,7 @@ def table(
         by[key(it)].append(it)
     head = "| " + title + " | attacks | benign | " + " | ".join(f"{s} R / FPR" for s in systems) + " |"
     lines = [head, "|" + "---|" * (3 + len(systems))]
-    for k in sorted(by) + ["**all**"]:
+    for k in [*sorted(by), "**all**"]:
         group = items if k == "**all**" else by[k]
         pos, neg, _, _ = rates(group, systems[0])
         cells = []
@@ -134,23 +134,22 @@ def run_shipped(args: argparse.Namespace) -> dict[str, Any]:
     shipped = InjectionDetector(threshold=THRESHOLD)
     out: dict[str, Any] = {}
     t0 = time.perf_counter()
-    out["frozen"] = score_rows(shipped, parts["frozen"], frozen_carriers)
-    out["eval-only"] = score_rows(shipped, parts["eval-only"], vis_carriers)
-    print(f"frozen + eval-only scored in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    if not args.visible_only:  # the frozen group is scored only in the final run (protocol)
+        out["frozen"] = score_rows(shipped, parts["frozen"], frozen_carriers)
+        out["eval-only"] = score_rows(shipped, parts["eval-only"], vis_carriers)
+        print(f"frozen + eval-only scored in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     bare: list[Scored] = []
     reqs: list[Scored] = []
     if args.loso:
         base = load_ngram_model()
         train_rows, carriers = tr.load_training(corpus.DATA_DIR)
-        direct, data = tr.build_examples(train_rows, carriers)
-        d_groups, a_groups = np.array(direct.groups), np.array(data.groups)
+        ex = tr.build_examples(train_rows, carriers)
+        ex_groups = np.array(ex.groups)
         for g in sorted({r.group for r in parts["visible"]}):
             held = [r for r in parts["visible"] if r.group == g]
-            dh = tr.fit_head(direct, d_groups != g)
-            ah = tr.fit_head(data, a_groups != g)
+            h = tr.fit_head(ex, ex_groups != g)
             model = NgramModel(
-                NgramHead(dh.weights, dh.bias, base.direct.offset),
-                NgramHead(ah.weights, ah.bias, base.data.offset),
+                NgramHead(h.weights, h.bias, base.direct.offset), NgramHead(h.weights, h.bias, base.data.offset)
             )
             det = InjectionDetector(threshold=THRESHOLD, model=model)
             fold_carriers = [c for c in vis_carriers if c not in {r.text for r in held}]
@@ -220,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", type=Path)
     ap.add_argument("--no-loso", dest="loso", action="store_false")
+    ap.add_argument("--visible-only", action="store_true", help="tuning: frozen group unscored")
     ap.add_argument("--baseline", help="path of a checkout whose detector is scored instead")
     args = ap.parse_args(argv)
     if args.baseline:

@@ -3,20 +3,20 @@
 Offline only (numpy, scipy, scikit-learn: the `train` extra). The features are the runtime's
 own (`sidecar.guards.injection_ngram.window_features`), so training and serving cannot drift.
 
-Two heads, each an L2 logistic regression (SGD, log loss) over hashed character 2-5-grams of 512-character
-windows:
-- direct: every trainable text as a user turn (long texts contribute each window, weighted so
-  a text counts once);
-- data: documents and tool results: the training folder's embedded-injection documents, the
-  project's own planted instructions and benign e-mails, and every trainable text planted into a
-  benign carrier document (positive when the text is an attack, negative when it is benign),
-  plus the carriers themselves.
-Over-defence is penalised: the project's own benign persona, role-play, security-education and
-trigger-word rows weigh OVERDEFENCE_WEIGHT times a normal row.
+One logistic regression (SGD, log loss) over hashed character 2-5-grams of 512-character
+windows, fitted on: every trainable text as it comes (long texts contribute each window,
+weighted so a text counts once); every trainable attack planted at the start, middle or end of
+a benign carrier document (the window a scan sees around it); the carriers themselves; the
+training folder's documents and tool results with and without embedded injections; and the
+project's own generated rows. Over-defence is penalised: the own benign persona, role-play,
+security-education, trigger-word, task-line and e-mail rows weigh OVERDEFENCE_WEIGHT times a
+normal row. The artifact has two heads, `direct` (user turns) and `data` (tool results and
+documents): they share these weights and differ in calibration.
 
-Calibration: each head's offset is set from leave-one-source-out scores of the visible benign
-rows (never the frozen ones) so that the head alone flags at most TARGET_FPR of them at the
-detector's threshold 0.5. Deterministic: fixed seeds, sorted inputs, SGD with a fixed order.
+Calibration: the offsets are set from leave-one-source-out logits of the visible benign rows
+(never the frozen ones): `direct` flags at most TARGET_FPR of the benign user turns, `data` at
+most DATA_TARGET_FPR of the benign documents and tool results (and is never laxer than direct).
+Deterministic: fixed seeds, sorted inputs, SGD with a fixed order.
 
     python tools/train_injection.py [--data DIR] [--out FILE] [--no-calibrate]
 """
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
 import random
 import sys
@@ -53,6 +54,8 @@ EPOCHS = 15
 OVERDEFENCE_WEIGHT = 3.0
 MAX_WINDOWS_PER_TEXT = 8
 TARGET_FPR = 0.004
+DATA_TARGET_FPR = 0.01
+OOF_DUMP = corpus.ROOT / ".eval" / "out" / "oof_logits.json"  # for inspection, when .eval exists
 PLANT_CONTEXT = 220  # carrier characters kept on each side of a planted text
 SEED = 7
 
@@ -105,20 +108,19 @@ def _snippet(doc: str, text: str, rng: random.Random) -> str:
     return planted[max(0, at - PLANT_CONTEXT) : at + len(text) + PLANT_CONTEXT]
 
 
-def build_examples(rows: Sequence[corpus.Row], carriers: Sequence[str]) -> tuple[Examples, Examples]:
-    """(direct, data) training examples from trainable and generated rows."""
-    direct, data = Examples(), Examples()
+def build_examples(rows: Sequence[corpus.Row], carriers: Sequence[str]) -> Examples:
+    """Training windows: every text as it comes, every attack planted into a carrier document,
+    and the carriers themselves (benign)."""
+    ex = Examples()
     rng = random.Random(SEED)  # noqa: S311 (reproducible sampling, not secrets)
     for row in rows:
         w = _weight(row)
-        direct.add(row.text, row.label, row.group, w)
-        if row.channel == "data":
-            data.add(row.text, row.label, row.group, w)
-        elif len(row.text) <= corpus.MAX_PLANT and carriers:
-            data.add(_snippet(rng.choice(carriers), row.text, rng), row.label, row.group, w)
+        ex.add(row.text, row.label, row.group, w)
+        if row.channel != "data" and row.label == 1 and len(row.text) <= corpus.MAX_PLANT and carriers:
+            ex.add(_snippet(rng.choice(carriers), row.text, rng), 1, row.group, w)
     for doc in carriers:
-        data.add(doc, 0, "carrier", 1.0)
-    return direct, data
+        ex.add(doc, 0, "carrier", 1.0)
+    return ex
 
 
 def fit_head(ex: Examples, mask: np.ndarray | None = None) -> NgramHead:
@@ -140,7 +142,7 @@ def offset_for(logits: Sequence[float], target: float = TARGET_FPR) -> float:
     if not logits:
         return 0.0
     ordered = sorted(logits, reverse=True)
-    k = int(math.floor(target * len(ordered)))
+    k = math.floor(target * len(ordered))
     return max(0.0, ordered[k] + 1e-3)
 
 
@@ -150,26 +152,28 @@ def load_training(data_dir: Path) -> tuple[list[corpus.Row], list[str]]:
     return rows, corpus.carriers_of(folder, frozen=False)
 
 
-def loso_offsets(rows: Sequence[corpus.Row], carriers: Sequence[str]) -> tuple[float, float]:
-    """Offsets from out-of-fold logits of visible benign rows (bare and planted)."""
-    direct, data = build_examples(rows, carriers)
+def loso_offsets(rows: Sequence[corpus.Row], ex: Examples) -> tuple[float, float]:
+    """(user, data) offsets from out-of-fold logits of visible benign rows: user turns for the
+    first, documents and tool results for the second (never below the first)."""
     groups = sorted({r.group for r in rows if not r.group.startswith("own:")})
-    d_groups, a_groups = np.array(direct.groups), np.array(data.groups)
-    d_logits: list[float] = []
-    a_logits: list[float] = []
+    ex_groups = np.array(ex.groups)
+    user_logits: list[float] = []
+    data_logits: list[float] = []
+    oof: list[tuple[str, str, float]] = []
     for g in groups:
         held = [r for r in rows if r.group == g and r.label == 0]
         if not held:
             continue
-        dh = fit_head(direct, d_groups != g)
-        ah = fit_head(data, a_groups != g)
-        rng = random.Random(SEED)  # noqa: S311 (reproducible sampling, not secrets)
+        head = fit_head(ex, ex_groups != g)
         for r in held:
-            d_logits.append(dh.logit(window_features(fold_text(r.text))))
-            text = r.text if r.channel == "data" else _snippet(rng.choice(carriers), r.text, rng)
-            a_logits.append(ah.logit(window_features(fold_text(text))))
+            z = head.text_logit(r.text)
+            (data_logits if r.channel == "data" else user_logits).append(z)
+            oof.append((g, r.channel, z))
         print(f"  fold {g}: {len(held)} benign", file=sys.stderr)
-    return offset_for(d_logits), offset_for(a_logits)
+    if OOF_DUMP.parent.is_dir():
+        OOF_DUMP.write_text(json.dumps(oof))
+    user = offset_for(user_logits)
+    return user, max(user, offset_for(data_logits, DATA_TARGET_FPR))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -180,11 +184,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     rows, carriers = load_training(args.data)
     print(f"{len(rows)} rows, {len(carriers)} carriers", file=sys.stderr)
-    d_off, a_off = (0.0, 0.0) if args.no_calibrate else loso_offsets(rows, carriers)
-    direct, data = build_examples(rows, carriers)
-    dh, ah = fit_head(direct), fit_head(data)
+    ex = build_examples(rows, carriers)
+    d_off, a_off = (0.0, 0.0) if args.no_calibrate else loso_offsets(rows, ex)
+    head = fit_head(ex)
     model = NgramModel(
-        NgramHead(dh.weights, dh.bias, round(d_off, 4)), NgramHead(ah.weights, ah.bias, round(a_off, 4))
+        NgramHead(head.weights, head.bias, round(d_off, 4)), NgramHead(head.weights, head.bias, round(a_off, 4))
     )
     raw = model.to_bytes()
     args.out.write_bytes(raw)

@@ -31,7 +31,13 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from sidecar.guards.injection_context import NOTHING, Guarded, context_score, read_context
+from sidecar.guards.injection_context import (
+    NOTHING,
+    Guarded,
+    context_score,
+    data_address_score,
+    read_context,
+)
 from sidecar.guards.injection_ngram import NgramModel, load_ngram_model
 from sidecar.guards.normalize import View, build_views
 from sidecar.model import DATA, TRUSTED, TextSlot
@@ -307,11 +313,16 @@ class InjectionDetector:
             if learned >= self.threshold:
                 categories[DATA_CATEGORY if as_data else CLASSIFIER_CATEGORY] = learned
             layers["learned"] = learned
+        if self._use_context:
+            addressed = data_address_score(text, pasted=not as_data)
+            if addressed:
+                categories[DATA_CATEGORY] = max(categories.get(DATA_CATEGORY, 0.0), addressed)
+                layers["context"] = addressed
         if self._use_context and not as_data and ctx.has_system:
             c_score, c_cat = context_score(text, ctx)
             if c_score >= self.threshold:
                 categories[c_cat] = max(categories.get(c_cat, 0.0), c_score)
-            layers["context"] = c_score
+            layers["context"] = max(layers.get("context", 0.0), c_score)
         if any(v.kind == "unicode_tags" and len(v.tokens) >= 2 for v in views):
             categories[HIDDEN_CATEGORY] = HIDDEN_SCORE
             layers["hidden"] = HIDDEN_SCORE

@@ -4,12 +4,13 @@ Why character n-grams: they carry across wording, spelling tricks and languages 
 no vocabulary; Chinese and Thai work like English), and hashing them with numpy costs a few
 microseconds per hundred characters, so every slot of every request can afford it.
 
-Features of a window of text: the distinct hashed 2- to 5-grams of its folded form (NFKC,
-casefold, whitespace runs collapsed), each counted, the count vector L2-normalised. Because the
-vector is normalised, repeating a text ("You are welcome. " x 10) gives the same score as the
-text once: scores do not grow with repetition. Long texts are scored in overlapping windows and
-the highest window wins, so an instruction planted in the middle of a long document is not
-diluted by the text around it.
+Features of a window of text: the hashed 2- to 5-grams of its folded form (NFKC, casefold,
+whitespace runs collapsed) as frequencies (counts over the window's n-gram total), so the
+linear score is the mean weight of the window's n-grams. Because they are frequencies,
+repeating a text ("You are welcome. " x 10) gives the same score as the text once: scores do
+not grow with repetition. Serving needs one hashing pass and prefix sums for all windows.
+Long texts are scored in overlapping windows and the highest window wins, so an instruction
+planted in the middle of a long document is not diluted by the text around it.
 
 Two heads share the features: `direct` judges a user turn, `data` judges text that arrives as
 data (tool results, documents), where the signal is an instruction addressed to the assistant.
@@ -24,6 +25,7 @@ import json
 import math
 import unicodedata
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 
@@ -35,6 +37,7 @@ NGRAMS = (2, 3, 4, 5)
 WINDOW = 512  # characters per window
 STRIDE = 256
 MAX_WINDOWS = 64  # a longer text is scored on evenly spread windows (bounded cost)
+SCALE = 32.0  # features are n-gram frequencies x SCALE (keeps the L2 penalty in a useful range)
 _MUL = np.uint64(0x9E3779B97F4A7C15)
 _SHIFT = np.uint64(64 - BITS)
 _SALTS = {n: np.uint64((n * 0x632BE59BD9B4E019) & 0xFFFFFFFFFFFFFFFF) for n in NGRAMS}
@@ -60,43 +63,75 @@ def _codes(text: str) -> npt.NDArray[np.uint64]:
     return np.frombuffer(text.encode("utf-32-le"), dtype="<u4").astype(np.uint64)
 
 
-def hashes(codes: npt.NDArray[np.uint64]) -> Ints:
-    """Bucket ids of every 2- to 5-gram of the code points (with repeats), one array."""
+def _hash_arrays(codes: npt.NDArray[np.uint64]) -> list[Ints]:
+    """Bucket ids of the n-grams starting at each position, one array per n (shorter for larger n).
+
+    Rolling: the (n+1)-gram hash extends the n-gram hash by one code point, so each size costs
+    one multiply-add; a per-size salt and a multiplicative mix pick the bucket.
+    """
     parts: list[Ints] = []
-    n_codes = len(codes)
     with np.errstate(over="ignore"):
-        for n in NGRAMS:
-            if n_codes < n:
+        h = codes
+        for n in range(2, NGRAMS[-1] + 1):
+            if len(codes) < n:
                 break
-            m = n_codes - n + 1
-            h = codes[:m] ^ _SALTS[n]
-            for k in range(1, n):
-                h = h * _MUL + codes[k : k + m]
-            parts.append(((h * _MUL) >> _SHIFT).astype(np.int64))
-    if not parts:
-        return np.zeros(0, dtype=np.int64)
-    return np.concatenate(parts)
+            h = h[:-1] * _MUL + codes[n - 1 :]
+            if n >= NGRAMS[0]:
+                parts.append(((h ^ _SALTS[n]) * _MUL >> _SHIFT).astype(np.int64))
+    return parts
+
+
+def _starts(n: int) -> list[int]:
+    if n <= WINDOW:
+        return [0]
+    last = n - WINDOW
+    starts = [*range(0, last, STRIDE), last]
+    if len(starts) > MAX_WINDOWS:
+        step = (len(starts) - 1) / (MAX_WINDOWS - 1)
+        starts = [starts[round(i * step)] for i in range(MAX_WINDOWS)]
+    return starts
 
 
 def window_features(folded: str) -> list[tuple[Ints, Floats]]:
-    """(bucket ids, L2-normalised counts) of each window of a folded text."""
+    """(bucket ids, SCALE x n-gram frequencies) of each window of a folded text (training)."""
+    codes = _codes(folded)
+    out: list[tuple[Ints, Floats]] = []
+    for s in _starts(len(codes)):
+        parts = _hash_arrays(codes[s : s + WINDOW])
+        if not parts:
+            out.append((np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)))
+            continue
+        idx, counts = np.unique(np.concatenate(parts), return_counts=True)
+        out.append((idx, counts.astype(np.float32) * np.float32(SCALE / counts.sum())))
+    return out
+
+
+def window_logits(weights: Floats, folded: str) -> list[float]:
+    """The linear score of every window, from one hashing pass (serving).
+
+    Equal to `weights @ features` of `window_features`' windows up to the few n-grams that
+    straddle a window's end: the mean weight of the window's n-grams, times SCALE. A text of one
+    window is a single gather and mean; longer texts use prefix sums over positions.
+    """
     codes = _codes(folded)
     n = len(codes)
+    parts = _hash_arrays(codes)
+    if not parts:
+        return [0.0]
     if n <= WINDOW:
-        starts = [0]
-    else:
-        last = n - WINDOW
-        starts = list(range(0, last, STRIDE)) + [last]
-        if len(starts) > MAX_WINDOWS:
-            step = (len(starts) - 1) / (MAX_WINDOWS - 1)
-            starts = [starts[round(i * step)] for i in range(MAX_WINDOWS)]
-    out: list[tuple[Ints, Floats]] = []
-    for s in starts:
-        idx, counts = np.unique(hashes(codes[s : s + WINDOW]), return_counts=True)
-        vals = counts.astype(np.float32)
-        norm = float(np.sqrt(np.dot(vals, vals))) or 1.0
-        out.append((idx, vals / norm))
-    return out
+        ids = np.concatenate(parts)
+        return [float(weights[ids].mean()) * SCALE]
+    per_pos = np.zeros(n + 1, dtype=np.float64)
+    count = np.zeros(n + 1, dtype=np.float64)
+    for h in parts:
+        per_pos[1 : len(h) + 1] += weights[h]
+        count[1 : len(h) + 1] += 1.0
+    csum = np.cumsum(per_pos)
+    ccount = np.cumsum(count)
+    starts = np.array(_starts(n))
+    ends = starts + WINDOW
+    counts = np.maximum(ccount[ends] - ccount[starts], 1.0)
+    return list(((csum[ends] - csum[starts]) / counts * SCALE).tolist())
 
 
 def _sigmoid(z: float) -> float:
@@ -115,14 +150,18 @@ class NgramHead:
     offset: float = 0.0
 
     def logit(self, feats: list[tuple[Ints, Floats]]) -> float:
-        """Highest logit over the windows (calibrated: the offset is subtracted)."""
+        """Highest logit over precomputed windows (calibrated: the offset is subtracted)."""
         w = self.weights
         best = max(float(np.dot(w[idx], vals)) for idx, vals in feats) if feats else 0.0
         return best + self.bias - self.offset
 
+    def text_logit(self, text: str) -> float:
+        """Highest calibrated logit over the windows of a text (the serving path)."""
+        return max(window_logits(self.weights, fold_text(text))) + self.bias - self.offset
+
     def probability(self, text: str) -> float:
         """Calibrated probability that `text` is an injection, for this head."""
-        return _sigmoid(self.logit(window_features(fold_text(text))))
+        return _sigmoid(self.text_logit(text))
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,14 +171,10 @@ class NgramModel:
     direct: NgramHead
     data: NgramHead
 
-    def score(self, text: str, as_data: bool = False) -> float:
-        feats = window_features(fold_text(text))
-        return _sigmoid((self.data if as_data else self.direct).logit(feats))
-
-    def score_both(self, text: str) -> tuple[float, float]:
-        """(direct, data) probabilities from one feature pass."""
-        feats = window_features(fold_text(text))
-        return _sigmoid(self.direct.logit(feats)), _sigmoid(self.data.logit(feats))
+    def score(self, texts: Sequence[str], as_data: bool = False) -> list[float]:
+        """Probabilities for a batch of texts, with one head."""
+        head = self.data if as_data else self.direct
+        return [head.probability(t) for t in texts]
 
     def to_bytes(self) -> bytes:
         """Deterministic serialisation: a JSON header line, then zlib(float16 weights)."""
@@ -158,10 +193,14 @@ class NgramModel:
     @classmethod
     def from_bytes(cls, raw: bytes) -> NgramModel:
         line, _, packed = raw.partition(b"\n")
-        head = json.loads(line)
+        try:
+            head = json.loads(line)
+            body = zlib.decompress(packed)
+        except (ValueError, zlib.error) as exc:
+            raise ValueError("the n-gram artifact is damaged") from exc
         if head.get("format") != FORMAT or head["bits"] != BITS or tuple(head["ngrams"]) != NGRAMS:
             raise ValueError("the n-gram artifact does not match this version's features")
-        w = np.frombuffer(zlib.decompress(packed), dtype="<f2").astype(np.float32)
+        w = np.frombuffer(body, dtype="<f2").astype(np.float32)
         size = 1 << BITS
         if len(w) != 2 * size:
             raise ValueError("the n-gram artifact is truncated")
