@@ -389,6 +389,26 @@ _TASKS = [
     "Extract the dates mentioned in this text:",
     "Is this email urgent? Here it is:",
 ]
+# Benign requests about the assistant's own answer (format, sources, repeats) and benign checks
+# of suspicious artefacts: over-defence negatives.
+_META = [
+    "Could you say that last part again, more slowly?",
+    "Repeat your previous answer but in French.",
+    "Please shorten your last reply to two sentences.",
+    "Finish your answer with a one-line summary.",
+    "When you answer, cite the pages you took each fact from.",
+    "Add a list of references at the bottom of your reply.",
+    "Format your answer as a table with two columns.",
+    "Start your reply with a short greeting, then answer.",
+    "Is this URL safe to open? It came in a text message.",
+    "Does this WHOIS record look like a phishing domain?",
+    "Is this email a scam? It asks me to confirm my bank details.",
+    "Check whether this login page is legitimate; the address looks odd.",
+    "Can you explain what this suspicious PowerShell command does?",
+    "My antivirus flagged this file. Is it malware or a false positive?",
+    "Answer in reverse chronological order, newest event first.",
+    "Write the answer in Spanish and then in English.",
+]
 # Task lines a user sends with a document: benign training rows. The evaluation uses _TASKS
 # (above), a different list, so the evaluation does not reward memorising these.
 _TRAIN_TASKS = [
@@ -445,6 +465,7 @@ def generated_rows(seed: int = 7) -> list[Row]:
             )
     rows.extend(Row(t, 0, "own:trigger_words", "benign_trigger", "latin") for t in _TRIGGER)
     rows.extend(Row(t, 0, "own:task_lines", "benign_task", guess_lang(t)) for t in _TRAIN_TASKS)
+    rows.extend(Row(t, 0, "own:meta_requests", "benign_meta", "latin") for t in _META)
     for t in _EMAILS:
         for _ in range(6):
             rows.append(

@@ -3,7 +3,7 @@
 Offline only (numpy, scipy, scikit-learn: the `train` extra). The features are the runtime's
 own (`sidecar.guards.injection_ngram.window_features`), so training and serving cannot drift.
 
-One logistic regression (SGD, log loss) over hashed character 2-5-grams of 512-character
+One logistic regression (SGD, log loss) over hashed character 2-5-grams of 320-character
 windows, fitted on: every trainable text as it comes (long texts contribute each window,
 weighted so a text counts once); every trainable attack planted at the start, middle or end of
 a benign carrier document (the window a scan sees around it); the carriers themselves; the

@@ -780,15 +780,16 @@ _DATA_ADDRESS = re.compile(
     r"\b(?:ignore|disregard) (?:the|what) the user\b|\binstead of (?:summari[sz]ing|answering|translating)\b"
 )
 DATA_ADDRESS_SCORE = 0.85
-PASTED_MIN = 600  # a user turn this long is read as a pasted document past its first line
-TASK_SKIP = 160  # characters of a pasted turn taken as the user's own task
+PASTED_MIN = 150  # a pasted document is at least this long after the user's first line
+TASK_SKIP = 200  # the user's own task line ends with a line break within this many characters
 
 
 def data_address_score(text: str, pasted: bool = False) -> float:
     """DATA_ADDRESS_SCORE when data (or the body of a pasted document) addresses the assistant."""
-    if pasted:
-        if len(text) < PASTED_MIN:
+    if pasted:  # the user's own first line is their task, the rest a pasted document
+        cut = text.find("\n", 0, TASK_SKIP)
+        if cut < 0 or len(text) - cut < PASTED_MIN:
             return 0.0
-        text = text[TASK_SKIP:]
+        text = text[cut:]
     low = fold_text(text)
     return DATA_ADDRESS_SCORE if _DATA_ADDRESS.search(low) else 0.0

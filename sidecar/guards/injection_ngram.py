@@ -34,9 +34,9 @@ import numpy.typing as npt
 
 BITS = 18
 NGRAMS = (2, 3, 4, 5)
-WINDOW = 512  # characters per window
-STRIDE = 256
-MAX_WINDOWS = 64  # a longer text is scored on evenly spread windows (bounded cost)
+WINDOW = 320  # characters per window
+STRIDE = 96
+MAX_WINDOWS = 4096  # a longer text is scored on evenly spread windows (bounded cost)
 SCALE = 32.0  # features are n-gram frequencies x SCALE (keeps the L2 penalty in a useful range)
 _MUL = np.uint64(0x9E3779B97F4A7C15)
 _SHIFT = np.uint64(64 - BITS)
@@ -198,7 +198,12 @@ class NgramModel:
             body = zlib.decompress(packed)
         except (ValueError, zlib.error) as exc:
             raise ValueError("the n-gram artifact is damaged") from exc
-        if head.get("format") != FORMAT or head["bits"] != BITS or tuple(head["ngrams"]) != NGRAMS:
+        if (head.get("format"), head.get("bits"), tuple(head.get("ngrams", ())), head.get("window")) != (
+            FORMAT,
+            BITS,
+            NGRAMS,
+            WINDOW,
+        ):
             raise ValueError("the n-gram artifact does not match this version's features")
         w = np.frombuffer(body, dtype="<f2").astype(np.float32)
         size = 1 << BITS
