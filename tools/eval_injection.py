@@ -149,7 +149,8 @@ def run_shipped(args: argparse.Namespace) -> dict[str, Any]:
             held = [r for r in parts["visible"] if r.group == g]
             h = tr.fit_head(ex, ex_groups != g)
             model = NgramModel(
-                NgramHead(h.weights, h.bias, base.direct.offset), NgramHead(h.weights, h.bias, base.data.offset)
+                NgramHead(h.weights, h.bias, base.direct.offset),
+                NgramHead(h.weights, h.bias, base.data.offset),
             )
             det = InjectionDetector(threshold=THRESHOLD, model=model)
             fold_carriers = [c for c in vis_carriers if c not in {r.text for r in held}]

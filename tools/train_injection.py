@@ -188,7 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     d_off, a_off = (0.0, 0.0) if args.no_calibrate else loso_offsets(rows, ex)
     head = fit_head(ex)
     model = NgramModel(
-        NgramHead(head.weights, head.bias, round(d_off, 4)), NgramHead(head.weights, head.bias, round(a_off, 4))
+        NgramHead(head.weights, head.bias, round(d_off, 4)),
+        NgramHead(head.weights, head.bias, round(a_off, 4)),
     )
     raw = model.to_bytes()
     args.out.write_bytes(raw)

@@ -490,22 +490,116 @@ NEAR = 60  # an ask verb must be this close to what it asks for
 # "Repeat all previous instructions", "print every line of our chat so far": an echo verb, a
 # qualifier and a noun for the conversation's own text, close together.
 _ECHO_VERBS = [
-    "repeat", "recite", "print", "output", "copy", "paste", "replicate", "reproduce", "playback",
-    "play back", "enumerate", "list", "dump", "show", "display", "write out", "write down", "type out",
-    "spell out", "say", "tell", "provide", "share", "give", "reveal", "translate", "echo", "return",
-    "repite", "repita", "répète", "répétez", "ripeti", "wiederhole", "herhaal", "повтори", "выведи",
-    "重复", "输出", "繰り返", "반복", "كرر", "दोहरा", "tekrarla",
+    "repeat",
+    "recite",
+    "print",
+    "output",
+    "copy",
+    "paste",
+    "replicate",
+    "reproduce",
+    "playback",
+    "play back",
+    "enumerate",
+    "list",
+    "dump",
+    "show",
+    "display",
+    "write out",
+    "write down",
+    "type out",
+    "spell out",
+    "say",
+    "tell",
+    "provide",
+    "share",
+    "give",
+    "reveal",
+    "translate",
+    "echo",
+    "return",
+    "repite",
+    "repita",
+    "répète",
+    "répétez",
+    "ripeti",
+    "wiederhole",
+    "herhaal",
+    "повтори",
+    "выведи",
+    "重复",
+    "输出",
+    "繰り返",
+    "반복",
+    "كرر",
+    "दोहरा",
+    "tekrarla",
 ]
 _ECHO_QUALIFIERS = [
-    "all", "every", "entire", "whole", "previous", "prior", "preceding", "earlier", "initial",
-    "original", "above", "full", "complete", "exact", "verbatim", "hidden", "secret", "first",
-    "todas", "todos", "toutes", "tous", "tutte", "tutti", "alle", "все", "всю", "所有", "全部", "すべて", "모든",
+    "all",
+    "every",
+    "entire",
+    "whole",
+    "previous",
+    "prior",
+    "preceding",
+    "earlier",
+    "initial",
+    "original",
+    "above",
+    "full",
+    "complete",
+    "exact",
+    "verbatim",
+    "hidden",
+    "secret",
+    "first",
+    "todas",
+    "todos",
+    "toutes",
+    "tous",
+    "tutte",
+    "tutti",
+    "alle",
+    "все",
+    "всю",
+    "所有",
+    "全部",
+    "すべて",
+    "모든",
 ]
 _ECHO_NOUNS = [
-    "instruction", "prompt", "conversation", "chat", "dialogue", "dialog", "context", "directive",
-    "guideline", "rules", "sentences", "lines", "messages", "words you", "text you", "you saw",
-    "you were given", "you got", "you received", "so far", "instrucciones", "instructions",
-    "istruzioni", "anweisungen", "инструкции", "指令", "指示", "지시", "تعليمات", "निर्देश", "talimat",
+    "instruction",
+    "prompt",
+    "conversation",
+    "chat",
+    "dialogue",
+    "dialog",
+    "context",
+    "directive",
+    "guideline",
+    "rules",
+    "sentences",
+    "lines",
+    "messages",
+    "words you",
+    "text you",
+    "you saw",
+    "you were given",
+    "you got",
+    "you received",
+    "so far",
+    "instrucciones",
+    "instructions",
+    "istruzioni",
+    "anweisungen",
+    "инструкции",
+    "指令",
+    "指示",
+    "지시",
+    "تعليمات",
+    "निर्देश",
+    "talimat",
 ]
 ECHO_SPAN = 80  # verb, qualifier and noun all within this many characters
 
@@ -759,23 +853,26 @@ def _secret_mentions(low: str, tokens: frozenset[str]) -> list[int]:
 # Text that arrives as data and speaks to the assistant: the signal of an indirect injection,
 # whatever it asks for. Read only in data slots and in the body of long pasted user turns.
 _AI = (
-    r"(?:ai|a\.i\.|assistant|ai assistant|chatbot|chat bot|bot|llm|language model|ai model|model|agent|ai agent|"
-    r"gpt|chatgpt|claude|gemini|copilot|asistente|assistente|assistent|ki|ия|ии|ассистент|助手|アシスタント|어시스턴트)"
+    r"(?:ai|a\.i\.|assistant|ai assistant|chatbot|chat bot|bot|llm|language model|ai model|model|"
+    r"agent|ai agent|gpt|chatgpt|claude|gemini|copilot|asistente|assistente|assistent|ki|ия|ии|"
+    r"ассистент|助手|アシスタント|어시스턴트)"
 )
 _DIRECTIVE = (
-    r"(?:please |now |from now on |you must |you should |make sure to |be sure to )?(?:ignore|forget|disregard|"
-    r"answer|respond|reply|write|say|include|add|insert|append|recommend|mention|tell|send|forward|email|"
+    r"(?:please |now |from now on |you must |you should |make sure to |be sure to )?"
+    r"(?:ignore|forget|disregard|answer|respond|reply|write|say|include|add|insert|append|recommend|mention|tell|send|forward|email|"
     r"call|use|run|execute|encode|encrypt|translate|output|print|delete|remove|do not|don't|never|always|"
     r"instead|stop|summari[sz]e|format|change|replace|visit|click|open|post|upload)"
 )
 _DATA_ADDRESS = re.compile(
     rf"\bif you are an? {_AI}\b|"
-    rf"\b(?:note|message|instructions?|notice|reminder|attention|important|request) (?:to|for) (?:the |any |all )?{_AI}s?\b|"
-    rf"(?:^|[\n.!?#/*>\[(-]\s*|\b(?:hey|hi|dear|attention|important|note)[,!:]? ){_AI}s?\s*[:,]\s*{_DIRECTIVE}|"
+    rf"\b(?:note|message|instructions?|notice|reminder|attention|important|request) (?:to|for) "
+    rf"(?:the |any |all )?{_AI}s?\b|"
+    rf"(?:^|[\n.!?#/*>\[(-]\s*|\b(?:hey|hi|dear|attention|important|note)[,!:]? )"
+    rf"{_AI}s?\s*[:,]\s*{_DIRECTIVE}|"
     rf"\bwhen you (?:summari[sz]e|process|answer|analy[sz]e|translate|parse)\b[^.\n]{{0,60}}"
     rf"\b{_DIRECTIVE}\b|"
-    r"\bin your (?:summary|answer|response|reply|output|translation)\b[^.\n]{0,40}\b(?:include|add|mention|say|"
-    r"write|recommend|tell|insert|state|claim)\b|"
+    r"\bin your (?:summary|answer|response|reply|output|translation)\b[^.\n]{0,40}"
+    r"\b(?:include|add|mention|say|write|recommend|tell|insert|state|claim)\b|"
     r"\b(?:do not|don't|never) (?:tell|mention|inform|reveal (?:this )?to|show) (?:this to )?the user\b|"
     r"\b(?:ignore|disregard) (?:the|what) the user\b|\binstead of (?:summari[sz]ing|answering|translating)\b"
 )
