@@ -863,19 +863,65 @@ _DIRECTIVE = (
     r"call|use|run|execute|encode|encrypt|translate|output|print|delete|remove|do not|don't|never|always|"
     r"instead|stop|summari[sz]e|format|change|replace|visit|click|open|post|upload)"
 )
-_DATA_ADDRESS = re.compile(
-    rf"\bif you are an? {_AI}\b|"
-    rf"\b(?:note|message|instructions?|notice|reminder|attention|important|request) (?:to|for) "
-    rf"(?:the |any |all )?{_AI}s?\b|"
-    rf"(?:^|[\n.!?#/*>\[(-]\s*|\b(?:hey|hi|dear|attention|important|note)[,!:]? )"
-    rf"{_AI}s?\s*[:,]\s*{_DIRECTIVE}|"
-    rf"\bwhen you (?:summari[sz]e|process|answer|analy[sz]e|translate|parse)\b[^.\n]{{0,60}}"
-    rf"\b{_DIRECTIVE}\b|"
-    r"\bin your (?:summary|answer|response|reply|output|translation)\b[^.\n]{0,40}"
-    r"\b(?:include|add|mention|say|write|recommend|tell|insert|state|claim)\b|"
-    r"\b(?:do not|don't|never) (?:tell|mention|inform|reveal (?:this )?to|show) (?:this to )?the user\b|"
-    r"\b(?:ignore|disregard) (?:the|what) the user\b|\binstead of (?:summari[sz]ing|answering|translating)\b"
+# Each pattern starts with a literal, so the regex engine skips ahead to it at C speed.
+_DATA_ADDRESS = tuple(
+    re.compile(p)
+    for p in (
+        rf"if you are an? {_AI}\b",
+        rf"(?:note|message|instructions?|notice|reminder|attention|important|request) (?:to|for) "
+        rf"(?:the |any |all )?{_AI}s?\b",
+        rf"when you (?:summari[sz]e|process|answer|analy[sz]e|translate|parse)\b[^.\n]{{0,60}}"
+        rf"\b{_DIRECTIVE}\b",
+        r"in your (?:summary|answer|response|reply|output|translation)\b[^.\n]{0,40}"
+        r"\b(?:include|add|mention|say|write|recommend|tell|insert|state|claim)\b",
+        r"(?:do not|don't|never) (?:tell|mention|inform|reveal (?:this )?to|show) (?:this to )?the user\b",
+        r"(?:ignore|disregard) (?:the|what) the user\b",
+        r"instead of (?:summari[sz]ing|answering|translating)\b",
+    )
 )
+# "Assistant: do X" at the start of a line, sentence or comment, or after a greeting.
+_AI_COLON = re.compile(rf"{_AI}s?\s*[:,]\s*{_DIRECTIVE}")
+_LEAD = re.compile(r"(?:^|[\n.!?#/*>\[(-]\s*|\b(?:hey|hi|dear|attention|important|note)[,!:]? )$")
+_AI_ANCHORS = (
+    "ai",
+    "assistant",
+    "bot",
+    "llm",
+    "model",
+    "agent",
+    "gpt",
+    "claude",
+    "gemini",
+    "copilot",
+    "asistente",
+    "assistente",
+    "assistent",
+    "ki",
+    "ия",
+    "ии",
+    "ассистент",
+    "助手",
+    "アシスタント",
+    "어시스턴트",
+)
+
+
+def _addresses_assistant(low: str) -> bool:
+    for rx in _DATA_ADDRESS:
+        m = rx.search(low)
+        while m is not None:
+            if m.start() == 0 or not low[m.start() - 1].isalnum():
+                return True
+            m = rx.search(low, m.start() + 1)
+    if not any(a in low for a in _AI_ANCHORS):
+        return False
+    for m in _AI_COLON.finditer(low):
+        at = m.start()
+        if (at == 0 or not low[at - 1].isalnum()) and _LEAD.search(low[max(0, at - 12) : at]):
+            return True
+    return False
+
+
 DATA_ADDRESS_SCORE = 0.85
 PASTED_MIN = 150  # a pasted document is at least this long after the user's first line
 TASK_SKIP = 200  # the user's own task line ends with a line break within this many characters
@@ -889,4 +935,4 @@ def data_address_score(text: str, pasted: bool = False) -> float:
             return 0.0
         text = text[cut:]
     low = fold_text(text)
-    return DATA_ADDRESS_SCORE if _DATA_ADDRESS.search(low) else 0.0
+    return DATA_ADDRESS_SCORE if _addresses_assistant(low) else 0.0
