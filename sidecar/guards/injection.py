@@ -2,10 +2,11 @@
 
 `judge_request(slots)` judges a whole request: the trusted slots (system, developer) are
 context (`injection_context`: guarded secrets make asking for them an attack), untrusted slots
-are judged as user turns, data slots (tool results, documents) as data, where an instruction
-addressed to the assistant is the signal (`injection_ngram`'s data head). `score_text(text)`
-judges a bare text as a user turn (the `sidecar scan` CLI). A hidden payload (Unicode tags)
-that carries words is a detection in itself: it is refused, not stripped and forwarded.
+are judged as user turns, data slots (tool results, documents) as data, where text that
+addresses the assistant is the signal (`injection_context.data_address_score`; the learned
+stage's data calibration). `score_text(text)` judges a bare text as a user turn (the `sidecar
+scan` CLI). A hidden payload (Unicode tags) that carries words is a detection in itself: it is
+refused, not stripped and forwarded, so the pipeline must hand this guard the text as received.
 
 Layers over the detection views of `sidecar.guards.normalize`:
 
@@ -14,8 +15,9 @@ Layers over the detection views of `sidecar.guards.normalize`:
   spaces, a substring of it), so plain text pays a set intersection, not a regex scan. A rule
   may also require words or substrings (all of them) before its regex runs. All patterns use
   bounded repetitions over disjoint classes, so matching stays linear.
-* learned (data/injection_ngram.npz): hashed character n-grams under two logistic heads,
-  see `sidecar.guards.injection_ngram`; microseconds per slot, the same on every language.
+* learned (data/injection_ngram.bin): hashed character n-grams under a logistic regression
+  with a user-turn and a data calibration, see `sidecar.guards.injection_ngram`; one hashing
+  pass per slot, the same for every language.
 
 The score is the max of the layers in [0, 1]; rule hits combine as noisy-OR.
 Pure: the data files are read once, on first use; no I/O or logging per request.

@@ -1,8 +1,9 @@
-"""The fast learned stage: hashed character n-grams under two small logistic-regression heads.
+"""The fast learned stage: hashed character n-grams under a small logistic regression.
 
-Why character n-grams: they carry across wording, spelling tricks and languages (no tokenizer,
-no vocabulary; Chinese and Thai work like English), and hashing them with numpy costs a few
-microseconds per hundred characters, so every slot of every request can afford it.
+Why character n-grams: they need no tokenizer or vocabulary (Chinese and Thai are read like
+English) and tolerate spelling tricks, and hashing them with numpy costs microseconds per
+hundred characters, so every slot of every request can afford it. They learn wording, though:
+docs/injection-eval.md measures how little of it carries to sources the model never saw.
 
 Features of a window of text: the hashed 2- to 5-grams of its folded form (NFKC, casefold,
 whitespace runs collapsed) as frequencies (counts over the window's n-gram total), so the
@@ -12,8 +13,8 @@ not grow with repetition. Serving needs one hashing pass and prefix sums for all
 Long texts are scored in overlapping windows and the highest window wins, so an instruction
 planted in the middle of a long document is not diluted by the text around it.
 
-Two heads share the features: `direct` judges a user turn, `data` judges text that arrives as
-data (tool results, documents), where the signal is an instruction addressed to the assistant.
+Two heads, `direct` for user turns and `data` for text that arrives as data (tool results,
+documents); the shipped file gives both the same weights and a calibration each.
 Weights: data/injection_ngram.bin, built by `make train` (tools/train_injection.py); the model
 card is data/MODEL_CARD_injection.md. Pure: the file is read once, on first use.
 """
@@ -166,7 +167,7 @@ class NgramHead:
 
 @dataclass(frozen=True, slots=True)
 class NgramModel:
-    """The two heads; `score(text, as_data)` is a probability in [0, 1]."""
+    """The two heads; `score(texts, as_data)` gives probabilities in [0, 1]."""
 
     direct: NgramHead
     data: NgramHead
