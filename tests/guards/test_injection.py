@@ -200,6 +200,16 @@ def test_packaged_data_is_small_and_loads() -> None:
         assert path.stat().st_size < 2_000_000
 
 
+def test_model_card_names_the_shipped_artifact() -> None:
+    """The model card's sha256 is the shipped file's, so the card describes what runs."""
+    import hashlib
+    import re
+
+    card = (DATA / "MODEL_CARD_injection.md").read_text(encoding="utf-8")
+    digest = hashlib.sha256((DATA / "injection_ngram.bin").read_bytes()).hexdigest()
+    assert digest in re.findall(r"[0-9a-f]{64}", card)
+
+
 def test_learned_artifact_round_trips_and_rejects_a_truncated_file() -> None:
     """Serialising the model gives the same bytes back; a cut file is an error, not zeros."""
     model = load_ngram_model()
