@@ -6,10 +6,12 @@ hundred characters, so every slot of every request can afford it. They learn wor
 docs/injection-eval.md measures how little of it carries to sources the model never saw.
 
 Features of a window of text: the hashed 2- to 5-grams of its folded form (NFKC, casefold,
-whitespace runs collapsed) as frequencies (counts over the window's n-gram total), so the
-linear score is the mean weight of the window's n-grams. Because they are frequencies,
-repeating a text ("You are welcome. " x 10) gives the same score as the text once: scores do
-not grow with repetition. Serving needs one hashing pass and prefix sums for all windows.
+whitespace runs collapsed) as frequencies over at least MIN_NGRAMS n-grams, so the linear
+score is about the mean weight of the window's n-grams, and a text of a few words cannot swing
+it on one n-gram. A text of one window counts each distinct n-gram once; a longer text is read
+in windows of counts. Either way, repeating a text ("You are welcome. " x 10) scores like the
+text once: scores do not grow with repetition. Serving needs one hashing pass (and prefix sums
+for the windows of a long text).
 Long texts are scored in overlapping windows and the highest window wins, so an instruction
 planted in the middle of a long document is not diluted by the text around it.
 
@@ -39,6 +41,10 @@ WINDOW = 320  # characters per window
 STRIDE = 96
 MAX_WINDOWS = 4096  # a longer text is scored on evenly spread windows (bounded cost)
 SCALE = 32.0  # features are n-gram frequencies x SCALE (keeps the L2 penalty in a useful range)
+MIN_NGRAMS = 100  # frequencies of a short text are taken over at least this many n-grams
+REPEAT_SAMPLE = 2048  # characters sampled to tell a repetitive long text
+REPEAT_RATIO = 0.25  # fewer distinct n-grams than this share of the sample: repetitive
+MAX_DISTINCT_CODES = 65_536  # a repetitive text's distinct n-grams are read from this prefix
 _MUL = np.uint64(0x9E3779B97F4A7C15)
 _SHIFT = np.uint64(64 - BITS)
 _SALTS = {n: np.uint64((n * 0x632BE59BD9B4E019) & 0xFFFFFFFFFFFFFFFF) for n in NGRAMS}
@@ -93,35 +99,51 @@ def _starts(n: int) -> list[int]:
     return starts
 
 
+def _repetitive(codes: npt.NDArray[np.uint64]) -> bool:
+    """A long text whose first REPEAT_SAMPLE characters are mostly repeats ("ignore " x 100).
+
+    Such a text is read like a short one, by its distinct n-grams, so repeating a phrase past
+    one window cannot raise its score.
+    """
+    sample = _hash_arrays(codes[:REPEAT_SAMPLE])
+    if not sample:
+        return False
+    allh = np.concatenate(sample)
+    return len(np.unique(allh)) < REPEAT_RATIO * len(allh)
+
+
 def window_features(folded: str) -> list[tuple[Ints, Floats]]:
-    """(bucket ids, SCALE x n-gram frequencies) of each window of a folded text (training)."""
+    """(bucket ids, values) of each window of a folded text (training; see `window_logits`)."""
     codes = _codes(folded)
+    if len(codes) <= WINDOW or _repetitive(codes):
+        parts = _hash_arrays(codes[:MAX_DISTINCT_CODES])
+        ids = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+        return [(ids, np.full(len(ids), SCALE / max(len(ids), MIN_NGRAMS), dtype=np.float32))]
     out: list[tuple[Ints, Floats]] = []
     for s in _starts(len(codes)):
-        parts = _hash_arrays(codes[s : s + WINDOW])
-        if not parts:
-            out.append((np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)))
-            continue
-        idx, counts = np.unique(np.concatenate(parts), return_counts=True)
-        out.append((idx, counts.astype(np.float32) * np.float32(SCALE / counts.sum())))
+        idx, counts = np.unique(np.concatenate(_hash_arrays(codes[s : s + WINDOW])), return_counts=True)
+        out.append((idx, counts.astype(np.float32) * np.float32(SCALE / max(counts.sum(), MIN_NGRAMS))))
     return out
 
 
 def window_logits(weights: Floats, folded: str) -> list[float]:
-    """The linear score of every window, from one hashing pass (serving).
+    """The linear score of every window (serving), equal to `weights @ window_features(...)`.
 
-    Equal to `weights @ features` of `window_features`' windows up to the few n-grams that
-    straddle a window's end: the mean weight of the window's n-grams, times SCALE. A text of one
-    window is a single gather and mean; longer texts use prefix sums over positions.
+    A text of one window: the sum of the weights of its distinct n-grams over their number (at
+    least MIN_NGRAMS, so a text of a few words cannot swing the score on one n-gram). Distinct
+    n-grams make repeating a short text change nothing. Longer texts: each window's mean weight
+    over its n-gram occurrences, from one hashing pass and prefix sums (up to the few n-grams
+    that straddle a window's end).
     """
     codes = _codes(folded)
     n = len(codes)
+    if n <= WINDOW or _repetitive(codes):
+        parts = _hash_arrays(codes[:MAX_DISTINCT_CODES])
+        if not parts:
+            return [0.0]
+        ids = np.unique(np.concatenate(parts))
+        return [float(weights[ids].sum()) * SCALE / max(len(ids), MIN_NGRAMS)]
     parts = _hash_arrays(codes)
-    if not parts:
-        return [0.0]
-    if n <= WINDOW:
-        ids = np.concatenate(parts)
-        return [float(weights[ids].mean()) * SCALE]
     per_pos = np.zeros(n + 1, dtype=np.float64)
     count = np.zeros(n + 1, dtype=np.float64)
     for h in parts:
@@ -131,7 +153,7 @@ def window_logits(weights: Floats, folded: str) -> list[float]:
     ccount = np.cumsum(count)
     starts = np.array(_starts(n))
     ends = starts + WINDOW
-    counts = np.maximum(ccount[ends] - ccount[starts], 1.0)
+    counts = np.maximum(ccount[ends] - ccount[starts], MIN_NGRAMS)
     return list(((csum[ends] - csum[starts]) / counts * SCALE).tolist())
 
 
