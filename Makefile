@@ -1,25 +1,39 @@
 # Two commands on a fresh machine: `make run` and `make test`. Every target uses .venv.
+# Both install from the hash-checked lock files in requirements/ (see requirements/README.md):
+# `make run` only what serving needs, `make test` and `make lint` the dev toolchain too.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-dev
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
+RUN_STAMP := $(VENV)/.installed-run
+STAMP     := $(VENV)/.installed-dev
 
-.PHONY: run test lint bench train image clean
+.PHONY: run test lint bench soak train lock image clean
 
-$(STAMP): pyproject.toml
+$(PY):
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+
+# Runtime only (the sidecar, its dependencies and the embedded memory:// store), every file
+# checked against its hash; then the sidecar itself, editable, built by the locked hatchling.
+$(RUN_STAMP): pyproject.toml requirements/run.lock requirements/build.lock | $(PY)
+	$(PIP) --require-hashes --no-deps -r requirements/run.lock -r requirements/build.lock
+	$(PIP) --no-deps --no-build-isolation -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): pyproject.toml requirements/dev.lock | $(PY)
+	$(PIP) --require-hashes --no-deps -r requirements/dev.lock
+	$(PIP) --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 ## run: the sidecar on the embedded memory:// store, with the bundled mock provider when
-##      SIDECAR_UPSTREAM_URL is not set
-run: $(STAMP)
+##      SIDECAR_UPSTREAM_URL is not set (installs runtime dependencies only)
+run: $(RUN_STAMP)
 	$(VENV)/bin/sidecar serve
 
 ## test: the whole suite (starts its own redis-server processes on free ports)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-## lint: ruff, mypy --strict and the import-direction contracts of DESIGN.md section 3
+## lint: ruff, mypy --strict and the import-direction contracts
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m mypy
@@ -36,8 +50,18 @@ soak: $(STAMP)
 
 ## train: fit the injection classifier offline and export its weights into the package
 train: $(STAMP)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[train]'
+	$(PIP) -e '.[train]'
 	$(PY) tools/train_injection.py
+
+## lock: re-resolve requirements/*.lock from pyproject.toml (newest versions, with hashes)
+PIP_COMPILE = $(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+              --no-emit-index-url --no-emit-find-links --upgrade
+lock: $(STAMP)
+	$(PIP) 'pip-tools==7.6.2'
+	$(PIP_COMPILE) -o requirements/base.lock pyproject.toml
+	$(PIP_COMPILE) -o requirements/build.lock requirements/build.in
+	$(PIP_COMPILE) --extra memory -o requirements/run.lock pyproject.toml
+	$(PIP_COMPILE) --extra dev -o requirements/dev.lock pyproject.toml requirements/build.in
 
 ## image: build the container image (needs docker with BuildKit)
 IMAGE ?= ai-security-sidecar:dev

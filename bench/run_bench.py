@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import shutil
 import socket
@@ -20,7 +21,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +36,45 @@ BODY = json.dumps({
     ],
     "max_tokens": 64,
 })
+# Varied prompts: every request asks something else (words drawn per request), so no cache
+# keyed by content, and no abuse signal keyed by a template, flatters the figures.
+WORDS = ("lighthouse keeper message bottle story river mountain village winter garden letter "
+         "recipe bread soup travel train station museum painting violin concert library "
+         "astronomy planet comet telescope ocean whale island harbor storm sailor compass "
+         "market bakery cheese apple orchard harvest festival lantern castle bridge tower "
+         "forest fox owl badger meadow beekeeper honey clock inventor engine bicycle kite "
+         "school teacher lesson history empire treaty merchant spice silk caravan desert "
+         "oasis camel puzzle riddle chess strategy opening endgame poem sonnet rhyme chorus "
+         "budget invoice spreadsheet database index query cache server network protocol "
+         "kernel compiler function variable recursion algorithm graph tree sorting search").split()
+VERBS = ("Summarize", "Explain", "Describe", "Compare", "Write a short note about",
+         "List three facts about", "Suggest a title for", "Give advice on", "Outline")
+SYSTEM = "You are a helpful assistant that answers briefly."
+
+
+_QUESTION = json.loads(BODY)["messages"][1]["content"]
+# The same question through the other APIs the sidecar guards: (row name, path, fixed body).
+API_ROWS = (
+    ("sidecar responses, fixed body", "/v1/responses", json.dumps({
+        "model": "mock-gpt", "instructions": SYSTEM, "max_output_tokens": 64,
+        "input": [{"role": "user", "content": [{"type": "input_text", "text": _QUESTION}]}]})),
+    ("sidecar messages, fixed body", "/v1/messages", json.dumps({
+        "model": "mock-gpt", "system": SYSTEM, "max_tokens": 64,
+        "messages": [{"role": "user", "content": _QUESTION}]})),
+)
+
+
+def varied_body(n: int) -> bytes:
+    """Request body `n` of the varied workload: 1-3 sentences of 6-14 drawn words (the wrk
+    script draws them the same way, from its own random generator)."""
+    rng = random.Random(n)
+    sentences = []
+    for _ in range(rng.randint(1, 3)):
+        words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 14)))
+        sentences.append(f"{rng.choice(VERBS)} {words}.")
+    return json.dumps({"model": "mock-gpt", "max_tokens": 64, "messages": [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": " ".join(sentences)}]}).encode()
 
 
 def free_port() -> int:
@@ -76,23 +116,50 @@ def process(cmd: list[str], env: dict[str, str] | None = None) -> Iterator[subpr
             proc.kill()
 
 
-def wrk(url: str, connections: int, seconds: int, extra_headers: dict[str, str]) -> dict[str, float]:
-    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+def lua_list(items: tuple[str, ...] | list[str]) -> str:
+    return "{" + ", ".join(json.dumps(i) for i in items) + "}"
+
+
+def wrk_script(extra_headers: dict[str, str], fixed: str | None) -> str:
+    """wrk's Lua: POST with our headers; `fixed` is a body sent every time, or else every
+    request draws its own prompt
+    (1-3 sentences of 6-14 words, as `varied_body`), so no cache keyed by content and no
+    abuse signal keyed by a template flatters the figures."""
     headers = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in extra_headers.items())
-    # Every request carries a different user message (a counter in the text), so caches keyed
-    # by content do not flatter the figures.
-    head, _, tail = BODY.partition("Summarize")
-    script.write(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n{headers}'
-                 f'local n = 0\nfunction request()\n  n = n + 1\n'
-                 f'  return wrk.format(nil, nil, nil, {json.dumps(head)} .. "Request " .. n .. ". "'
-                 f' .. {json.dumps("Summarize" + tail)})\nend\n')
+    head = f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n{headers}'
+    if fixed is not None:
+        return head + f"wrk.body = {json.dumps(fixed)}\n"
+    before, after = json.dumps({"model": "mock-gpt", "max_tokens": 64, "messages": [
+        {"role": "system", "content": SYSTEM}, {"role": "user", "content": "@"}]}).split('"@"')
+    return head + f"""
+local WORDS = {lua_list(WORDS)}
+local VERBS = {lua_list(VERBS)}
+math.randomseed(os.time())
+function request()
+  local sentences = {{}}
+  for s = 1, math.random(1, 3) do
+    local words = {{}}
+    for w = 1, math.random(6, 14) do words[w] = WORDS[math.random(#WORDS)] end
+    sentences[s] = VERBS[math.random(#VERBS)] .. " " .. table.concat(words, " ") .. "."
+  end
+  return wrk.format(nil, nil, nil, {json.dumps(before)} .. '"' .. table.concat(sentences, " ")
+                    .. '"' .. {json.dumps(after)})
+end
+"""
+
+
+def wrk(url: str, connections: int, seconds: int, extra_headers: dict[str, str],
+        fixed: str | None = None, path: str = "/v1/chat/completions") -> dict[str, float]:
+    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    script.write(wrk_script(extra_headers, fixed))
     script.close()
     out = subprocess.run(
         [*cpus(1), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s",
-         script.name, url + "/v1/chat/completions"],
+         script.name, url + path],
         capture_output=True, text=True, check=True).stdout
     os.unlink(script.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    sent = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
 
     def pct(p: str) -> float:
@@ -100,8 +167,21 @@ def wrk(url: str, connections: int, seconds: int, extra_headers: dict[str, str])
         assert m, out
         return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
 
-    return {"rps": rps, "p50_ms": pct("50"), "p99_ms": pct("99"),
+    return {"rps": rps, "requests": float(sent), "p50_ms": pct("50"), "p99_ms": pct("99"),
             "errors": float(non2xx.group(1)) if non2xx else 0.0}
+
+
+def redis_calls(port: int) -> int:
+    """Commands run so far by the redis-server at `port` (INFO commandstats: those inside
+    scripts included), the INFO calls themselves left out."""
+    import redis  # the bench's venv has it (a dependency of the sidecar)
+
+    client = redis.Redis(port=port)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return sum(int(v["calls"]) for name, v in stats.items() if name != "cmdstat_info")
 
 
 def median_of(rounds: list[dict[str, float]]) -> dict[str, float]:
@@ -115,20 +195,28 @@ def cpu_seconds(pid: int) -> float:
 
 
 def measured_round(url: str, connections: int, seconds: int, headers: dict[str, str],
-                   pid: int | None) -> dict[str, float]:
-    """One wrk round, plus the proxy's CPU per request when its pid is known: less sensitive
-    than req/s to whatever else the machine runs."""
+                   pid: int | None, redis_port: int | None, fixed: str | None,
+                   path: str = "/v1/chat/completions") -> dict[str, float]:
+    """One wrk round, plus the proxy's CPU per request when its pid is known (less sensitive
+    than req/s to whatever else the machine runs) and the Redis commands per request when the
+    round's redis-server is known."""
     before = cpu_seconds(pid) if pid else 0.0
-    result = wrk(url, connections, seconds, headers)
+    calls = redis_calls(redis_port) if redis_port else 0
+    result = wrk(url, connections, seconds, headers, fixed, path)
     if pid:
-        result["cpu_us"] = (cpu_seconds(pid) - before) / (result["rps"] * seconds) * 1e6
+        result["cpu_us"] = (cpu_seconds(pid) - before) / result["requests"] * 1e6
+    if redis_port:
+        time.sleep(0.2)  # the last settlements leave after their replies
+        result["redis_cmds"] = (redis_calls(redis_port) - calls) / result["requests"]
     return result
 
 
-def measure(url: str, connections: int, seconds: int, rounds: int,
-            headers: dict[str, str], pid: int | None = None) -> dict[str, float]:
-    wrk(url, connections, 1, headers)  # warm-up
-    return median_of([measured_round(url, connections, seconds, headers, pid)
+def measure(url: str, connections: int, seconds: int, rounds: int, headers: dict[str, str],
+            pid: int | None = None, redis_port: int | None = None,
+            fixed: str | None = None, path: str = "/v1/chat/completions") -> dict[str, float]:
+    wrk(url, connections, 1, headers, fixed, path)  # warm-up
+    return median_of([measured_round(url, connections, seconds, headers, pid, redis_port, fixed,
+                                     path)
                       for _ in range(rounds)])
 
 
@@ -137,6 +225,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", default="1,32,128")
+    parser.add_argument("--fixed-body-connections", type=int, default=32,
+                        help="connections of the extra row that sends one fixed body (0: none)")
+    parser.add_argument("--tracing", action="store_true",
+                        help="trace every request (OpenTelemetry, OTLP/HTTP to a local sink that "
+                             "keeps nothing); needs the otel extra")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (make bench installs it from Debian)")
@@ -149,28 +242,47 @@ def main() -> None:
         "SIDECAR_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
         "SIDECAR_ADMIN_LISTEN": f"127.0.0.1:{free_port()}",
         "SIDECAR_UPSTREAM_URL": mock,
+        "SIDECAR_ANTHROPIC_URL": mock,
         "SIDECAR_STORE_URL": f"redis://127.0.0.1:{redis_port}/0",
         "SIDECAR_LOG_LEVEL": "WARNING",
         "OPENAI_API_KEY": "bench-provider-key",
     }
+    sink_port = free_port()
+    if args.tracing:  # every request sampled (wrk sends no traceparent: root spans, always on)
+        env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = f"http://127.0.0.1:{sink_port}/v1/traces"
+        env["OTEL_SERVICE_NAME"] = "sidecar-bench"
+    sink: AbstractContextManager[object] = \
+        process([*cpus(1), PY, str(ROOT / "bench" / "otlp_sink.py"), str(sink_port)]) \
+        if args.tracing else nullcontext()
     rows: list[tuple[str, int, dict[str, float]]] = []
     with process([*cpus(1), "redis-server", "--port", str(redis_port), "--save", "",
                   "--appendonly", "no", "--dir", workdir]), \
          process([*cpus(1), PY, "-m", "sidecar", "mock-upstream", "--port", str(mock_port)]), \
          process([*cpus(0), PY, str(ROOT / "bench" / "passthrough.py"), str(pass_port), mock]) as floor, \
+         sink, \
          process([*cpus(0), PY, "-m", "sidecar", "serve"], env=env) as sidecar:
         wait_http(mock + "/v1/models")
         wait_http(f"http://127.0.0.1:{metrics_port}/readyz")
         wait_http(f"http://127.0.0.1:{pass_port}/")
         headers = bench_headers(env)
         print("sidecar: every guard on (injection, output scanning), abuse checks, and a key with a "
-              "request limit and a token budget (admission + settlement per request)", flush=True)
+              "request limit and a token budget (admission + settlement per request); a different "
+              "prompt in every request unless the row says 'fixed body'"
+              + ("; every request traced (OTLP/HTTP)" if args.tracing else ""), flush=True)
+        side = f"http://127.0.0.1:{side_port}"
         for c in conns:
-            for name, url, pid in (
-                    ("direct", mock, None),
-                    ("aiohttp pass-through", f"http://127.0.0.1:{pass_port}", floor.pid),
-                    ("sidecar", f"http://127.0.0.1:{side_port}", sidecar.pid)):
-                rows.append((name, c, measure(url, c, args.seconds, args.rounds, headers, pid)))
+            for name, url, pid, port in (
+                    ("direct", mock, None, None),
+                    ("aiohttp pass-through", f"http://127.0.0.1:{pass_port}", floor.pid, None),
+                    ("sidecar", side, sidecar.pid, redis_port)):
+                rows.append((name, c, measure(url, c, args.seconds, args.rounds, headers, pid,
+                                              port)))
+            if c == args.fixed_body_connections:
+                rows.append(("sidecar, fixed body", c, measure(
+                    side, c, args.seconds, args.rounds, headers, sidecar.pid, redis_port, BODY)))
+            for name, path, body in API_ROWS:  # the other APIs, one fixed body each
+                rows.append((name, c, measure(side, c, args.seconds, args.rounds, headers,
+                                              sidecar.pid, redis_port, body, path)))
     print_table(rows)
 
 
@@ -180,21 +292,24 @@ def bench_headers(env: dict[str, str]) -> dict[str, str]:
     limits = ['{"window_s": 60, "requests": 1000000000}', '{"window_s": 60, "tokens": 1000000000000}']
     created = subprocess.run(
         [PY, "-m", "sidecar", "keys", "create", "--tenant", "bench", "--json",
+         "--scopes", "chat,completions,embeddings,models,responses,messages",
          *(arg for rule in limits for arg in ("--limit", rule))],
         env={**os.environ, **env}, capture_output=True, text=True, check=True)
-    return {"Authorization": f"Bearer {json.loads(created.stdout)['key']}"}
+    return {"Authorization": f"Bearer {json.loads(created.stdout)['key']}",
+            "anthropic-version": "2023-06-01"}
 
 
 def print_table(rows: list[tuple[str, int, dict[str, float]]]) -> None:
     floor = {c: r for n, c, r in rows if n == "aiohttp pass-through"}
     print(f"{'target':<22}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
-          f"{'vs floor':>10}{'+p50 ms':>9}{'CPU us/req':>12}")
+          f"{'vs floor':>10}{'+p50 ms':>9}{'CPU us/req':>12}{'Redis cmd/req':>15}")
     for name, c, r in rows:
         ratio = r["rps"] / floor[c]["rps"] if c in floor else float("nan")
         added = r["p50_ms"] - floor[c]["p50_ms"] if c in floor else float("nan")
         cpu = f"{r['cpu_us']:>12.0f}" if "cpu_us" in r else f"{'-':>12}"
+        cmds = f"{r['redis_cmds']:>15.1f}" if "redis_cmds" in r else f"{'-':>15}"
         print(f"{name:<22}{c:>6}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
-              f"{r['errors']:>8.0f}{ratio:>10.2f}{added:>9.2f}{cpu}")
+              f"{r['errors']:>8.0f}{ratio:>10.2f}{added:>9.2f}{cpu}{cmds}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Command line: serve, keys, scan, mock-upstream, check-config (DESIGN.md section 9)."""
+"""Command line: serve, keys, scan, inject, mock-upstream, check-config."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ from collections.abc import Sequence
 
 import orjson
 
+from sidecar import __version__
 from sidecar.errors import ConfigError
+from sidecar.inject import add_inject_parser
 from sidecar.keys_cli import add_keys_parser
+from sidecar.log import setup_cli_logging
 from sidecar.scan_cli import add_scan_parser
 from sidecar.settings import Settings, describe, load_settings
 
@@ -63,8 +66,15 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     return run_scan(_settings(args.config), args)
 
 
+def _cmd_inject(args: argparse.Namespace) -> int:
+    from sidecar.inject import run_inject
+
+    return run_inject(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sidecar", description="Security sidecar for LLM traffic")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the sidecar")
     serve.add_argument("--config", help="TOML settings file (or SIDECAR_CONFIG)")
@@ -80,11 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     mock.set_defaults(func=_cmd_mock_upstream)
     add_keys_parser(sub, _cmd_keys)
     add_scan_parser(sub, _cmd_scan)
+    add_inject_parser(sub, _cmd_inject)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Warnings and log records of every command are JSON lines on stderr (serve sets its level).
+    setup_cli_logging()
     try:
         status: int = args.func(args)
     except ConfigError as exc:

@@ -31,12 +31,14 @@ from sidecar.metrics import Metrics
 from sidecar.model import Principal
 from sidecar.settings import AbuseSettings
 from sidecar.store.breaker import CircuitBreaker
-from sidecar.store.redis import Store, StoreCall, StoreError
+from sidecar.store.pipelined import Packed
+from sidecar.store.redis import KeyOrArg, Store, StoreCall, StoreError
 
 log = logging.getLogger("sidecar.abuse")
 
 BREAKER_S = 0.5   # after a store failure, skip the abuse check this long (then probe once)
 MAX_BUCKETS = 8   # LSH bucket ids sent per request (fingerprint makes at most 4)
+MAX_CACHED_KEYS = 4096  # principals whose script KEYS are kept encoded
 _POLICY = {"off": 0, "flag": 1, "throttle": 2, "block": 3}
 _ALLOW = "allow"
 
@@ -96,22 +98,23 @@ class AbuseService:
         s = settings
         self._nbuckets = s.window_s // s.bucket_s
         # Everything but the per-request values, encoded once.
-        self._head = (s.mode, s.bucket_s, self._nbuckets, int(s.cooldown_s * 1000),
-                      s.throttle_per_minute)
-        self._tail = (
+        self._head = Packed((s.mode, s.bucket_s, self._nbuckets, int(s.cooldown_s * 1000),
+                             s.throttle_per_minute))
+        self._tail = Packed((
             s.key_requests, s.key_distinct, s.key_template, s.key_embedding_inputs,
             s.key_output_tokens, s.key_daily_requests,
             s.tenant_requests, s.tenant_distinct, s.tenant_template, s.tenant_embedding_inputs,
             s.tenant_output_tokens, s.tenant_daily_requests,
             *(_POLICY[p] for p in (s.volume_policy, s.distinct_policy, s.template_policy,
                                    s.embeddings_policy, s.output_policy, s.daily_policy)),
-        )
+        ))
         self._tenant_on = any((s.tenant_requests, s.tenant_distinct, s.tenant_template,
                                s.tenant_embedding_inputs, s.tenant_output_tokens,
                                s.tenant_daily_requests))
         self._output_on = s.enabled and (s.key_output_tokens > 0 or s.tenant_output_tokens > 0) \
             and s.output_policy != "off"
         self._breaker = CircuitBreaker(breaker_s, clock)
+        self._packed_keys: dict[tuple[str, str], Packed] = {}
 
     async def check(self, principal: Principal, features: Features) -> AbuseVerdict:
         """Record one request and judge its key and tenant (one store call)."""
@@ -124,13 +127,14 @@ class AbuseService:
             return PendingCheck(self, principal, None)
         if not self._use_store():
             return PendingCheck(self, principal, None, degraded=True)
-        args = (*self._head, features.prompt_hash, features.inputs, *self._tail,
-                *features.buckets[:MAX_BUCKETS])
+        args: tuple[KeyOrArg, ...] = (self._head, features.prompt_hash, features.inputs,
+                                      self._tail, *features.buckets[:MAX_BUCKETS])
         return PendingCheck(self, principal, self.store.start("abuse", self._keys(principal), args))
 
-    async def record_output(self, principal: Principal, tokens: int) -> None:
-        """Add a response's completion tokens to its key and tenant (call after the response)."""
-        call = self._start_output(principal, tokens)
+    async def record_output(self, principal: Principal, tokens: int, at_ms: int = 0) -> None:
+        """Add a response's completion tokens to its key and tenant (call after the response),
+        in the bucket of Redis time `at_ms` (the request's admission; 0: now)."""
+        call = self._start_output(principal, tokens, at_ms)
         if call is None:
             return
         try:
@@ -143,20 +147,24 @@ class AbuseService:
         else:
             self._output_recorded(None)
 
-    def record_output_soon(self, principal: Principal, tokens: int) -> asyncio.Future[Any] | None:
-        """`record_output` for a caller that does not wait: the call leaves now (sharing the
-        turn's write) and is booked when the reply arrives, without a task. Returns what to
+    def record_output_soon(self, principal: Principal, tokens: int,
+                           at_ms: int = 0) -> asyncio.Future[Any] | None:
+        """`record_output` for a caller that does not wait: the call leaves with the next write
+        (within a few ms) and is booked when the reply arrives, without a task. Returns what to
         wait for at shutdown."""
-        call = self._start_output(principal, tokens)
+        call = self._start_output(principal, tokens, at_ms, lazy=True)
         if call is None:
             return None
         return call.when_done(self._output_recorded)
 
-    def _start_output(self, principal: Principal, tokens: int) -> StoreCall | None:
+    def _start_output(self, principal: Principal, tokens: int, at_ms: int, *,
+                      lazy: bool = False) -> StoreCall | None:
         if not self._output_on or tokens <= 0 or not self._use_store():
             return None
+        bucket = at_ms // 1000 // self.settings.bucket_s if at_ms > 0 else ""
         return self.store.start("abuse_output", self._keys(principal),
-                                (self.settings.bucket_s, self._nbuckets, int(tokens)))
+                                (self.settings.bucket_s, self._nbuckets, int(tokens), bucket),
+                                lazy=lazy)
 
     def _output_recorded(self, error: StoreError | None) -> None:
         """Book an output record's outcome (the breaker was asked when it was sent)."""
@@ -164,9 +172,16 @@ class AbuseService:
         if error is not None:
             self._failed("abuse_output")
 
-    def _keys(self, principal: Principal) -> tuple[str, str]:
-        tenant = tenant_prefix(principal.tenant) if self._tenant_on else ""
-        return key_prefix(principal), tenant
+    def _keys(self, principal: Principal) -> tuple[Packed]:
+        """The script's KEYS for a principal, encoded once per key lineage (bounded cache)."""
+        cache_key = (principal.tenant, principal.limit_id)
+        packed = self._packed_keys.get(cache_key)
+        if packed is None:
+            if len(self._packed_keys) >= MAX_CACHED_KEYS:
+                self._packed_keys.clear()
+            tenant = tenant_prefix(principal.tenant) if self._tenant_on else ""
+            packed = self._packed_keys[cache_key] = Packed((key_prefix(principal), tenant))
+        return (packed,)
 
     # -- reply ------------------------------------------------------------------------------
     def _verdict(self, principal: Principal, reply: Any) -> AbuseVerdict:

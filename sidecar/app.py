@@ -16,17 +16,20 @@ from sidecar.abuse import AbuseService
 from sidecar.admin import create_admin_app
 from sidecar.appstate import (
     ABUSE,
+    ANTHROPIC_UPSTREAM,
     AUTH,
     BACKGROUND,
     CONTEXT,
-    INPUT_GUARD,
+    GUARDS,
     LIFECYCLE,
     LIMITER,
     METRICS,
-    OUTPUT_GUARD,
+    POLICIES,
     SETTINGS,
     STORE,
+    TRACING,
     UPSTREAM,
+    USAGE,
     Background,
     Lifecycle,
 )
@@ -34,19 +37,23 @@ from sidecar.auth.apikeys import Authenticator
 from sidecar.auth.hashing import SecretHasher
 from sidecar.auth.records import SCOPES, KeySpec
 from sidecar.errors import InternalError, SidecarError
-from sidecar.guards.redact import OutputScanner
+from sidecar.known_labels import known_labels
 from sidecar.limits.limiter import Limiter
 from sidecar.log import log_fields, quiet_parser_errors
 from sidecar.metrics import Metrics, scrape_registry
+from sidecar.policies import Policies
 from sidecar.proxy.context import RequestContext
 from sidecar.proxy.conversations_api import add_conversation_routes, setup_conversations
-from sidecar.proxy.guarding import InputGuard, OutputGuard
+from sidecar.proxy.guarding import GuardRunner
 from sidecar.proxy.parse_errors import install_json_parser_errors
 from sidecar.proxy.relay import error_response, plain_error
 from sidecar.proxy.routes import ROUTE_OF_RESOURCE, add_routes
-from sidecar.proxy.upstream import Upstream
+from sidecar.proxy.server_timing import add_server_timing
+from sidecar.proxy.upstream import ANTHROPIC, Upstream
 from sidecar.settings import Settings
 from sidecar.store.redis import connect
+from sidecar.tracing import Tracing
+from sidecar.usage import UsageService
 
 log = logging.getLogger("sidecar")
 access_log = logging.getLogger("sidecar.access")
@@ -84,8 +91,8 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
             response = await handler(request)
         except SidecarError as exc:
             ctx.reason = ctx.reason or exc.code
-            metrics.blocked.labels(ctx.route, exc.code).inc()
-            response = error_response(exc, ctx.request_id)
+            metrics.blocked.labels(ctx.route, exc.reason or exc.code).inc()
+            response = error_response(exc, ctx.request_id, ctx.route)
         except web.HTTPException as exc:
             code, message = _HTTP_CODES.get(exc.status, ("http_error", exc.reason))
             response = plain_error(exc.status, "invalid_request_error", code, message,
@@ -93,14 +100,15 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
             if exc.status == 405 and "Allow" in exc.headers:
                 response.headers["Allow"] = exc.headers["Allow"]
         except asyncio.CancelledError:
-            ctx.status = 499  # the client went away; nothing left to answer
+            # The client went away: 499, unless it had already received its whole reply.
+            ctx.status = ctx.status or 499
             raise
         except Exception:
             log_fields(log, logging.ERROR, "unhandled error", request_id=ctx.request_id,
                        route=ctx.route)
             log.exception("unhandled error (request %s)", ctx.request_id)
             ctx.reason = "internal_error"
-            response = error_response(InternalError(), ctx.request_id)
+            response = error_response(InternalError(), ctx.request_id, ctx.route)
         ctx.status = response.status
         return response
     finally:
@@ -128,18 +136,22 @@ async def _hide_server_version(request: web.Request, response: web.StreamRespons
     response.headers["Server"] = SERVER_NAME
 
 
-def create_app(settings: Settings, metrics: Metrics | None = None) -> web.Application:
+def create_app(settings: Settings, metrics: Metrics | None = None,
+               tracing: Tracing | None = None) -> web.Application:
     """The proxy app; its cleanup context opens and closes the store and the upstream session."""
     quiet_parser_errors()
     install_json_parser_errors()
     app = web.Application(middlewares=[context_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = metrics or Metrics()
+    app[TRACING] = tracing if tracing is not None else Tracing.from_env()
+    app[TRACING].install(app)  # nothing at all when tracing is off
     app[LIFECYCLE] = Lifecycle()
     app.on_response_prepare.append(_hide_server_version)
-    app[INPUT_GUARD] = InputGuard(settings.input, app[METRICS],
-                                  OutputScanner(provider_key=settings.upstream_key or None))
-    app[OUTPUT_GUARD] = OutputGuard(settings.output, settings.upstream_key, settings.admin.token)
+    app.on_response_prepare.append(add_server_timing)
+    app[POLICIES] = Policies(settings)
+    app[METRICS].export_known(known_labels(app[POLICIES]))
+    app[GUARDS] = GuardRunner(app[METRICS])
     app[BACKGROUND] = Background()
     app.cleanup_ctx.append(_services)
     setup_conversations(app)
@@ -155,6 +167,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     upstream = Upstream(settings.upstream, settings.upstream.url, settings.upstream_key)
     await upstream.start()
     app[UPSTREAM] = upstream
+    anthropic = Upstream(settings.upstream, settings.anthropic_url, settings.anthropic_key, ANTHROPIC)
+    await anthropic.start()
+    app[ANTHROPIC_UPSTREAM] = anthropic
     a = settings.auth
     hasher = SecretHasher(a.argon2_time_cost, a.argon2_memory_kib, a.argon2_parallelism,
                           a.max_concurrent_verifications)
@@ -162,6 +177,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[AUTH] = auth
     app[LIMITER] = Limiter(store, settings.limits, app[METRICS])
     app[ABUSE] = AbuseService(store, settings.abuse, app[METRICS])
+    app[USAGE] = UsageService(store, settings.usage, app[METRICS])
     if store.is_memory and a.demo_key:
         await _print_demo_key(auth)
     stop = asyncio.Event()
@@ -178,7 +194,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         if app[BACKGROUND].tasks:
             await asyncio.wait(set(app[BACKGROUND].tasks), timeout=settings.store.timeout_s * 4)
         hasher.close()
+        app[GUARDS].close()
         await upstream.close()
+        await anthropic.close()
         await store.close()
 
 
@@ -202,15 +220,22 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
+    """Whether this sidecar can serve: its listeners are up and it is not draining. The store
+    is reported (body and `sidecar_store_up`) but, unless `metrics.ready_requires_store` is
+    set, does not fail readiness: one Redis blip must not take every pod of every app that
+    shares it out of its Service."""
     proxy = request.app[PROXY_APP]
-    if proxy[LIFECYCLE].draining:
+    lifecycle = proxy[LIFECYCLE]
+    if lifecycle.draining:
         return web.json_response({"status": "draining"}, status=503)
-    if STORE not in proxy or not await proxy[STORE].healthy():
-        if proxy[SETTINGS].limits.on_store_error == "allow":
-            # Fail-open was chosen: taking the pod out of its Service would defeat it.
-            return web.json_response({"status": "degraded"})
-        return web.json_response({"status": "store_unavailable"}, status=503)
-    return web.json_response({"status": "ready"})
+    if not lifecycle.serving:
+        return web.json_response({"status": "starting"}, status=503)
+    up = STORE in proxy and await proxy[STORE].healthy()
+    proxy[METRICS].store_up.set(1 if up else 0)
+    store = "ok" if up else "degraded"
+    if not up and proxy[SETTINGS].metrics.ready_requires_store:
+        return web.json_response({"status": "store_unavailable", "store": store}, status=503)
+    return web.json_response({"status": "ready", "store": store})
 
 
 async def _metrics(request: web.Request) -> web.Response:

@@ -13,11 +13,14 @@ from sidecar.abuse import AbuseService
 from sidecar.auth.apikeys import Authenticator
 from sidecar.limits.limiter import Limiter
 from sidecar.metrics import Metrics
+from sidecar.policies import Policies
 from sidecar.proxy.context import RequestContext
-from sidecar.proxy.guarding import InputGuard, OutputGuard
+from sidecar.proxy.guarding import GuardRunner
 from sidecar.proxy.upstream import Upstream
 from sidecar.settings import Settings
 from sidecar.store.redis import Store
+from sidecar.tracing import Tracing
+from sidecar.usage import UsageService
 
 
 class Background:
@@ -41,18 +44,22 @@ class Background:
 class Lifecycle:
     """Process-wide flags the health endpoints read."""
 
+    serving: bool = False  # every listener is up
     draining: bool = False
 
 
 SETTINGS = web.AppKey("settings", Settings)
-INPUT_GUARD = web.AppKey("input_guard", InputGuard)
-OUTPUT_GUARD = web.AppKey("output_guard", OutputGuard)
+POLICIES = web.AppKey("policies", Policies)
+GUARDS = web.AppKey("guards", GuardRunner)
 LIMITER = web.AppKey("limiter", Limiter)
 ABUSE = web.AppKey("abuse", AbuseService)
 BACKGROUND = web.AppKey("background", Background)
 METRICS = web.AppKey("metrics", Metrics)
 STORE = web.AppKey("store", Store)
 UPSTREAM = web.AppKey("upstream", Upstream)
+ANTHROPIC_UPSTREAM = web.AppKey("anthropic_upstream", Upstream)  # where /v1/messages goes
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 AUTH = web.AppKey("auth", Authenticator)
+USAGE = web.AppKey("usage", UsageService)
+TRACING = web.AppKey("tracing", Tracing)
 CONTEXT = web.RequestKey("context", RequestContext)

@@ -1,11 +1,13 @@
 """Tenant-namespaced conversation storage: store, list, read, delete, history for replay.
 
 Layout (DESIGN.md section 4): one hash per conversation, `conv:{t:<tenant>}:<id>`, with its
-meta fields and one field per message, and one sorted set per tenant, `convidx:{t:<tenant>}`
-(id -> updated ms), so listing never SCANs. Both carry the tenant's hash tag (one Cluster
-slot per tenant, so every operation is one script on one node) and a TTL refreshed by every
-write. Tenants and ids are restricted to [A-Za-z0-9._-], so no (tenant, id) pair can build
-another pair's key. The tenant always comes from the caller's authenticated `Principal`.
+meta fields and one field per message, one sorted set per tenant, `convidx:{t:<tenant>}`
+(id -> updated ms), so listing never SCANs, and one hash per tenant, `convsize:{t:<tenant>}`
+(id -> bytes, '#total'), for the tenant's quotas (`max_per_tenant`, `max_bytes_per_tenant`).
+All carry the tenant's hash tag (one Cluster slot per tenant, so every operation is one
+script on one node) and a TTL refreshed by every write. Tenants and ids are restricted to
+[A-Za-z0-9._-], so no (tenant, id) pair can build another pair's key. The tenant always
+comes from the caller's authenticated `Principal`.
 
 Each stored message carries the input guard's verdict (score, detected); `select_for_replay`
 never puts a flagged message back into a request. With a master key configured, the text of
@@ -59,6 +61,22 @@ class ConversationUnreadable(SidecarError):
     message = "The stored conversation cannot be read with the configured encryption key."
 
 
+class ConversationQuotaExceeded(SidecarError):
+    """The tenant keeps as many conversations, or as many bytes of them, as it may."""
+
+    status, type, code = 403, "insufficient_quota", "conversation_quota_exceeded"
+
+    def __init__(self, cap: str, used: int, limit: int) -> None:
+        self.cap = cap  # "conversations" or "bytes"
+        what = "conversations" if cap == "conversations" else "bytes of stored conversations"
+        super().__init__(f"This tenant keeps {used} {what}; the limit is {limit}. Delete "
+                         "conversations (DELETE /v1/conversations/{id}) or send the request "
+                         "without X-Conversation-Id.")
+
+
+_QUOTA_CAPS = {1: "conversations", 2: "bytes"}
+
+
 # -- keys -------------------------------------------------------------------------------------
 
 def valid_conversation_id(value: str) -> bool:
@@ -83,6 +101,12 @@ def index_key(tenant: str) -> str:
     """`convidx:{t:<tenant>}`: the tenant's conversations by last update."""
     _check(tenant)
     return f"convidx:{{t:{tenant}}}"
+
+
+def sizes_key(tenant: str) -> str:
+    """`convsize:{t:<tenant>}`: bytes per conversation and their total (the byte quota)."""
+    _check(tenant)
+    return f"convsize:{{t:{tenant}}}"
 
 
 # -- encryption -------------------------------------------------------------------------------
@@ -308,16 +332,33 @@ class ConversationService:
     async def append(self, tenant: str, key_id: str, conversation_id: str,
                      messages: Sequence[NewMessage], turn_id: str) -> AppendResult:
         """Store one turn (oldest message first); trims oldest first to the caps. A repeated
-        turn id is a no-op, so the caller may retry. Raises StoreError."""
+        turn id is a no-op, so the caller may retry. Raises StoreError, or
+        ConversationQuotaExceeded (nothing written) when the tenant is at a quota."""
         if not turn_id or any(c.isspace() for c in turn_id) or len(turn_id) > 128:
             raise ValueError("turn id must be 1-128 characters without spaces")
         s = self.settings
         records = [self.encode(tenant, conversation_id, m) for m in messages]
         reply = await self.store.run(
-            "conv_append", [conversation_key(tenant, conversation_id), index_key(tenant)],
-            [conversation_id, key_id, turn_id, self._ttl_ms, s.max_messages, s.max_bytes, *records])
+            "conv_append",
+            [conversation_key(tenant, conversation_id), index_key(tenant), sizes_key(tenant)],
+            [conversation_id, key_id, turn_id, self._ttl_ms, s.max_messages, s.max_bytes,
+             s.max_per_tenant, s.max_bytes_per_tenant, *records])
         stored, count, size, trimmed = (int(x) for x in reply)
+        if stored == 2:
+            raise ConversationQuotaExceeded(_QUOTA_CAPS[count], size, trimmed)
         return AppendResult(bool(stored), count, size, trimmed)
+
+    async def check_quota(self, tenant: str, conversation_id: str) -> None:
+        """ConversationQuotaExceeded when a turn of this conversation would be refused now (so
+        a request can be refused before the provider is paid). Raises StoreError."""
+        s = self.settings
+        reply = await self.store.run(
+            "conv_quota",
+            [conversation_key(tenant, conversation_id), index_key(tenant), sizes_key(tenant)],
+            [conversation_id, self._ttl_ms, s.max_per_tenant, s.max_bytes_per_tenant])
+        cap = int(reply[0])
+        if cap:
+            raise ConversationQuotaExceeded(_QUOTA_CAPS[cap], int(reply[1]), int(reply[2]))
 
     async def get(self, tenant: str, conversation_id: str) -> Conversation | None:
         """The whole conversation, or None when this tenant has no conversation of that id."""
@@ -349,7 +390,7 @@ class ConversationService:
         limit = max(1, min(limit, 100))
         after = decode_cursor(cursor) if cursor else None
         reply = await self.store.run(
-            "conv_list", [index_key(tenant)],
+            "conv_list", [index_key(tenant), sizes_key(tenant)],
             [self._ttl_ms, limit, str(after[0]) if after else "", after[1] if after else ""])
         more = bool(int(reply[0]))
         items = tuple(
@@ -364,7 +405,8 @@ class ConversationService:
         if not valid_conversation_id(conversation_id):
             return False
         existed = await self.store.run(
-            "conv_delete", [conversation_key(tenant, conversation_id), index_key(tenant)],
+            "conv_delete",
+            [conversation_key(tenant, conversation_id), index_key(tenant), sizes_key(tenant)],
             [conversation_id])
         return bool(int(existed))
 

@@ -16,6 +16,7 @@ class SidecarError(Exception):
     type: str = "server_error"
     code: str = "internal_error"
     message: str = "The sidecar hit an internal error."
+    reason: str = ""  # the metric's reason label when it differs from `code` (a guard's reason)
 
     def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None) -> None:
         if message is not None:
@@ -55,6 +56,11 @@ class PromptInjectionDetected(SidecarError):
     message = "The request was blocked because it looks like a prompt-injection attempt."
 
 
+class RequestBlocked(SidecarError):
+    status, type, code = 400, "invalid_request_error", "request_blocked"
+    message = "The request was blocked by the guard policy."
+
+
 class MissingApiKey(SidecarError):
     status, type, code = 401, "invalid_request_error", "missing_api_key"
     message = "No API key was provided. Send it as 'Authorization: Bearer <key>'."
@@ -68,6 +74,11 @@ class InvalidApiKey(SidecarError):
 class InsufficientScope(SidecarError):
     status, type, code = 403, "permission_error", "insufficient_scope"
     message = "The API key is not allowed to use this endpoint."
+
+
+class ModelNotAllowed(SidecarError):
+    status, type, code = 403, "permission_error", "model_not_allowed"
+    message = "The API key is not allowed to use this model."
 
 
 class AbuseDetected(SidecarError):

@@ -28,13 +28,19 @@ def add_keys_parser(sub: Any, handler: Callable[[argparse.Namespace], int]) -> N
     create = actions.add_parser("create", help="create a key and print it once", parents=[common])
     create.add_argument("--tenant", required=True)
     create.add_argument("--scopes", default="chat,completions,embeddings,models",
-                        help="comma-separated: chat, completions, embeddings, models, conversations")
+                        help="comma-separated: chat, completions, embeddings, models, "
+                        "conversations, responses, messages")
     create.add_argument("--limit", action="append", default=[], metavar="RULE",
                         help='a limit rule as JSON, e.g. \'{"window_s": 60, "requests": 100}\'')
     create.add_argument("--expires-in", type=int, dest="expires_in_s")
     create.add_argument("--label", default="")
-    listing = actions.add_parser("list", help="list a tenant's keys", parents=[common])
-    listing.add_argument("--tenant", required=True)
+    create.add_argument("--policy", default="", help="guard policy name ([policies.<name>])")
+    create.add_argument("--models", default="",
+                        help="comma-separated model names or glob patterns the key may call, "
+                        "e.g. gpt-4o-mini,claude-* (default: every model)")
+    listing = actions.add_parser("list", help="list keys: a tenant's, or every tenant's",
+                                 parents=[common])
+    listing.add_argument("--tenant", help="only this tenant's keys (default: every tenant's)")
     for name, text in (("show", "show one key"), ("revoke", "revoke a key on every sidecar")):
         action = actions.add_parser(name, help=text, parents=[common])
         action.add_argument("key_id")
@@ -72,14 +78,16 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
                 raise KeyRequestError(
                     '--limit: expected JSON such as {"window_s": 60, "requests": 100}') from None
             body: dict[str, Any] = {"tenant": args.tenant, "scopes": args.scopes.split(","),
-                                    "limits": limits, "label": args.label}
+                                    "limits": limits, "label": args.label, "policy": args.policy,
+                                    "models": [m.strip() for m in args.models.split(",") if m.strip()]}
             if args.expires_in_s is not None:
                 body["expires_in_s"] = args.expires_in_s
             raw_key, record = await records.create(parse_key_spec(body))
             _print(args, {"key": raw_key, **record.public()},
                    f"{raw_key}\n(shown once) {_line(record.public())}")
         elif args.action == "list":
-            found = [r.public() for r in await records.list(args.tenant)]
+            tenants = (args.tenant,) if args.tenant else await records.tenants()
+            found = [r.public() for t in tenants for r in await records.list(t)]
             _print(args, {"data": found}, "\n".join(map(_line, found)) or "(no keys)")
         else:
             if not is_key_id(args.key_id):

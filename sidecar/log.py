@@ -30,6 +30,10 @@ class JsonFormatter(logging.Formatter):
             for name, value in fields.items():
                 if name.lower() not in _FORBIDDEN_FIELDS:
                     out[name] = value
+        trace_id = getattr(record, "trace_id", None)  # set inside a span when tracing is on
+        if trace_id is not None:
+            out["trace_id"] = trace_id
+            out["span_id"] = getattr(record, "span_id", None)
         if record.exc_info:
             out["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
             out["traceback"] = self.formatException(record.exc_info)
@@ -63,7 +67,20 @@ def setup_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").disabled = True
+    # Admin audit lines are kept whatever the level: who changed which key must not depend on
+    # how chatty the operator wants the rest of the log.
+    logging.getLogger("sidecar.audit").setLevel(min(logging.INFO, logging.getLevelName(level)))
+    # A library's warnings.warn() (redis-py has printed UserWarnings at start) becomes a JSON
+    # line like every other, instead of raw text a log collector cannot parse.
+    logging.captureWarnings(True)
     quiet_parser_errors()
+
+
+def setup_cli_logging() -> None:
+    """JSON lines at WARNING for the command line, unless the program that runs us (a test
+    runner, an embedding application) configured logging already."""
+    if not logging.getLogger().handlers:
+        setup_logging("WARNING")
 
 
 def quiet_parser_errors() -> None:

@@ -14,6 +14,8 @@ class Principal:
     scopes: frozenset[str]
     limits: tuple[LimitRule, ...] = ()
     lineage: str = ""  # the first key id of a rotation chain: rotated keys share usage windows
+    policy: str = ""  # the guard policy this key runs ("" = its tenant's, else the default)
+    models: tuple[str, ...] = ()  # model names or glob patterns it may call (empty: every model)
 
     @property
     def limit_id(self) -> str:
@@ -23,7 +25,8 @@ class Principal:
 
 @dataclass(frozen=True, slots=True)
 class LimitRule:
-    """One sliding-window limit: `requests` and/or `tokens` per `window_s` seconds.
+    """One sliding-window limit: `requests`, `tokens` and/or `cost_usd` per `window_s` seconds
+    (cost: the provider's reported tokens priced by `usage.prices`).
 
     `mode = "shadow"` evaluates and counts the rule as if it refused, but lets the request pass.
     """
@@ -32,6 +35,7 @@ class LimitRule:
     requests: int | None = None
     tokens: int | None = None
     mode: str = "enforce"  # "enforce" | "shadow"
+    cost_usd: float | None = None
 
 
 TRUSTED = "trusted"
@@ -70,13 +74,16 @@ class Finding:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """A guard's decision over its input: allow, modify (text changed) or block."""
+    """A guard's decision over its input: allow, modify (edits to named slots), flag or block."""
 
     action: str  # "allow" | "modify" | "block" | "flag"
     reason: str = ""
     score: float = 0.0
     categories: tuple[str, ...] = ()
     findings: tuple[Finding, ...] = field(default=())
+    edits: tuple[tuple[int, str], ...] = ()  # (slot index, new text) when action is "modify"
+    slot: int | None = None  # the slot that decided a flag or block, when one did
+    detail: str = ""  # a public message for a block (names the limit; never echoes input)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from sidecar.mock_upstream import create_mock_app
 from sidecar.settings import Settings, url_without_password
 
 log = logging.getLogger("sidecar")
+BACKLOG = 1024
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -49,14 +50,61 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def with_mock_upstream(settings: Settings, port: int) -> Settings:
-    upstream = dataclasses.replace(settings.upstream, url=f"http://127.0.0.1:{port}")
-    return dataclasses.replace(settings, upstream=upstream)
+    """The bundled mock answers every API: OpenAI's routes, and Anthropic's unless
+    `anthropic.url` names a provider of its own."""
+    url = f"http://127.0.0.1:{port}"
+    upstream = dataclasses.replace(settings.upstream, url=url)
+    anthropic = settings.anthropic if settings.anthropic.url else \
+        dataclasses.replace(settings.anthropic, url=url)
+    return dataclasses.replace(settings, upstream=upstream, anthropic=anthropic)
 
 
-async def _start_site(runner: web.AppRunner, listen: str, reuse_port: bool) -> None:
+class ListenError(Exception):
+    """A listener's address cannot be bound (taken, not local, no permission)."""
+
+    def __init__(self, name: str, listen: str, reason: str) -> None:
+        super().__init__(f"cannot listen on {listen} ({name} listener): {reason}")
+        self.listener, self.address = name, listen
+
+
+def bind(name: str, listen: str, reuse_port: bool) -> socket.socket:
+    """A listening socket on `listen`, bound before anything else starts: an address that is
+    taken ends the process at once, with nothing to tear down and no demo key printed."""
+    try:
+        host, port = split_listen(listen)
+        family, _, _, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        return socket.create_server(address, family=family, backlog=BACKLOG, reuse_port=reuse_port)
+    except (OSError, ValueError) as exc:
+        errno = exc.errno if isinstance(exc, OSError) else None
+        reason = os.strerror(errno) if errno else str(exc)
+        raise ListenError(name, listen, reason.lower()) from None
+
+
+def bind_all(settings: Settings, reuse_port: bool) -> dict[str, socket.socket]:
+    """Every listener's socket, or ListenError (closing those already bound)."""
+    wanted = {"proxy": settings.listen, "metrics": settings.metrics.listen}
+    if settings.admin.token:
+        wanted["admin"] = settings.admin.listen
+    bound: dict[str, socket.socket] = {}
+    try:
+        for name, listen in wanted.items():
+            bound[name] = bind(name, listen, reuse_port)
+    except ListenError:
+        for sock in bound.values():
+            sock.close()
+        raise
+    return bound
+
+
+def report_listen_error(exc: ListenError) -> None:
+    """The one line a taken address gets (JSON, like every line the sidecar writes)."""
+    log_fields(log, logging.ERROR, str(exc), listener=exc.listener, address=exc.address)
+
+
+async def _start_site(runner: web.AppRunner, sock: socket.socket) -> None:
     await runner.setup()
-    host, port = split_listen(listen)
-    await web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=1024).start()
+    await web.SockSite(runner, sock, backlog=BACKLOG).start()
 
 
 async def run_listeners(settings: Settings, *, reuse_port: bool, run_mock: bool) -> int:
@@ -65,12 +113,17 @@ async def run_listeners(settings: Settings, *, reuse_port: bool, run_mock: bool)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before listening: no signal may go unhandled
         loop.add_signal_handler(sig, stop.set)
+    try:
+        sockets = bind_all(settings, reuse_port)
+        mock_sock = bind("mock provider", "127.0.0.1:0", False) if run_mock else None
+    except ListenError as exc:
+        report_listen_error(exc)
+        return 1
     mock_runner: web.AppRunner | None = None
-    if run_mock:
-        port = free_port()
+    if mock_sock is not None:
         mock_runner = web.AppRunner(create_mock_app(), access_log=None)
-        await _start_site(mock_runner, f"127.0.0.1:{port}", False)
-        settings = with_mock_upstream(settings, port)
+        await _start_site(mock_runner, mock_sock)
+        settings = with_mock_upstream(settings, mock_sock.getsockname()[1])
         log_fields(log, logging.WARNING, "no upstream configured: using the bundled mock provider",
                    upstream=settings.upstream.url)
 
@@ -82,14 +135,18 @@ async def run_listeners(settings: Settings, *, reuse_port: bool, run_mock: bool)
         shutdown_timeout=settings.shutdown_grace_s,
         access_log=None,
     )
-    await _start_site(proxy_runner, settings.listen, reuse_port)
+    await _start_site(proxy_runner, sockets["proxy"])
     health_runner = web.AppRunner(create_health_app(proxy_app), access_log=None,
                                   keepalive_timeout=settings.header_timeout_s)
-    await _start_site(health_runner, settings.metrics.listen, reuse_port)
+    await _start_site(health_runner, sockets["metrics"])
     admin_app = create_admin(proxy_app)
-    admin_runner = web.AppRunner(admin_app, access_log=None) if admin_app is not None else None
+    # The admin listener gets the proxy's header deadline (its body deadline is in admin.py).
+    admin_runner = web.AppRunner(admin_app, access_log=None,
+                                 keepalive_timeout=settings.header_timeout_s) \
+        if admin_app is not None else None
     if admin_runner is not None:
-        await _start_site(admin_runner, settings.admin.listen, reuse_port)
+        await _start_site(admin_runner, sockets["admin"])
+    proxy_app[LIFECYCLE].serving = True  # /readyz may say ready from now on
     log_fields(log, logging.INFO, "sidecar listening", proxy=settings.listen,
                metrics=settings.metrics.listen, upstream=settings.upstream.url,
                store=url_without_password(settings.store.url))
@@ -147,6 +204,12 @@ def _metrics_dir() -> str:
 
 
 def _serve_workers(settings: Settings, run_mock: bool) -> int:
+    try:  # a taken address stops here, once, rather than in every worker
+        for sock in bind_all(settings, reuse_port=False).values():
+            sock.close()
+    except ListenError as exc:
+        report_listen_error(exc)
+        return 1
     metrics_dir = _metrics_dir()
     ctx = multiprocessing.get_context("spawn")
     mock = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -38,8 +39,9 @@ class Secret(str):
         return "***" if self else ""
 
 
-def _f(default: Any, help: str, *, min: float | None = None, max: float | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "min": min, "max": max})
+def _f(default: Any, help: str, *, min: float | None = None, max: float | None = None,
+       kind: str = "") -> Any:
+    return field(default=default, metadata={"help": help, "min": min, "max": max, "kind": kind})
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,17 +63,39 @@ class UpstreamSettings:
     max_connections: int = _f(1000, "concurrent upstream connections per process", min=1)
     max_response_bytes: int = _f(16 * 1024 * 1024, "cap on a non-streamed response", min=1024)
     allow_insecure: bool = _f(False, "allow plain http to a non-loopback upstream")
+    kind: Literal["openai", "azure"] = _f(
+        "openai", "openai: /v1/... with a bearer key; azure: Azure OpenAI paths and the api-key header")
+    api_version: str = _f("2024-10-21", "azure: the api-version query parameter (empty: none sent)")
+    azure_endpoint: Literal["deployments", "v1"] = _f(
+        "deployments", "azure: /openai/deployments/<deployment>/... or the v1-style /openai/v1/...")
+    deployments: tuple[tuple[str, str], ...] = _f(
+        (), "azure: model name -> deployment name (a model not listed is its own deployment)",
+        kind="map")
+
+
+@dataclass(frozen=True, slots=True)
+class AnthropicSettings:
+    url: str = _f("", "Anthropic base URL for /v1/messages; empty = https://api.anthropic.com "
+                  "(or the bundled mock when upstream.url is empty too)")
+    key_env: str = _f("ANTHROPIC_API_KEY", "name of the environment variable holding the Anthropic key")
 
 
 @dataclass(frozen=True, slots=True)
 class MetricsSettings:
     listen: str = _f("0.0.0.0:9090", "host:port of /metrics, /healthz and /readyz")
+    ready_requires_store: bool = _f(False, "/readyz fails while the store fails (false: the store "
+                                    "shows as degraded in /readyz and sidecar_store_up)")
 
 
 @dataclass(frozen=True, slots=True)
 class AdminSettings:
     listen: str = _f("127.0.0.1:9091", "host:port of the admin API")
-    token: Secret = _f(Secret(""), "bearer token for the admin API; empty = admin API off")
+    token: Secret = _f(Secret(""), "bearer token for the admin API (at least 32 characters, 8 of "
+                       "them different); empty = admin API off")
+    failures_per_minute: int = _f(20, "wrong admin tokens per client address per minute before "
+                                  "that address gets 429 until the minute is over", min=1)
+    failure_delay_s: float = _f(1.0, "delay of each wrong-token answer after an address's first "
+                                "five in a minute", min=0, max=10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +104,7 @@ class LogSettings:
 
 
 OUTPUT_ACTIONS = ("redact", "block", "flag", "off")
-DEFAULT_OUTPUT_ACTIONS = (("secret", "redact"), ("pii", "redact"), ("pii:ip", "off"),
+DEFAULT_OUTPUT_ACTIONS = (("secret", "redact"), ("pii", "redact"), ("pii:ip", "flag"),
                           ("leak", "flag"))
 
 
@@ -109,7 +133,7 @@ class OutputSettings:
         DEFAULT_OUTPUT_ACTIONS, "action per kind or family (secret, pii, leak, pii:email ...): "
         "redact, block, flag or off")
     mode: Literal["enforce", "shadow"] = _f("enforce", "shadow: count findings, change nothing")
-    detect_ip: bool = _f(False, "treat IP addresses as PII")
+    detect_ip: bool = _f(True, "treat public IP addresses as PII (never private or documentation ranges)")
     system_prompt_min_words: int = _f(8, "consecutive system-prompt words that make a leak", min=3)
     canary: bool = _f(False, "place a per-request canary token in the system message and watch for it")
     holdback_chars: int = _f(8192, "most characters a stream may hold back while scanning", min=64)
@@ -123,6 +147,11 @@ class ConversationSettings:
                         min=1024)
     replay_max_tokens: int = _f(8000, "estimated tokens of history put before a replayed request",
                                 min=1)
+    max_per_tenant: int = _f(10_000, "conversations a tenant may keep; a turn that would start "
+                             "another is refused (403 conversation_quota_exceeded)", min=1)
+    max_bytes_per_tenant: int = _f(256 * 1024 * 1024, "bytes of stored messages a tenant may keep; "
+                                   "once reached, turns are refused until conversations are "
+                                   "deleted or expire", min=1024)
     master_key_env: str = _f("SIDECAR_CONVERSATIONS_MASTER_KEY",
                              "variable holding the base64 master key for encryption at rest "
                              "(unset: stored in plain text)")
@@ -185,8 +214,9 @@ class AuthSettings:
     cache_size: int = _f(10_000, "verified keys kept per process (LRU)", min=1)
     negative_ttl_s: float = _f(5.0, "how long a refused key is refused without asking again",
                                min=0, max=300)
-    failed_per_minute: int = _f(20, "failed verifications per key id per minute before refusing "
-                                "without verifying", min=1)
+    failed_per_minute: int = _f(20, "failed verifications per key id and client address per "
+                                "minute before that address is refused without verifying (a key "
+                                "verified before in this process is never refused by it)", min=1)
     max_concurrent_verifications: int = _f(2, "argon2 verifications running at once per process",
                                            min=1, max=64)
     argon2_time_cost: int = _f(3, "argon2id iterations (RFC 9106: 3)", min=1, max=20)
@@ -208,6 +238,128 @@ class LimitsSettings:
     max_reserved_tokens: int = _f(131072, "cap on the tokens one request may reserve", min=1)
 
 
+BUILTIN_GUARDS = ("validate", "injection", "sanitize", "redact_input", "output")
+_GUARD_KEYS = frozenset({"enabled", "mode", "action", "threshold", "budget_s", "on_timeout",
+                         "actions", "options"})
+_POLICY_KEYS = frozenset({"guards", "trusted_roles", "allow_token_ids", "tenants"})
+_POLICY_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+
+
+@dataclass(frozen=True, slots=True)
+class GuardPolicy:
+    """How one policy runs one guard (DESIGN.md section 3a)."""
+
+    name: str
+    enabled: bool = True
+    mode: Literal["enforce", "shadow"] = "enforce"
+    action: Literal["", "block", "flag"] = ""  # "" = as the guard decides
+    threshold: float | None = None  # injection score threshold
+    budget_s: float = 0.25  # slow guards: time allowed off the event loop
+    on_timeout: Literal["allow", "block"] = "allow"
+    actions: tuple[tuple[str, str], ...] = ()  # output: action per finding kind or family
+    options: tuple[tuple[str, Any], ...] = ()  # plug-in guards: keyword arguments
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A named guard policy: which guards run, in which order, tuned how, for which tenants."""
+
+    name: str
+    guards: tuple[str, ...] = ()  # empty = the default policy's list
+    trusted_roles: tuple[str, ...] = ("system", "developer")
+    allow_token_ids: bool = False
+    tenants: tuple[str, ...] = ()
+    tuning: tuple[GuardPolicy, ...] = ()
+
+    def guard(self, name: str) -> GuardPolicy | None:
+        return next((g for g in self.tuning if g.name == name), None)
+
+
+def parse_policies(name: str, raw: Any) -> tuple[Policy, ...]:
+    """`[policies.<name>]` tables (or JSON in SIDECAR_POLICIES), each validated field by field."""
+    raw = _from_env_json(name, raw, "object of policy name -> table")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: expected a table of policies")
+    out = []
+    for policy_name, table in raw.items():
+        where = f"{name}.{policy_name}"
+        if not _POLICY_NAME.fullmatch(policy_name):
+            raise ConfigError(f"{where}: a policy name is 1-64 of a-z 0-9 _ . - ")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: expected a table")
+        kwargs: dict[str, Any] = {"name": policy_name}
+        tuning = []
+        for key, value in table.items():
+            if key in ("guards", "trusted_roles", "tenants"):
+                if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                    raise ConfigError(f"{where}.{key}: expected a list of strings")
+                kwargs[key] = tuple(value)
+            elif key == "allow_token_ids":
+                kwargs[key] = _coerce(f"{where}.{key}", bool, value, {})
+            elif isinstance(value, dict):
+                tuning.append(_guard_policy(f"{where}.{key}", key, value))
+            else:
+                raise ConfigError(f"{where}.{key}: unknown setting (a guard's table, or one of "
+                                  + ", ".join(sorted(_POLICY_KEYS)) + ")")
+        kwargs["tuning"] = tuple(tuning)
+        out.append(Policy(**kwargs))
+    return tuple(out)
+
+
+def _guard_policy(where: str, guard: str, table: Mapping[str, Any]) -> GuardPolicy:
+    hints = typing.get_type_hints(GuardPolicy)
+    kwargs: dict[str, Any] = {"name": guard}
+    for key, value in table.items():
+        if key not in _GUARD_KEYS:
+            raise ConfigError(f"{where}.{key}: unknown setting (one of {', '.join(sorted(_GUARD_KEYS))})")
+        if key == "actions":
+            kwargs[key] = _actions(f"{where}.{key}", value)
+        elif key == "options":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.options: expected a table")
+            kwargs[key] = tuple(value.items())
+        elif key == "threshold":
+            kwargs[key] = _coerce(f"{where}.{key}", float, value, {"min": 0.0, "max": 1.0})
+        elif key == "budget_s":
+            kwargs[key] = _coerce(f"{where}.{key}", float, value, {"min": 0.001, "max": 60.0})
+        else:
+            kwargs[key] = _coerce(f"{where}.{key}", hints[key], value, {})
+    return GuardPolicy(**kwargs)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPrice:
+    """What a model costs, in US dollars per million tokens (docs/usage.md)."""
+
+    model: str
+    input_per_mtok: float
+    output_per_mtok: float
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSettings:
+    record: bool = _f(True, "keep a usage report per tenant, key, model and hour in the store "
+                      "(one more script per answered request, in the same write as settlement)")
+    retention_days: int = _f(35, "how long hourly usage is kept in the store", min=1, max=400)
+    metric_tenants: tuple[str, ...] = _f((), "tenants with their own `tenant` label on the usage "
+                                         "metrics; \"*\" = any, first come, up to max_label_values; "
+                                         "empty = no tenant label (value \"all\")")
+    metric_models: tuple[str, ...] = _f((), "models with their own `model` label, as metric_tenants")
+    max_label_values: int = _f(50, "most distinct values per label; the rest count as \"other\"",
+                               min=1, max=1000)
+    prices: tuple[ModelPrice, ...] = _f((), "price per model: a table of model -> "
+                                        "{input = $/Mtok, output = $/Mtok}; models not listed cost 0")
+
+    def cost_nusd(self, model: str, prompt: int, completion: int) -> int:
+        """What `prompt` and `completion` tokens of `model` cost, in nano-dollars (integers add up
+        exactly: tokens x dollars per million tokens x 1000), rounded up; 0 when unpriced."""
+        for price in self.prices:
+            if price.model == model:
+                return math.ceil((prompt * price.input_per_mtok + completion * price.output_per_mtok)
+                                 * 1000 - 1e-6)
+        return 0
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     listen: str = _f("127.0.0.1:8080", "host:port of the OpenAI-compatible proxy")
@@ -221,6 +373,7 @@ class Settings:
                                  min=0, max=3600)
     store: StoreSettings = field(default_factory=StoreSettings)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
+    anthropic: AnthropicSettings = field(default_factory=AnthropicSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     log: LogSettings = field(default_factory=LogSettings)
@@ -230,11 +383,25 @@ class Settings:
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     conversations: ConversationSettings = field(default_factory=ConversationSettings)
     abuse: AbuseSettings = field(default_factory=AbuseSettings)
+    policies: tuple[Policy, ...] = _f((), "named guard policies ([policies.<name>] tables); "
+                                      "'default' applies unless a key or tenant names another")
+    usage: UsageSettings = field(default_factory=UsageSettings)
 
     @property
     def upstream_key(self) -> Secret:
         """The provider key, read from the variable that `upstream.key_env` names."""
         return Secret(os.environ.get(self.upstream.key_env, ""))
+
+    @property
+    def anthropic_key(self) -> Secret:
+        """The Anthropic key, read from the variable that `anthropic.key_env` names."""
+        return Secret(os.environ.get(self.anthropic.key_env, ""))
+
+    @property
+    def anthropic_url(self) -> str:
+        """Where /v1/messages goes: `anthropic.url`, else Anthropic's own API (`serve` points
+        it at the bundled mock when it runs one)."""
+        return self.anthropic.url or ANTHROPIC_API
 
 
 def _coerce(name: str, hint: Any, raw: Any, meta: Mapping[str, Any]) -> Any:
@@ -273,8 +440,14 @@ def _coerce(name: str, hint: Any, raw: Any, meta: Mapping[str, Any]) -> Any:
             if match is None:
                 raise ValueError("expected one of " + ", ".join(map(str, choices)))
             value = match
+        elif origin is tuple and get_args(hint)[0] is Policy:
+            return parse_policies(name, raw)
         elif origin is tuple and get_args(hint)[0] is LimitRule:
             return _limit_rules(name, raw)
+        elif origin is tuple and get_args(hint)[0] is ModelPrice:
+            return _prices(name, raw)
+        elif meta.get("kind") == "map":
+            return _string_map(name, raw)
         elif origin is tuple and get_args(hint)[0] is str:
             items = raw.split(",") if isinstance(raw, str) else raw
             if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
@@ -307,12 +480,38 @@ def _from_env_json(name: str, raw: Any, what: str) -> Any:
         raise ConfigError(f"{name}: expected a JSON {what}") from None
 
 
+def _string_map(name: str, raw: Any) -> tuple[tuple[str, str], ...]:
+    """A table of name -> name (TOML table, or a JSON object in the environment)."""
+    raw = _from_env_json(name, raw, "object of name -> name")
+    if not isinstance(raw, dict) or not all(isinstance(v, str) and v for v in raw.values()):
+        raise ConfigError(f"{name}: expected a table of name -> non-empty string")
+    return tuple(raw.items())
+
+
 def _limit_rules(name: str, raw: Any) -> tuple[LimitRule, ...]:
     """Rules from a TOML array of tables, or from JSON in an environment variable."""
     raw = _from_env_json(name, raw, "list of rules")
     if not isinstance(raw, list):
         raise ConfigError(f"{name}: expected a list of rules")
     return tuple(parse_limit_rule(f"{name}[{i}]", item) for i, item in enumerate(raw))
+
+
+def _prices(name: str, raw: Any) -> tuple[ModelPrice, ...]:
+    """A price table from TOML or env JSON, e.g. {"gpt-4o": {"input": 2.5, "output": 10}}."""
+    raw = _from_env_json(name, raw, "object of model -> {input, output}")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: expected a table of model -> {{input = ..., output = ...}}")
+    prices = []
+    for model, entry in raw.items():
+        where = f"{name}.{model}"
+        if not isinstance(entry, dict) or set(entry) != {"input", "output"}:
+            raise ConfigError(f"{where}: expected {{input = <$ per million tokens>, output = ...}}")
+        for part in ("input", "output"):
+            value = entry[part]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1e6:
+                raise ConfigError(f"{where}.{part}: expected dollars per million tokens, 0 to 1e6")
+        prices.append(ModelPrice(model, float(entry["input"]), float(entry["output"])))
+    return tuple(prices)
 
 
 def _actions(name: str, raw: Any) -> tuple[tuple[str, str], ...]:
@@ -328,11 +527,14 @@ def _actions(name: str, raw: Any) -> tuple[tuple[str, str], ...]:
     return tuple(merged.items())
 
 
+MAX_COST_USD = 1e6  # a cost budget in nano-dollars stays an exact integer in Lua (< 2**53)
+
+
 def parse_limit_rule(name: str, item: Any) -> LimitRule:
     """One rule such as {"window_s": 60, "requests": 100} or {"window_s": 86400, "tokens": 2e6}."""
     if not isinstance(item, dict):
         raise ConfigError(f"{name}: expected a table such as {{window_s = 60, requests = 100}}")
-    unknown = set(item) - {"window_s", "requests", "tokens", "mode"}
+    unknown = set(item) - {"window_s", "requests", "tokens", "mode", "cost_usd"}
     if unknown:
         raise ConfigError(f"{name}: unknown field {sorted(unknown)[0]!r}")
     values: dict[str, Any] = {}
@@ -346,8 +548,13 @@ def parse_limit_rule(name: str, item: Any) -> LimitRule:
         raise ConfigError(f"{name}.window_s: required")
     if values["window_s"] > 31 * 86400:
         raise ConfigError(f"{name}.window_s: must be at most {31 * 86400}")
-    if "requests" not in values and "tokens" not in values:
-        raise ConfigError(f"{name}: needs requests or tokens")
+    if "cost_usd" in item:
+        cost = item["cost_usd"]
+        if isinstance(cost, bool) or not isinstance(cost, int | float) or not 0 < cost <= MAX_COST_USD:
+            raise ConfigError(f"{name}.cost_usd: expected US dollars above 0, at most {MAX_COST_USD:g}")
+        values["cost_usd"] = float(cost)
+    if "requests" not in values and "tokens" not in values and "cost_usd" not in values:
+        raise ConfigError(f"{name}: needs requests, tokens or cost_usd")
     mode = item.get("mode", "enforce")
     if mode not in ("enforce", "shadow"):
         raise ConfigError(f"{name}.mode: expected enforce or shadow")
@@ -503,8 +710,28 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+ADMIN_TOKEN_MIN_CHARS = 32
+ADMIN_TOKEN_MIN_DISTINCT = 8
+
+
+def admin_token_problem(token: str) -> str | None:
+    """Why `token` is too weak to guard the admin API, or None. A random token passes (32
+    URL-safe characters carry 192 bits; 32 hex characters, 128); a short word or a repeated
+    pattern does not. Never names the token itself."""
+    if len(token) < ADMIN_TOKEN_MIN_CHARS:
+        return f"needs at least {ADMIN_TOKEN_MIN_CHARS} characters, got {len(token)}"
+    if len(set(token)) < ADMIN_TOKEN_MIN_DISTINCT:
+        return f"needs at least {ADMIN_TOKEN_MIN_DISTINCT} different characters"
+    return None
+
+
 def _check_relations(s: Settings) -> None:
     _check_listen("listen", s.listen)
+    if s.admin.token:
+        problem = admin_token_problem(s.admin.token)
+        if problem:
+            raise ConfigError(f"admin.token: too weak: {problem} (make one with: python3 -c "
+                              "'import secrets; print(secrets.token_urlsafe(32))')")
     _check_listen("metrics.listen", s.metrics.listen)
     _check_listen("admin.listen", s.admin.listen)
     if s.store.url.partition("://")[0] in SENTINEL_SCHEMES:
@@ -529,6 +756,27 @@ def _check_relations(s: Settings) -> None:
             )
         if parts.username or parts.password or parts.query or parts.fragment:
             raise ConfigError("upstream.url: must not carry credentials, a query or a fragment")
+    if s.anthropic.url:
+        _check_base_url("anthropic.url", s.anthropic.url, s.upstream.allow_insecure)
+    for model, deployment in s.upstream.deployments:
+        if not _DEPLOYMENT.fullmatch(deployment):
+            raise ConfigError(f"upstream.deployments.{model}: a deployment name is 1-64 of "
+                              "A-Z a-z 0-9 . _ - (not . or ..)")
+
+
+ANTHROPIC_API = "https://api.anthropic.com"
+_DEPLOYMENT = re.compile(r"(?!\.\.?$)[A-Za-z0-9._-]{1,64}")
+
+
+def _check_base_url(name: str, url: str, allow_insecure: bool) -> None:
+    parts = _split_url(name, url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ConfigError(f"{name}: expected an http(s) URL such as https://api.anthropic.com")
+    if parts.scheme == "http" and not (is_loopback_host(parts.hostname) or allow_insecure):
+        raise ConfigError(f"{name}: plain http is allowed only for loopback hosts; use https "
+                          "or set upstream.allow_insecure")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ConfigError(f"{name}: must not carry credentials, a query or a fragment")
 
 
 def url_without_password(url: str) -> str:
@@ -554,5 +802,7 @@ def describe(settings: Settings) -> dict[str, Any]:
 
     out: dict[str, Any] = walk(settings)
     out["upstream"]["key"] = settings.upstream_key.masked() or "(not set)"
+    out["upstream"]["deployments"] = dict(settings.upstream.deployments)
+    out["anthropic"]["key"] = settings.anthropic_key.masked() or "(not set)"
     out["store"]["url"] = url_without_password(settings.store.url)
     return out

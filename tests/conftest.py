@@ -156,14 +156,18 @@ def no_key_in_logs() -> Iterator[None]:
 # argon2 at its cheapest for tests that are not about argon2 (tests/auth uses the defaults).
 CHEAP_ARGON2 = {"SIDECAR_AUTH_ARGON2_TIME_COST": "1", "SIDECAR_AUTH_ARGON2_MEMORY_KIB": "8192",
                 "SIDECAR_AUTH_ARGON2_PARALLELISM": "1"}
-ALL_SCOPES = ["chat", "completions", "embeddings", "models", "conversations"]
+ALL_SCOPES = ["chat", "completions", "embeddings", "models", "conversations", "responses",
+              "messages"]
 
 
 async def create_key(store_url: str, tenant: str = "tenant-a", scopes: list[str] | None = None,
                      limits: list[dict[str, int]] | None = None, cheap: bool = True,
                      **extra: Any) -> str:
     """Create a key in the store as an operator would (the admin path); returns the raw key."""
-    settings = load_settings(env={"SIDECAR_STORE_URL": store_url, **(CHEAP_ARGON2 if cheap else {})})
+    # The admin path, not the hot path: a loaded test machine must not turn a slow SET into a
+    # setup error, so the store deadline is generous here.
+    settings = load_settings(env={"SIDECAR_STORE_URL": store_url, "SIDECAR_STORE_TIMEOUT_S": "5",
+                                  **(CHEAP_ARGON2 if cheap else {})})
     store = await connect(settings.store)
     a = settings.auth
     hasher = SecretHasher(a.argon2_time_cost, a.argon2_memory_kib, a.argon2_parallelism, 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ BAD = [
     ({"SIDECAR_UPSTREAM_URL": "https://u:p@api.example.com"}, "upstream.url: must not carry"),
     ({"SIDECAR_UPSTREAM_ALLOW_INSECURE": "maybe"}, "upstream.allow_insecure: invalid value"),
     ({"SIDECAR_LOG_LEVEL": "loud"}, "log.level: invalid value (expected one of"),
-    ({"SIDECAR_LIMITS_KEY": "[{\"window_s\": 60}]"}, "limits.key[0]: needs requests or tokens"),
+    ({"SIDECAR_LIMITS_KEY": "[{\"window_s\": 60}]"}, "limits.key[0]: needs requests, tokens or cost_usd"),
     ({"SIDECAR_LIMITS_KEY": "not json"}, "limits.key: expected a JSON list"),
     ({"SIDECAR_LIMITS_TENANT": "[{\"window_s\": 0, \"requests\": 1}]"}, "limits.tenant[0].window_s"),
     ({"SIDECAR_LIMITS_ON_STORE_ERROR": "maybe"}, "limits.on_store_error: invalid value"),
@@ -69,7 +70,7 @@ def test_cli_exits_2_with_one_line(monkeypatch: pytest.MonkeyPatch,
 def test_check_config_masks_secrets(monkeypatch: pytest.MonkeyPatch,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     """check-config prints the effective settings without the admin token or provider key."""
-    token, key = "admintok-" + "x" * 20, "provkey-" + "y" * 20
+    token, key = secrets.token_urlsafe(32), "provkey-" + "y" * 20
     monkeypatch.setenv("SIDECAR_ADMIN_TOKEN", token)
     monkeypatch.setenv("OPENAI_API_KEY", key)
     assert main(["check-config"]) == 0

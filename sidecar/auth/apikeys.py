@@ -4,9 +4,15 @@ The way of one key:
 1. format and checksum (no I/O) — garbage never reaches Redis or argon2;
 2. the verified cache (bounded LRU keyed by SHA-256 of the raw key, `cache_ttl_s`) — the
    hot path ends here for every request but the first per key per cache lifetime;
-3. the negative cache and a per-key-id failure budget — wrong secrets cannot burn CPU;
-4. on a miss: the key record from the store and one argon2 verification in the thread pool,
-   shared by every concurrent request presenting the same key (single flight).
+3. a key this process verified before (its SHA-256 digest is remembered with the argon2 hash it
+   matched) is checked against the current record without argon2 and without any failure
+   budget: a guesser can never lock out a key its owner has used here;
+4. the negative cache and a failure budget per (key id, client address) — wrong secrets cannot
+   burn CPU, and a guesser spends only its own address's budget, not the owner's;
+5. on a miss: the key record from the store and one argon2 verification in the thread pool,
+   shared by every concurrent request presenting the same key (single flight); at most
+   `max_concurrent_verifications` run at once, and presenters whose (key id, address) has
+   failures wait behind those without (the owner's first use goes ahead of a guesser's queue).
 Revocations, rotations and changes are announced on a pub/sub channel; each sidecar drops
 the cached entry at once, and the cache TTL bounds staleness when pub/sub is down.
 """
@@ -16,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import logging
 import time
 from collections import OrderedDict
@@ -23,6 +30,7 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
+from sidecar.auth.failures import FailureWindow
 from sidecar.auth.hashing import SecretHasher
 from sidecar.auth.keyformat import parse_key
 from sidecar.auth.records import EVENTS_CHANNEL, KeyNotFound, KeyRecord, KeyRecords, record_key
@@ -52,7 +60,10 @@ class Authenticator:
         self._cache: OrderedDict[bytes, _Cached] = OrderedDict()
         self._by_key_id: dict[str, set[bytes]] = {}
         self._negative: OrderedDict[bytes, float] = OrderedDict()
-        self._failures: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        self._failures = FailureWindow(settings.failed_per_minute, settings.cache_size)
+        # digest of a raw key verified here -> the argon2 hash it matched (no TTL: the record is
+        # fetched again whenever the verified cache entry has lapsed)
+        self._known: OrderedDict[bytes, str] = OrderedDict()
         self._inflight: dict[bytes, asyncio.Future[Principal | None]] = {}
         # Key records by id (without any secret), so many presented secrets for one key id
         # cost one store lookup; fetched single-flight, dropped on key events.
@@ -60,7 +71,9 @@ class Authenticator:
         self._record_fetches: dict[str, asyncio.Future[KeyRecord]] = {}
         self.pubsub_connected = False
 
-    async def authenticate(self, raw: str | None) -> Principal:
+    async def authenticate(self, raw: str | None, client: str | None = None) -> Principal:
+        """`client` is the presenter's address (the TCP peer): failure budgets are per key id
+        and address."""
         if not raw:
             raise MissingApiKey()
         digest = hashlib.sha256(raw.encode()).digest()
@@ -76,17 +89,19 @@ class Authenticator:
         if parsed is None:
             raise InvalidApiKey()
         now = time.monotonic()
-        refused_until = self._negative.get(digest)
-        if refused_until is not None and now < refused_until:
-            raise InvalidApiKey()
-        if self._over_failure_budget(parsed.key_id, now):
-            raise InvalidApiKey()
+        subject = (parsed.key_id, client or "")
+        if digest not in self._known:
+            refused_until = self._negative.get(digest)
+            if refused_until is not None and now < refused_until:
+                raise InvalidApiKey()
+            if self._failures.over(subject, now):
+                raise InvalidApiKey()
         pending = self._inflight.get(digest)
         if pending is None:
             pending = asyncio.get_running_loop().create_future()
             self._inflight[digest] = pending
             try:
-                principal = await self._verify(digest, parsed.key_id, parsed.secret)
+                principal = await self._verify(digest, subject, parsed.secret)
                 pending.set_result(principal)
             except BaseException as exc:
                 pending.set_exception(exc)
@@ -123,26 +138,36 @@ class Authenticator:
             self._records.popitem(last=False)
         return record
 
-    async def _verify(self, digest: bytes, key_id: str, secret: str) -> Principal | None:
+    async def _verify(self, digest: bytes, subject: tuple[str, str],
+                      secret: str) -> Principal | None:
+        key_id = subject[0]
         try:
             record = await self._record(key_id)
         except KeyNotFound:
-            self._refuse(digest, key_id)
+            self._refuse(digest, subject)
             return None
         except StoreError:
             raise StoreUnavailable() from None
         wall = time.time()
         if record.state(wall) != "active" or not record.secret_hash:
-            self._refuse(digest, key_id)
+            self._refuse(digest, subject)
             return None
-        def within_budget() -> bool:
-            return not self._over_failure_budget(key_id, time.monotonic())
+        known_hash = self._known.get(digest)
+        if known_hash is None or not hmac.compare_digest(known_hash, record.secret_hash):
+            # Unknown here (or its hash changed): argon2, queued behind presenters without
+            # failures when this one has some, given up if its budget runs out meanwhile.
+            def within_budget() -> bool:
+                return known_hash is not None or \
+                    not self._failures.over(subject, time.monotonic())
 
-        if not await self.hasher.verify(record.secret_hash, secret, within_budget):
-            self._refuse(digest, key_id)
-            return None
+            suspect = known_hash is None and self._failures.count(subject, time.monotonic()) > 0
+            if not await self.hasher.verify(record.secret_hash, secret, within_budget,
+                                            priority=1 if suspect else 0):
+                self._refuse(digest, subject)
+                return None
         principal = Principal(key_id=key_id, tenant=record.tenant, scopes=record.scopes,
-                              limits=record.limits, lineage=record.lineage)
+                              limits=record.limits, lineage=record.lineage, policy=record.policy,
+                              models=record.models)
         self._remember(digest, principal, record)
         with contextlib.suppress(StoreError):
             await self.records.touch(record)
@@ -160,26 +185,21 @@ class Authenticator:
         self._cache[digest] = _Cached(principal, time.monotonic() + self.settings.cache_ttl_s,
                                       record.expires_at)
         self._by_key_id.setdefault(principal.key_id, set()).add(digest)
+        self._known[digest] = record.secret_hash
+        self._known.move_to_end(digest)
+        while len(self._known) > self.settings.cache_size:
+            self._known.popitem(last=False)
         while len(self._cache) > self.settings.cache_size:
             old_digest, old = self._cache.popitem(last=False)
             self._forget_index(old.principal.key_id, old_digest)
 
-    def _refuse(self, digest: bytes, key_id: str) -> None:
+    def _refuse(self, digest: bytes, subject: tuple[str, str]) -> None:
         now = time.monotonic()
         self._negative[digest] = now + self.settings.negative_ttl_s
         while len(self._negative) > self.settings.cache_size:
             self._negative.popitem(last=False)
-        start, count = self._failures.get(key_id, (now, 0))
-        if now - start > 60:
-            start, count = now, 0
-        self._failures[key_id] = (start, count + 1)
-        self._failures.move_to_end(key_id)
-        while len(self._failures) > self.settings.cache_size:
-            self._failures.popitem(last=False)
-
-    def _over_failure_budget(self, key_id: str, now: float) -> bool:
-        entry = self._failures.get(key_id)
-        return entry is not None and now - entry[0] <= 60 and entry[1] >= self.settings.failed_per_minute
+        self._known.pop(digest, None)
+        self._failures.add(subject, now)
 
     def _drop(self, digest: bytes) -> None:
         cached = self._cache.pop(digest, None)
@@ -198,7 +218,7 @@ class Authenticator:
         for digest in list(self._by_key_id.get(key_id, ())):
             self._drop(digest)
         self._records.pop(key_id, None)
-        self._failures.pop(key_id, None)
+        self._failures.forget(key_id)
 
     def clear(self) -> None:
         self._cache.clear()

@@ -8,11 +8,44 @@ caches the result (verification happens once per key per cache lifetime).
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+
+class PrioritySlots:
+    """A semaphore whose waiters are served lowest priority number first (FIFO within one), so
+    a suspect presenter's backlog cannot hold back everyone else's first verification."""
+
+    def __init__(self, slots: int) -> None:
+        self._free = slots
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    async def acquire(self, priority: int = 0) -> None:
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+            return
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (priority, next(self._order), granted))
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.release()  # handed a slot just as it was cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        while self._waiting:
+            _, _, granted = heapq.heappop(self._waiting)
+            if not granted.done():  # skip waiters that were cancelled
+                granted.set_result(None)
+                return
+        self._free += 1
 
 
 class SecretHasher:
@@ -23,7 +56,7 @@ class SecretHasher:
                                       parallelism=parallelism, hash_len=32, salt_len=16)
         self._pool = ThreadPoolExecutor(max_workers=max_concurrent,
                                         thread_name_prefix="argon2")
-        self._slots = asyncio.Semaphore(max_concurrent)
+        self._slots = PrioritySlots(max_concurrent)
         self.max_concurrent = max_concurrent
         self.verifications = 0
         self.running = 0
@@ -33,16 +66,21 @@ class SecretHasher:
         return self._hasher.hash(secret)
 
     async def hash(self, secret: str) -> str:
-        async with self._slots:
+        await self._slots.acquire()
+        try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, self.hash_sync, secret)
+        finally:
+            self._slots.release()
 
     async def verify(self, stored_hash: str, secret: str,
-                     still_wanted: Callable[[], bool] = lambda: True) -> bool:
+                     still_wanted: Callable[[], bool] = lambda: True, priority: int = 0) -> bool:
         """True when `secret` matches; never raises for a mismatch or a malformed hash.
 
         `still_wanted` is asked once a slot is free: a caller whose failure budget ran out
-        while it queued gives up without burning a verification."""
-        async with self._slots:
+        while it queued gives up without burning a verification. Lower `priority` numbers are
+        served first."""
+        await self._slots.acquire(priority)
+        try:
             if not still_wanted():
                 return False
             self.verifications += 1
@@ -53,6 +91,8 @@ class SecretHasher:
                     self._pool, self._verify_sync, stored_hash, secret)
             finally:
                 self.running -= 1
+        finally:
+            self._slots.release()
 
     def _verify_sync(self, stored_hash: str, secret: str) -> bool:
         try:

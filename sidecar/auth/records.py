@@ -1,4 +1,4 @@
-"""Key records in Redis: create, read, list, change, revoke, rotate (DESIGN.md section 4).
+"""Key records in Redis: create, read, list, change, revoke, rotate.
 
 `sk:{t:<tenant>}:<key_id>` is a hash with the argon2id hash and everything about the key;
 `keyidx:<key_id>` names the tenant of a key id (a presented key carries only its id);
@@ -18,14 +18,19 @@ import orjson
 
 from sidecar.auth.hashing import SecretHasher
 from sidecar.auth.keyformat import make_key, new_key_id, parse_key
+from sidecar.auth.models import ModelListError, parse_models
 from sidecar.errors import ConfigError
 from sidecar.model import LimitRule
 from sidecar.settings import parse_limit_rule
 from sidecar.store.redis import Store
 
-SCOPES = frozenset({"chat", "completions", "embeddings", "models", "conversations"})
+# A scope per API: a key reaches only the APIs it was given (a key made before the Responses
+# and Messages routes existed does not silently gain them; Anthropic is another provider's bill).
+SCOPES = frozenset({"chat", "completions", "embeddings", "models", "conversations", "responses",
+                    "messages"})
 EVENTS_CHANNEL = "sidecar:key-events"
 TENANT_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+POLICY_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 MAX_EXPIRY_S = 10 * 365 * 86400
 MAX_GRACE_S = 30 * 86400
 # Expired keys stay listable for a week, then Redis drops the record.
@@ -49,6 +54,8 @@ class KeySpec:
     limits: tuple[LimitRule, ...] = ()
     expires_in_s: int | None = None
     label: str = ""
+    policy: str = ""  # guard policy name ("" = the tenant's, else the default)
+    models: tuple[str, ...] = ()  # allowed model names or glob patterns (empty: every model)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +73,8 @@ class KeyRecord:
     lineage: str
     last_used_at: float | None = None
     rotated_to: str = ""
+    policy: str = ""
+    models: tuple[str, ...] = ()
     secret_hash: str = field(default="", repr=False)
 
     def state(self, now: float) -> str:
@@ -84,6 +93,7 @@ class KeyRecord:
             "expires_at": self.expires_at, "last_used_at": self.last_used_at,
             "limits": [rule_dict(r) for r in self.limits], "label": self.label,
             "lineage": self.lineage, "rotated_to": self.rotated_to or None,
+            "policy": self.policy or None, "models": list(self.models),
         }
 
 
@@ -93,6 +103,8 @@ def rule_dict(rule: LimitRule) -> dict[str, Any]:
         out["requests"] = rule.requests
     if rule.tokens is not None:
         out["tokens"] = rule.tokens
+    if rule.cost_usd is not None:
+        out["cost_usd"] = rule.cost_usd
     if rule.mode != "enforce":
         out["mode"] = rule.mode
     return out
@@ -133,11 +145,28 @@ def parse_label(value: Any) -> str:
     return value
 
 
+def parse_policy(value: Any) -> str:
+    """A guard policy name (the admin API also checks that it is configured)."""
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str) or not POLICY_RE.fullmatch(value):
+        raise KeyRequestError("policy: expected a policy name (1-64 of a-z 0-9 _ . -)")
+    return value
+
+
+def parse_model_list(value: Any) -> tuple[str, ...]:
+    try:
+        return parse_models(value)
+    except ModelListError as exc:
+        raise KeyRequestError(str(exc)) from None
+
+
 def parse_key_spec(body: Any) -> KeySpec:
     """Validate a create request: {"tenant", "scopes", "limits"?, "expires_in_s"?, "label"?}."""
     if not isinstance(body, dict):
         raise KeyRequestError("body: expected a JSON object")
-    unknown = set(body) - {"tenant", "scopes", "limits", "expires_in_s", "label"}
+    unknown = set(body) - {"tenant", "scopes", "limits", "expires_in_s", "label", "policy",
+                           "models"}
     if unknown:
         raise KeyRequestError(f"{sorted(unknown)[0]}: unknown field")
     tenant = body.get("tenant")
@@ -149,6 +178,8 @@ def parse_key_spec(body: Any) -> KeySpec:
         limits=parse_limits(body.get("limits", [])),
         expires_in_s=_int_field(body, "expires_in_s", 1, MAX_EXPIRY_S),
         label=parse_label(body.get("label", "")),
+        policy=parse_policy(body.get("policy")),
+        models=parse_model_list(body.get("models")),
     )
 
 
@@ -187,6 +218,8 @@ def decode_record(key_id: str, raw: dict[bytes, bytes]) -> KeyRecord:
         lineage=_text(raw, "lineage") or key_id,
         last_used_at=_float(raw, "last_used_at"),
         rotated_to=_text(raw, "rotated_to"),
+        policy=_text(raw, "policy"),
+        models=tuple(orjson.loads(raw.get(b"models") or b"[]")),
         secret_hash=_text(raw, "hash"),
     )
 
@@ -219,7 +252,8 @@ class KeyRecords:
             "status": "active", "created_at": repr(now),
             "expires_at": repr(expires_at) if expires_at else "",
             "limits": orjson.dumps([rule_dict(r) for r in spec.limits]).decode(),
-            "label": spec.label, "lineage": lineage or key_id,
+            "label": spec.label, "lineage": lineage or key_id, "policy": spec.policy,
+            "models": orjson.dumps(list(spec.models)).decode(),
         }
         rkey = record_key(spec.tenant, key_id)
         await self.store.call("hset", rkey, None, None, fields)
@@ -256,20 +290,31 @@ class KeyRecords:
                 records.append(decode_record(key_id, raw))
         return records
 
+    async def tenants(self) -> tuple[str, ...]:
+        """Every tenant that has keys (a keyspace scan: for the CLI, not the request path)."""
+        head, tail = tenant_keys("\0").split("\0")
+        found = (k.decode() for k in await self.store.keys_matching(head + "*" + tail))
+        return tuple(sorted(k[len(head):-len(tail)] for k in found
+                            if k.startswith(head) and k.endswith(tail)))
+
     async def _announce(self, key_id: str) -> None:
         await self.store.call("publish", EVENTS_CHANNEL, key_id)
 
     async def update(self, key_id: str, body: Any) -> KeyRecord:
-        """PATCH: label, scopes, limits, expires_in_s (from now)."""
+        """PATCH: label, scopes, limits, policy, models, expires_in_s (from now)."""
         if not isinstance(body, dict):
             raise KeyRequestError("body: expected a JSON object")
-        unknown = set(body) - {"label", "scopes", "limits", "expires_in_s"}
+        unknown = set(body) - {"label", "scopes", "limits", "expires_in_s", "policy", "models"}
         if unknown:
             raise KeyRequestError(f"{sorted(unknown)[0]}: unknown field")
         record = await self.get(key_id)
         fields: dict[str, str] = {}
         if "label" in body:
             fields["label"] = parse_label(body["label"])
+        if "policy" in body:
+            fields["policy"] = parse_policy(body["policy"])
+        if "models" in body:
+            fields["models"] = orjson.dumps(list(parse_model_list(body["models"]))).decode()
         if "scopes" in body:
             fields["scopes"] = ",".join(sorted(parse_scopes(body["scopes"])))
         if "limits" in body:
@@ -300,6 +345,7 @@ class KeyRecords:
         if old.state(time.time()) != "active":
             raise KeyRequestError("key: only an active key can be rotated")
         spec = KeySpec(tenant=old.tenant, scopes=old.scopes, limits=old.limits, label=old.label,
+                       policy=old.policy, models=old.models,
                        expires_in_s=int(old.expires_at - time.time()) if old.expires_at else None)
         raw_key, new = await self.create(spec, lineage=old.lineage)
         grace_end = time.time() + grace_s

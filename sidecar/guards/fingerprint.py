@@ -28,11 +28,11 @@ from dataclasses import dataclass
 
 from sidecar.guards.normalize import fold, tokenize
 
-BINS = 16          # min-hash bins (a power of two)
-ROWS = 4           # bins per band: a bucket needs all four to agree
+BINS = 16  # min-hash bins (a power of two)
+ROWS = 4  # bins per band: a bucket needs all four to agree
 BANDS = BINS // ROWS
-HEAD_CHARS = 400   # characters shingled from the start of a prompt ...
-TAIL_CHARS = 160   # ... and from its end
+HEAD_CHARS = 400  # characters shingled from the start of a prompt ...
+TAIL_CHARS = 160  # ... and from its end
 MAX_HASH_CHARS = 32768  # head + tail characters that decide whether two prompts are "the same"
 
 _BIN_MASK = BINS - 1
@@ -40,17 +40,16 @@ _EMPTY = -1
 _PACK = struct.Struct(f"<{BINS}q").pack
 _BAND_BYTES = 8 * ROWS
 _DIGITS = str.maketrans("0123456789", "0000000000")
-_PUNCT_DIGITS = bytes.maketrans(b"!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~0123456789",
-                                b" " * 32 + b"0" * 10)
+_PUNCT_DIGITS = bytes.maketrans(b"!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~0123456789", b" " * 32 + b"0" * 10)
 
 
 @dataclass(frozen=True, slots=True)
 class Features:
     """What the abuse check sends to the store about one request (never any prompt text)."""
 
-    prompt_hash: str                 # 16 hex digits; "" when the request carries no text
-    buckets: tuple[str, ...] = ()    # LSH bucket ids, "<band><hex>", at most BANDS
-    inputs: int = 0                  # embedding inputs in the request (0 for chat/completions)
+    prompt_hash: str  # 16 hex digits; "" when the request carries no text
+    buckets: tuple[str, ...] = ()  # LSH bucket ids, "<band><hex>", at most BANDS
+    inputs: int = 0  # embedding inputs in the request (0 for chat/completions)
 
 
 def normalize_prompt(text: str) -> str:
@@ -98,9 +97,9 @@ def lsh_buckets(normalized: str) -> tuple[str, ...]:
     out = []
     for band in range(BANDS):
         lo = band * ROWS
-        if mins[lo:lo + ROWS].count(_EMPTY) == ROWS:
+        if mins[lo : lo + ROWS].count(_EMPTY) == ROWS:
             continue  # no shingle fell into this band: it says nothing
-        row = packed[lo * 8:lo * 8 + _BAND_BYTES]
+        row = packed[lo * 8 : lo * 8 + _BAND_BYTES]
         out.append(f"{band}{zlib.crc32(row):08x}")
     return tuple(out)
 

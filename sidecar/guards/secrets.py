@@ -10,6 +10,8 @@ an attempt may reach.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import re
 import string
@@ -213,10 +215,19 @@ def _url_password(value: str) -> bool:
     return len(value) >= 3
 
 
-_SLUG = re.compile(r"[a-z]+(?:[-_.][a-z]+)*")
+_SLUG = re.compile(r"_*[a-z]+(?:[-_.][a-z]+)*|_*[A-Z]+(?:_[A-Z]+)+")
 _EXPRESSION = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+(?:\(\))?|[A-Za-z_][\w.]*\([\w.,'\" ]*\)?")
-_TEMPLATE = re.compile(r"\$[A-Z_][A-Z0-9_]*|\$\{[^}]*\}|\$\(.*\)|%(?:\(\w+\))?[sd]|\{\{?.*\}\}?|<.*>|\[.*\]")
+_TEMPLATE = re.compile(
+    r"\$[A-Za-z_][A-Za-z0-9_]*|\$\{[^}]*\}|\$\(.*\)|%(?:\(\w+\))?[sd]|%[A-Za-z_]+%|\{\{?[^{}]*\}\}?|<[^<>]*>"
+    r"|\[[^\[\]]*\]|#\{[^}]*\}|\{[0-9]+\}|:[a-z_]+"
+)
 """Environment and template references (`$DB_PASS`, `${TOKEN}`, `%(pw)s`, `{{ secret }}`, `<password>`)."""
+
+
+_ASSIGN_PLACEHOLDER = re.compile(
+    r"example|placeholder|dummy|redacted|insert|changeme|change_me|replace|sample|your[_-]?|xxxx|\*\*\*|\.\.\.",
+    re.IGNORECASE,
+)
 
 
 def _assigned_secret(value: str) -> bool:
@@ -225,7 +236,7 @@ def _assigned_secret(value: str) -> bool:
     Rejects type names, identifiers, expressions (`settings.SECRET`, `os.getenv(...)`), paths
     and placeholders: the value must mix letters with digits or symbols and carry entropy.
     """
-    if len(value) < 8 or is_placeholder(value):
+    if len(value) < 8 or _ASSIGN_PLACEHOLDER.search(value) or len(set(value)) < 6:
         return False
     if _TEMPLATE.fullmatch(value) or value.startswith(("/", "./", "~/", "http")):
         return False
@@ -241,6 +252,56 @@ def _assigned_secret(value: str) -> bool:
     if _SLUG.fullmatch(value):
         return False  # a name such as `prod-db-credentials`, not a secret
     return shannon_entropy(value) >= min(3.0, 0.7 * math.log2(len(value)))
+
+
+_DUMMY_PASSWORDS = frozenset(
+    {
+        "password", "passwd", "pass", "pwd", "secret", "changeme", "change_me", "none", "null", "nil",
+        "true", "false", "example", "test", "testing", "dummy", "sample", "default", "empty", "required",
+        "optional", "string", "text", "hidden", "redacted", "mypassword", "yourpassword", "password123",
+        "passw0rd", "p@ssw0rd", "p@ssword", "admin", "root", "user", "username", "guest", "foobar", "foo",
+        "bar", "xxx", "abc123", "12345678", "123456", "1234", "qwerty", "letmein", "hunter2",
+    }
+)  # fmt: skip
+"""Values that are a field's name, a type or a textbook stand-in rather than somebody's password."""
+_VARIABLE = re.compile(r"[$@%&]?[A-Za-z_][A-Za-z_]*(?:[.:>-]+[A-Za-z_][A-Za-z0-9_]*)*(?:\(\))?")
+"""An identifier, a variable (`$pw`, `@pass`) or an attribute path without digits: in an unquoted
+assignment that is code reading a password, not a password."""
+
+
+def _password_value(value: str) -> bool:
+    """A literal assigned to a `password`/`pwd`/`passphrase` name (or a connection string's
+    `Password=`): short and low-entropy values count (people choose weak passwords), but not a field
+    name or textbook stand-in, a template or environment reference, an expression or a variable,
+    and, unquoted, not a bare identifier."""
+    v = value
+    if len(v) < 4 or v != v.strip() or v.count(" ") > 1:
+        return False
+    low = v.lower()
+    if low in _DUMMY_PASSWORDS or _ASSIGN_PLACEHOLDER.search(v) or _TEMPLATE.fullmatch(v):
+        return False
+    if len(set(v)) < 3 or (len(v) >= 8 and len(set(v)) < 4):
+        return False  # `****`, `xxxxxxxx`, `aaaa1111`
+    if _VARIABLE.fullmatch(v) and not any(c.isdigit() for c in v) and (v.islower() or "_" in v or "." in v):
+        return False  # `password`, `self.password`, `db_pass`, `getpass()`
+    if v.startswith(("/", "./", "~/", "http://", "https://", "file:")) or v.endswith(("()", ")")):
+        return False
+    return not any(op in v for op in (" = ", " + ", "; ", ", "))
+
+
+def _auth_value(value: str) -> bool:
+    """The credential after `Bearer`/`Basic`: a Basic value must decode to `user:password`; a bearer
+    token must look random (entropy, character variety), not `$TOKEN`, `<token>` or a word."""
+    if _ASSIGN_PLACEHOLDER.search(value) or _TEMPLATE.fullmatch(value):
+        return False
+    try:
+        decoded = base64.b64decode(value + "=" * (-len(value) % 4), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        decoded = ""
+    if ":" in decoded and decoded.isprintable():
+        user, _, password = decoded.partition(":")
+        return bool(user) and len(password) >= 3 and password.lower() not in _DUMMY_PASSWORDS
+    return len(value) >= 12 and _TOKEN(value)
 
 
 def _pem(value: str) -> bool:
@@ -260,37 +321,58 @@ def _rx(pattern: str, flags: int = 0) -> re.Pattern[str]:
 _TOKEN = _token()
 _STRONG = _token(min_entropy=3.5, min_classes=2)
 
-_KEY_OWNERS = ("api", "access", "auth", "private")
+_KEY_OWNERS = (
+    "api", "access", "auth", "private", "secret", "signing", "encryption", "master", "client", "consumer",
+    "app", "account", "service", "session", "license", "storage", "subscription", "shared",
+)  # fmt: skip
 _KEY_PREFIXES = tuple(f"{o}{sep}" for o in _KEY_OWNERS for sep in ("_", "-", ""))
 _GENERIC_KEYWORDS = (
-    r"(?:pass(?:word|wd|phrase)?|pwd|secret|token|credentials?|key(?:"
-    + "|".join(f"(?<={p}key)" for p in _KEY_PREFIXES)
-    + "))"
+    r"(?:secret|token|credentials?|key(?:" + "|".join(f"(?<={p}key)" for p in _KEY_PREFIXES) + "))"
 )
 """Names that announce a secret; a bare `key` counts only as `api_key`, `accessKey`... (lookbehind,
 so that every match starts at its anchor)."""
+_PASSWORD_KEYWORDS = r"(?:pass(?:word|wd|phrase|wort)?|pwd)"  # noqa: S105 - a regex
+"""Names that announce a password: also `PGPASSWORD`, `DB_PASS`, `passwort`, `mot_de_passe`."""
+_NOT_A_VALUE_NAME = (
+    r"(?![A-Za-z0-9_.-]{0,16}?(?i:hint|label|field|policy|length|regex|pattern|prompt|placeholder|reset|"
+    r"_?url|path|file|hash|salt|expir|confirm|strength|input|_?id\b|_?name\b|_?type\b|rule|"
+    r"enabled|required|changed|grant|manager|less\b))"
+)
+"""Name tails that hold something about a password, not the password (`password_hint`, `passwordFile`)."""
 _GENERIC_REST = (
-    r"[\"'\]]{0,2}+[ \t]{0,4}+(?::=|=>|=|:)[ \t]{0,4}+"
+    r"[\"'\[\]]{0,2}+[ \t]{0,12}+(?::=|=>|=|:)[ \t]{0,12}+@?"
     r"(?:([\"'`])([^\s\"'`]{8,120}+)\1|([^\s\"'`,;)(\[\]{}<>]{8,120}+)(?![^\s\"'`,;)(\[\]{}<>]))"
 )
+_PASSWORD_REST = (
+    r"(?:[\"'\[\]]{0,2}+[ \t]{0,12}+(?::=|=>|=|:)[ \t]{0,12}+@?"  # noqa: S105 - a regex
+    r"(?:([\"'`])([^\s\"'`][^\"'`\n]{2,118}+)\1"
+    r"|([^\s\"'`,;)(\[\]{}<>]{4,120}+)(?![^\s\"'`,;)(\[\]{}<>]))"
+    r"|[\"'][ \t]{1,4}value[ \t]{0,4}=[ \t]{0,4}"
+    r"([\"'])([^\s\"'][^\"'\n]{2,118}+)\4)"
+)
+"""As `_GENERIC_REST` (shorter values), plus a quoted value in an XML attribute pair
+(`<add key="DbPassword" value="x"/>`)."""
 _GENERIC = _rx(_GENERIC_KEYWORDS + r"[A-Za-z0-9_.-]{0,24}+" + _GENERIC_REST, re.IGNORECASE)
+_PASSWORD = _rx(
+    _PASSWORD_KEYWORDS + _NOT_A_VALUE_NAME + r"[A-Za-z0-9_.-]{0,24}+" + _PASSWORD_REST, re.IGNORECASE
+)
 _NAME_LOWER = "[a-z0-9_.\\-\u017f\u0131]"
 """`[A-Za-z0-9_.-]` under IGNORECASE, read in the lower-case text: the same characters (case
 folding also admits ſ, ı, K and İ, which lower-case to ſ, ı, k and, in `_lower`, i)."""
 
 
-def _generic_filter(anchor: str, name_max: int) -> re.Pattern[str]:
+def _generic_filter(anchor: str, name_max: int, rest: str = _GENERIC_REST) -> re.Pattern[str]:
     """Matches, in the lower-case text, at every occurrence of `anchor` where `_GENERIC` could match
     (the keyword's own letters and the name tail as one possessive run of at most `name_max`
     characters, no `key` lookbehind: a superset). Its literal prefix lets the regex engine scan for
     the anchor in C and reject the occurrences without an assignment there, so a `token` in
     `"total_tokens": 42` never reaches Python."""
-    return _rx(re.escape(anchor) + "(?=" + _NAME_LOWER + f"{{0,{name_max}}}+" + _GENERIC_REST + ")")
+    return _rx(re.escape(anchor) + "(?=" + _NAME_LOWER + f"{{0,{name_max}}}+" + rest + ")")
 
 
-GENERIC_REACH = 11 + 24 + 2 + 4 + 1
+GENERIC_REACH = 11 + 24 + 2 + 12 + 1
 """A `secret:generic` match has its operator within this many characters of its start: keyword
-(<= 11, `credentials`), name tail (<= 24), quotes (<= 2), blanks (<= 4), then the operator itself."""
+(<= 11, `credentials`), name tail (<= 24), quotes (<= 2), blanks (<= 12), then the operator itself."""
 _AWS_SECRET = _rx(
     r"aws[A-Za-z0-9_.-]{0,30}?(?:secret|sk)[A-Za-z0-9_.-]{0,24}[\"']?[ \t]{0,4}(?:=>|[:=])[ \t]{0,4}"
     r"[\"']?([A-Za-z0-9/+]{40}+)(?![A-Za-z0-9/+])",
@@ -302,12 +384,18 @@ _AZURE_KEY = _rx(
     re.IGNORECASE,
 )
 _ASSIGN_EXTENT = _rx(
-    r"[A-Za-z0-9_.-]{0,60}[\"'\]]{0,2}[ \t]{0,4}[:=>-]{0,2}[ \t]{0,4}[\"'`]?[^\s\"'`]{0,121}",
+    r"[A-Za-z0-9_.-]{0,60}[\"'\[\]]{0,2}[ \t]{0,12}[:=>-]{0,2}[ \t]{0,12}@?[\"'`]?[^\s\"'`]{0,121}",
     re.IGNORECASE,
 )
 """How far a `password=`-style assignment can reach from its start; case-insensitive like the rows'
 regexes, so a keyword spelled with a character that folds to ASCII (the Kelvin sign in `api_Key`)
 is covered too."""
+_PASSWORD_EXTENT = _rx(
+    r"[\w.-]{0,60}[\"'\[\]]{0,2}[ \t]{0,12}(?:value[ \t]{0,4})?[:=>-]{0,2}"
+    r"[ \t]{0,12}@?(?:[\"'`][^\"'`\n]{0,119}|[^\s\"'`]{0,121})",
+    re.IGNORECASE,
+)
+"""`_ASSIGN_EXTENT` for the password rows, whose quoted values may hold a space."""
 _PEM_BODY = r"[A-Za-z0-9+/=\s:,]"
 _PRIVATE_KEY = _rx(
     r"-----BEGIN (?:[A-Z0-9]{1,20} ){0,3}PRIVATE KEY(?: BLOCK)?-----"
@@ -316,6 +404,16 @@ _PRIVATE_KEY = _rx(
 )
 _PRIVATE_KEY_EXTENT = _rx(r"-----BEGIN[A-Z0-9 ]{0,70}-----" + _PEM_BODY + r"{0,8000}")
 
+_FOREIGN_PASSWORD_WORDS = (
+    "contraseña", "Contraseña", "CONTRASEÑA", "пароль", "Пароль", "ПАРОЛЬ", "密码", "密碼", "パスワード",
+    "비밀번호", "hasło", "Hasło", "HASŁO", "lösenord", "Lösenord", "κωδικός", "Κωδικός", "şifre", "Şifre",
+    "mật_khẩu", "Mật khẩu",
+)  # fmt: skip
+"""`password` in other languages, case-sensitive: every word has a non-ASCII letter, so an ASCII
+text pays nothing for them (`str.find` of a character the string cannot hold returns at once)."""
+_FOREIGN_PASSWORD = _rx(
+    "(?:" + "|".join(re.escape(w) for w in _FOREIGN_PASSWORD_WORDS) + r")[\w.-]{0,24}+" + _PASSWORD_REST
+)
 URL_REACH = 3 + 128 + 1 + 256 + 1
 """A `secret:url_password` match has its `@` within this many characters of its start (`://`, user
 <= 128, `:`, password <= 256): most texts have no `@` at all, so the scanner then skips the `://`
@@ -467,14 +565,6 @@ SECRET_SPECS: tuple[PatternSpec, ...] = (
     ),
     PatternSpec(
         "secret:azure",
-        _rx(r"AccountKey=([A-Za-z0-9+/]{86}==)(?![A-Za-z0-9+/=])"),
-        group=(1,),
-        anchors=("AccountKey=",),
-        anchor_back=0,
-        validate=_TOKEN,
-    ),
-    PatternSpec(
-        "secret:azure",
         _rx(r"[?&]sig=([A-Za-z0-9%+/=]{30,120})(?![A-Za-z0-9%+/=])"),
         group=(1,),
         anchors=("sig=",),
@@ -511,8 +601,52 @@ SECRET_SPECS: tuple[PatternSpec, ...] = (
         validate=_not_placeholder,
     ),
     PatternSpec(
+        "secret:telegram",
+        _rx(r":(?<=[0-9]{5}:)(AA[A-Za-z0-9_-]{30,40})" + _E),
+        group=(1,),
+        anchors=(":AA",),
+        anchor_back=0,
+        validate=_TOKEN,
+    ),
+    PatternSpec(
+        "secret:auth_header",
+        _rx(r"(?:Bearer|Basic) ([A-Za-z0-9._~+/-]{8,4000}={0,2})(?![A-Za-z0-9._~+/=-])"),
+        group=(1,),
+        anchors=("Bearer ", "Basic "),
+        anchor_back=0,
+        validate=_auth_value,
+        ws_free=False,
+        start=_rx(r"Bearer |Basic "),
+        extent=_rx(r"(?:Bearer|Basic) [A-Za-z0-9._~+/=-]{0,4002}"),
+    ),
+    PatternSpec(
+        "secret:azure",
+        _rx(
+            r"(?:AccountKey|SharedAccessKey)[ \t]{0,4}=[ \t]{0,4}[\"']?"
+            r"([A-Za-z0-9+/]{20,120}={0,2})(?![A-Za-z0-9+/=])"
+        ),
+        group=(1,),
+        anchors=("AccountKey", "SharedAccessKey"),
+        anchor_back=0,
+        validate=_TOKEN,
+    ),
+    PatternSpec(
+        "secret:teams_webhook",
+        _rx(r"IncomingWebhook/[A-Za-z0-9]{16,64}/[A-Za-z0-9-]{16,64}(?:/[A-Za-z0-9_-]{10,100})?" + _E),
+        anchors=("IncomingWebhook/",),
+        anchor_back=0,
+        validate=_not_placeholder,
+    ),
+    PatternSpec(
+        "secret:google_chat_webhook",
+        _rx(r"messages\?key=[A-Za-z0-9_-]{20,60}&token=[A-Za-z0-9_%=-]{20,120}" + _E),
+        anchors=("messages?key=",),
+        anchor_back=0,
+        validate=_not_placeholder,
+    ),
+    PatternSpec(
         "secret:url_password",
-        _rx(r"://[^\s:/?#@\"'<>]{0,128}:([^\s:/?#@\"'<>]{1,256})@(?=[A-Za-z0-9\[])"),
+        _rx(r"://[^\s:/?#@\"'<>]{0,128}:([^\s:/?#\"'<>]{1,256})@(?=[A-Za-z0-9\[])"),
         group=(1,),
         anchors=("://",),
         anchor_back=0,
@@ -522,14 +656,41 @@ SECRET_SPECS: tuple[PatternSpec, ...] = (
     ),
     PatternSpec(
         "secret:generic",
+        _PASSWORD,
+        group=(2, 3, 5),
+        anchors=("pass", "pwd"),
+        anchors_ci=True,
+        anchor_filters=(
+            _generic_filter("pass", 6 + 24, _PASSWORD_REST),  # `phrase` and the name tail
+            _generic_filter("pwd", 24, _PASSWORD_REST),
+        ),
+        anchor_back=0,
+        follow_window=GENERIC_REACH,
+        follow_chars="=:",
+        validate=_password_value,
+        ws_free=False,
+        start=_rx(_PASSWORD_KEYWORDS, re.IGNORECASE),
+        extent=_PASSWORD_EXTENT,
+    ),
+    PatternSpec(
+        "secret:generic",
+        _FOREIGN_PASSWORD,
+        group=(2, 3, 5),
+        anchors=_FOREIGN_PASSWORD_WORDS,
+        anchor_back=0,
+        validate=_password_value,
+        ws_free=False,
+        start=_rx("|".join(_FOREIGN_PASSWORD_WORDS)),
+        extent=_PASSWORD_EXTENT,
+    ),
+    PatternSpec(
+        "secret:generic",
         _GENERIC,
         group=(2, 3),
-        anchors=("pass", "pwd", "secret", "token", "key", "credential"),
+        anchors=("secret", "token", "key", "credential"),
         anchors_ci=True,
         anchor_after=(("key", _KEY_PREFIXES),),
         anchor_filters=(
-            _generic_filter("pass", 6 + 24),  # `phrase` and the name tail
-            _generic_filter("pwd", 24),
             _generic_filter("secret", 24),
             _generic_filter("token", 24),
             _generic_filter("key", 24),

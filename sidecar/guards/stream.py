@@ -51,6 +51,12 @@ class StreamRedactor:
         """Characters received but not yet emitted."""
         return len(self._buf)
 
+    @property
+    def settled(self) -> int:
+        """Characters of the original reply already judged and emitted (findings before this
+        offset are final)."""
+        return self._offset
+
     def feed(self, delta: str) -> str:
         """Take the next piece of the reply; return the redacted text that is safe to send now."""
         if self.blocked:

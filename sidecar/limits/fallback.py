@@ -78,7 +78,7 @@ class FallbackLimiter:
         overlap = 1.0 - (now - counter.start) / window_s
         return counter.previous * max(0.0, overlap) + counter.current
 
-    def admit(self, checks: Sequence[Check], cost: int) -> FallbackDecision:
+    def admit(self, checks: Sequence[Check], cost: int, money: int = 0) -> FallbackDecision:
         """Check every enforced window locally; record in all of them only if all pass."""
         now = self._clock()
         seen: list[tuple[Check, _Counter, float, int]] = []
@@ -89,7 +89,7 @@ class FallbackLimiter:
                 continue
             counter = self._counter(check.keys[0], check.window_s, now)
             used = self._used(counter, check.window_s, now)
-            amount = 1 if check.kind == "requests" else cost
+            amount = 1 if check.kind == "requests" else cost if check.kind == "tokens" else money
             limit = self.local_limit(check.limit)
             if used + amount > limit:
                 refused.append(check)
@@ -99,7 +99,7 @@ class FallbackLimiter:
         admitted = not refused
         states = []
         for check, counter, used, limit in seen:
-            amount = 1 if check.kind == "requests" else cost
+            amount = 1 if check.kind == "requests" else cost if check.kind == "tokens" else money
             if admitted:
                 counter.current += amount
                 used += amount
@@ -108,7 +108,8 @@ class FallbackLimiter:
         return FallbackDecision(admitted, tuple(states), tuple(refused), retry_ms)
 
     def adjust(self, keys: Sequence[str], delta: int) -> None:
-        """Settle a fallback reservation: add `delta` tokens to each window's current count."""
+        """Settle a fallback reservation: add `delta` (tokens or nano-dollars) to each window's
+        current count."""
         for key in keys:
             counter = self._counters.get(key)
             if counter is not None:

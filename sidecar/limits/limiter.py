@@ -50,6 +50,8 @@ class Admission:
     degraded: bool = False                    # admitted by the in-process fallback
     shadow_refused: tuple[str, ...] = ()      # labels of shadow rules that would have refused
     redis_time_ms: int = 0                    # Redis TIME of the admission (0: no store call)
+    reserved_cost: int = 0                    # nano-dollars reserved in the cost windows
+    cost_keys: tuple[str, ...] = ()           # their (reservations, amounts) pairs
 
 
 @dataclass(slots=True)
@@ -69,6 +71,10 @@ def _window_text(window_s: int) -> str:
             count = window_s // size
             return f"{unit}" if count == 1 else f"{count} {unit}s"
     return f"{window_s} seconds"
+
+
+def _dollars(nusd: int) -> str:
+    return f"${nusd / 1e9:,.2f}" if nusd >= 10_000_000 else f"${nusd / 1e9:.6f}"
 
 
 def _whose(check: Check) -> str:
@@ -104,32 +110,35 @@ class Limiter:
         return plan
 
     # -- admission --------------------------------------------------------------------------
-    async def admit(self, principal: Principal, request_id: str, estimated_tokens: int = 0) -> Admission:
-        """Admit one request or raise a 429 (or 503 when the store is down and policy denies)."""
+    async def admit(self, principal: Principal, request_id: str, estimated_tokens: int = 0,
+                    estimated_cost: int = 0) -> Admission:
+        """Admit one request or raise a 429 (or 503 when the store is down and policy denies).
+        `estimated_cost` (nano-dollars) is reserved in the cost windows, if any."""
         if not request_id or len(request_id) > MAX_REQUEST_ID:
             raise ValueError("request_id must be 1-256 characters")
         plan = self.plan(principal)
         if not plan.checks:
             return Admission(request_id)
         cost = max(0, int(estimated_tokens)) if plan.has_tokens else 0
-        self._refuse_if_never_fits(plan, cost)
+        money = max(0, int(estimated_cost)) if plan.has_cost else 0
+        self._refuse_if_never_fits(plan, cost, money)
         if self._denied:
             self._refuse_if_denied(plan)
         if not self._use_store():
-            return self._degrade(plan, request_id, cost)
+            return self._degrade(plan, request_id, cost, money)
         try:
-            reply = await self.store.run("admit", plan.keys,
-                                         (request_id, cost, SLACK_MS, *plan.argv))
+            reply = await self.store.run("admit", (plan.packed_keys,),
+                                         (request_id, cost, SLACK_MS, money, plan.packed_argv))
         except StoreError:
             self._store_failed("limits_admit")
-            return self._degrade(plan, request_id, cost)
+            return self._degrade(plan, request_id, cost, money)
         finally:
             self._breaker.done()
         self._store_ok()
-        return self._decide(plan, request_id, cost, reply)
+        return self._decide(plan, request_id, cost, money, reply)
 
     @staticmethod
-    def _refuse_if_never_fits(plan: Plan, cost: int) -> None:
+    def _refuse_if_never_fits(plan: Plan, cost: int, money: int = 0) -> None:
         """A request larger than a whole enforced budget is refused at once, without a retry time."""
         for check in plan.checks:
             if check.kind == "tokens" and not check.shadow and cost > check.limit:
@@ -137,8 +146,14 @@ class Limiter:
                     f"This request may use up to {cost} tokens, more than the whole budget of "
                     f"{check.limit} tokens per {_window_text(check.window_s)} for {_whose(check)}; "
                     "it can never be admitted. Lower max_tokens or shorten the input.")
+            if check.kind == "cost" and not check.shadow and money > check.limit:
+                raise TokenQuotaExceeded(
+                    f"This request may cost up to {_dollars(money)}, more than the whole budget of "
+                    f"{_dollars(check.limit)} per {_window_text(check.window_s)} for {_whose(check)}; "
+                    "it can never be admitted. Lower max_tokens or shorten the input.")
 
-    def _decide(self, plan: Plan, request_id: str, cost: int, reply: Sequence[Any]) -> Admission:
+    def _decide(self, plan: Plan, request_id: str, cost: int, money: int,
+                reply: Sequence[Any]) -> Admission:
         admitted = int(reply[0]) == 1
         requests: list[WindowState] = []
         tokens: list[WindowState] = []
@@ -151,14 +166,15 @@ class Limiter:
                     shadow.append(check.label)
                 continue
             window = WindowState(check.limit, check.limit - used, reset_ms)
-            (requests if check.kind == "requests" else tokens).append(window)
+            if check.kind != "cost":  # the rate-limit headers speak of requests and tokens
+                (requests if check.kind == "requests" else tokens).append(window)
             if state != _FITS:
                 refused.append((check, retry_ms))
         if admitted:
             self.shadow_refusals += len(shadow)
             headers = rate_limit_headers(tightest(requests), tightest(tokens))
             return Admission(request_id, headers, cost, plan.token_keys, False, tuple(shadow),
-                             int(reply[1]))
+                             int(reply[1]), money, plan.cost_keys)
         retry_ms = max(ms for _, ms in refused)
         if all(check.kind == "requests" for check, _ in refused):
             # Request windows free up only as entries age out (other sidecars only fill them),
@@ -201,21 +217,26 @@ class Limiter:
             raise RateLimitExceeded(
                 f"Rate limit reached: {check.limit} requests per {_window_text(check.window_s)} "
                 f"for {_whose(check)}. Retry after {wait} s.", headers=headers)
+        if check.kind == "cost":
+            raise TokenQuotaExceeded(
+                f"Cost budget reached: {_dollars(check.limit)} per {_window_text(check.window_s)} "
+                f"for {_whose(check)}. Retry after {wait} s.", headers=headers)
         raise TokenQuotaExceeded(
             f"Token budget reached: {check.limit} tokens per {_window_text(check.window_s)} "
             f"for {_whose(check)}. Retry after {wait} s.", headers=headers)
 
     # -- settlement -------------------------------------------------------------------------
-    async def settle(self, admission: Admission, actual_tokens: int) -> None:
-        """Replace the reservation with the provider's actual usage in every token window."""
-        await self._settle(admission, actual_tokens, "limits_settle")
+    async def settle(self, admission: Admission, actual_tokens: int, actual_cost: int = 0) -> None:
+        """Replace the reservation with the provider's actual usage in every token window (and
+        its cost, in nano-dollars, in every cost window)."""
+        await self._settle(admission, actual_tokens, "limits_settle", actual_cost)
 
     async def refund(self, admission: Admission) -> None:
         """Release the reservation (the upstream failed): nothing stays recorded for its tokens."""
         await self._settle(admission, 0, "limits_refund")
 
-    async def _settle(self, admission: Admission, amount: int, op: str) -> None:
-        call = self._start_settle(admission, amount, op)
+    async def _settle(self, admission: Admission, amount: int, op: str, money: int = 0) -> None:
+        call = self._start_settle(admission, amount, op, money)
         if call is None:
             return
         try:
@@ -228,28 +249,43 @@ class Limiter:
         else:
             self._settled(op, None)
 
-    def settle_soon(self, admission: Admission, actual_tokens: int) -> asyncio.Future[Any] | None:
-        """`settle` for a caller that does not wait: the call leaves now (sharing the turn's
-        write) and its outcome is booked when the reply arrives, without a task. Returns what
-        to wait for at shutdown."""
-        call = self._start_settle(admission, actual_tokens, "limits_settle")
+    def settle_soon(self, admission: Admission, actual_tokens: int,
+                    actual_cost: int = 0) -> asyncio.Future[Any] | None:
+        """`settle` for a caller that does not wait: the call leaves with the next write (within
+        a few ms: the next request's admission, usually) and its outcome is booked when the reply
+        arrives, without a task. Returns what to wait for at shutdown."""
+        call = self._start_settle(admission, actual_tokens, "limits_settle", actual_cost,
+                                  lazy=True)
         if call is None:
             return None
         return call.when_done(lambda error: self._settled("limits_settle", error))
 
-    def _start_settle(self, admission: Admission, amount: int, op: str) -> StoreCall | None:
-        """Send a settlement now; None when nothing goes to the store."""
+    def _start_settle(self, admission: Admission, amount: int, op: str,
+                      money: int = 0, *, lazy: bool = False) -> StoreCall | None:
+        """Send a settlement now (`lazy`: with the next write, within a few ms); None when
+        nothing goes to the store."""
         amount = max(0, int(amount))
-        if not admission.token_keys:
+        money = max(0, int(money))
+        if not admission.token_keys and not admission.cost_keys:
             return None
+        if amount > admission.reserved_tokens:
+            # Charged in full (the provider did spend it), but never silently: the reservation
+            # was the promise the budget check relied on.
+            self.metrics.budget_overrun_tokens.inc(amount - admission.reserved_tokens)
         if admission.degraded:
             self.fallback.adjust(admission.token_keys[::2], amount - admission.reserved_tokens)
+            self.fallback.adjust(admission.cost_keys[::2], money - admission.reserved_cost)
             return None
         if not self._use_store():
             # The reservation stays at its estimate until it leaves the window (never under-counts).
             self.metrics.store_errors.labels(op).inc()
             return None
-        return self.store.start("settle", admission.token_keys, (admission.request_id, amount))
+        if not admission.cost_keys:
+            return self.store.start("settle", admission.token_keys, (admission.request_id, amount),
+                                    lazy=lazy)
+        return self.store.start("settle", admission.token_keys + admission.cost_keys,
+                                (admission.request_id, amount, len(admission.token_keys) // 2, money),
+                                lazy=lazy)
 
     def _settled(self, op: str, error: StoreError | None) -> None:
         """Book a settlement's outcome (the breaker was asked when it was sent)."""
@@ -278,10 +314,10 @@ class Limiter:
         if self._breaker.succeeded():
             self.metrics.degraded.set(0)
 
-    def _degrade(self, plan: Plan, request_id: str, cost: int) -> Admission:
+    def _degrade(self, plan: Plan, request_id: str, cost: int, money: int = 0) -> Admission:
         if self.settings.on_store_error == "deny":
             raise StoreUnavailable(headers={"Retry-After": "1"})
-        decision = self.fallback.admit(plan.checks, cost)
+        decision = self.fallback.admit(plan.checks, cost, money)
         requests = [s for c, s in decision.states if c.kind == "requests"]
         tokens = [s for c, s in decision.states if c.kind == "tokens"]
         if not decision.admitted:
@@ -290,4 +326,5 @@ class Limiter:
                                 decision.retry_ms, headers)
         self.metrics.degraded_requests.labels("limits").inc()
         headers = rate_limit_headers(tightest(requests), tightest(tokens))
-        return Admission(request_id, headers, cost, plan.token_keys, True)
+        return Admission(request_id, headers, cost, plan.token_keys, True, reserved_cost=money,
+                         cost_keys=plan.cost_keys)

@@ -1,4 +1,5 @@
-"""Token estimates for reservations: prompt tokens from the request text, plus the completion cap.
+"""Token estimates for reservations: prompt tokens from the request text, plus the completion cap;
+and the cap the sidecar sets so the provider cannot write past what was reserved.
 
 The estimate only has to be an honest upper-ish bound that is cheap to compute: it is
 replaced by the provider's real `usage` when the request settles. English text runs near
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from sidecar.errors import InvalidRequest
 from sidecar.settings import LimitsSettings
 
 CHARS_PER_TOKEN = 4
@@ -84,19 +86,62 @@ def prompt_tokens(route: str, body: Mapping[str, Any]) -> int:
     return 0
 
 
-def completion_cap(route: str, body: Mapping[str, Any], default_max_tokens: int) -> int:
-    """Completion tokens the request may produce: max_completion_tokens/max_tokens times n."""
-    if route == "embeddings":
-        return 0
-    cap = body.get("max_completion_tokens")
-    if cap is None:
-        cap = body.get("max_tokens")
-    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
-        cap = default_max_tokens
+CAP_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+# The field the sidecar sets when a request names no cap: chat's current one (OpenAI's reasoning
+# models refuse max_tokens), the only one completions know, the Responses API's and Anthropic's
+# (which every Messages request carries).
+DEFAULT_CAP_FIELD = {"chat": "max_completion_tokens", "completions": "max_tokens",
+                     "responses": "max_output_tokens", "messages": "max_tokens"}
+
+
+def completion_cap(body: Mapping[str, Any]) -> int | None:
+    """The completion cap per choice the request asks for (the larger of max_completion_tokens
+    and max_tokens when both are given), or None when it sets none. InvalidRequest naming the
+    field when a cap is not a whole number >= 0 (floats such as 1e5, strings, booleans)."""
+    cap: int | None = None
+    for name in CAP_FIELDS:
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidRequest(f"'{name}' must be a whole number of tokens (0 or more).")
+        cap = value if cap is None else max(cap, value)
+    return cap
+
+
+def _choices(body: Mapping[str, Any]) -> int:
     choices = body.get("n", 1)
     if isinstance(choices, bool) or not isinstance(choices, int) or choices < 1:
-        choices = 1
-    return int(cap) * choices
+        return 1
+    return choices
+
+
+def clamp_cap(route: str, body: dict[str, Any], reserved_completion: int) -> bool:
+    """Make the provider unable to spend past the reservation: when the request sets no cap,
+    set the route's cap field to the completion tokens reserved per choice; lower any cap above
+    that. True when `body` changed (it must then be re-encoded). Call after `completion_cap`
+    validated the caps (estimate_tokens does)."""
+    if route not in DEFAULT_CAP_FIELD:
+        return False
+    allowed = max(1, reserved_completion // _choices(body))
+    present = [name for name in CAP_FIELDS if body.get(name) is not None]
+    if not present:
+        body[DEFAULT_CAP_FIELD[route]] = allowed
+        return True
+    changed = False
+    for name in present:
+        if body[name] > allowed:
+            body[name] = allowed
+            changed = True
+    return changed
+
+
+def _reserved_completion(route: str, body: Mapping[str, Any], default_max_tokens: int) -> int:
+    """Completion tokens to reserve: the cap (or the default) times n."""
+    if route == "embeddings":
+        return 0
+    cap = completion_cap(body)
+    return (default_max_tokens if cap is None else cap) * _choices(body)
 
 
 def estimate_tokens(route: str, body: Mapping[str, Any], settings: LimitsSettings,
@@ -105,5 +150,5 @@ def estimate_tokens(route: str, body: Mapping[str, Any], settings: LimitsSetting
     Pass `prompt` when the caller already has the prompt estimate (it is not computed twice)."""
     if prompt is None:
         prompt = prompt_tokens(route, body)
-    estimate = prompt + completion_cap(route, body, settings.default_max_tokens)
+    estimate = prompt + _reserved_completion(route, body, settings.default_max_tokens)
     return min(estimate, settings.max_reserved_tokens)

@@ -15,5 +15,6 @@ class RequestContext:
     started: float = field(default_factory=perf_counter)
     upstream_s: float = 0.0
     key_id: str = ""
-    status: int = 0
+    status: int = 0  # set by the middleware, or once the whole reply was delivered
     reason: str = ""
+    model: str = ""          # the model the request named (usage, cost, traces)

@@ -7,28 +7,33 @@ answers 404 exactly as a missing one does.
 Request path (called from `proxy/routes.py`):
   step 3/4  `conversation_request(headers, route)`: `X-Conversation-Id` (1-128 of
             [A-Za-z0-9._-]) and `X-Conversation-Replay: true`, or a 400;
-  after 5   `begin_turn(app, principal, conv, parsed)`: remembers the request's new user and
-            tool messages and, with replay, puts the stored history (never a flagged message,
-            newest kept within `replay_max_tokens`) after the request's system messages;
+  after 5   `begin_turn(app, principal, conv, parsed)`: refuses a turn the tenant's quotas
+            would not keep (403), remembers the request's new user and tool messages and,
+            with replay (scope `conversations`: replaying is reading), puts the stored history
+            (never a flagged message, newest kept within `replay_max_tokens`) after the
+            request's system messages;
   step 9    `ReplyCollector`: the assistant's reply exactly as the client received it;
-  step 10   `finish_turn(app, turn, request_id, reply)`: scores every message with the
-            injection detector, stores the turn; retried once, then counted and logged; never
-            raises.
+  step 10   `store_turn_after_reply(request, response, turn, reply)`: finishes sending the
+            reply, then `finish_turn` scores every message with the injection detector and
+            stores the turn (retried once, then counted and logged; never raises) in a
+            background task a hang-up cannot cancel.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from sidecar.appstate import CONTEXT, METRICS, SETTINGS, STORE
+from sidecar.appstate import BACKGROUND, CONTEXT, METRICS, POLICIES, SETTINGS, STORE
 from sidecar.conversations import (
     STORED_ROLES,
+    ConversationQuotaExceeded,
     ConversationService,
     ConversationSummary,
     Keyring,
@@ -39,13 +44,14 @@ from sidecar.conversations import (
     select_for_replay,
     valid_conversation_id,
 )
-from sidecar.errors import InvalidRequest, NotFound, StoreUnavailable
-from sidecar.guards.injection import InjectionDetector, content_text, default_detector
+from sidecar.errors import InsufficientScope, InvalidRequest, NotFound, StoreUnavailable
+from sidecar.guards.injection import InjectionResult, content_text
 from sidecar.guards.validate import estimate_tokens
 from sidecar.log import log_fields
 from sidecar.metrics import Metrics
 from sidecar.model import Principal
-from sidecar.proxy.openai import ParsedRequest, SSEDecoder, event_data
+from sidecar.proxy.openai import SSEDecoder, event_data
+from sidecar.proxy.requests import ParsedRequest
 from sidecar.settings import ConversationSettings
 from sidecar.store.redis import Store, StoreError
 
@@ -58,23 +64,25 @@ PER_MESSAGE_TOKENS = 4
 # Resource -> route name, for `routes.ROUTE_OF_RESOURCE` (the route name is the scope).
 CONVERSATION_RESOURCES = {"/v1/conversations": "conversations",
                           "/v1/conversations/{conversation_id}": "conversations"}
+REPLAY_SCOPE = "conversations"  # the scope that reads stored conversations, replay included
 _SYSTEM_ROLES = frozenset({"system", "developer"})
 
 
 class Conversations:
-    """What the request path and the handlers share: the service, the detector, the metrics."""
+    """What the request path and the handlers share: the service, the injection scorer (the
+    default policy's guard, with its verdict cache), the metrics."""
 
-    def __init__(self, service: ConversationService, detector: InjectionDetector,
+    def __init__(self, service: ConversationService, score: Callable[[str], InjectionResult],
                  metrics: Metrics) -> None:
         self.service = service
-        self.detector = detector
+        self.score = score
         self.metrics = metrics
         self.settings = service.settings
 
     def verdict(self, message: Mapping[str, Any]) -> NewMessage:
         """The message with the input guard's injection verdict on all of its text."""
         text = message_text(message)
-        result = self.detector.score_text(text) if text else None
+        result = self.score(text) if text else None
         return NewMessage.of(message, result.score if result else 0.0,
                              result.detected if result else False)
 
@@ -83,11 +91,9 @@ CONVERSATIONS = web.AppKey("conversations", Conversations)
 
 
 def build_conversations(settings: ConversationSettings, store: Store, metrics: Metrics,
-                        keyring: Keyring | None, threshold: float) -> Conversations:
-    detector = default_detector()
-    if detector.threshold != threshold:
-        detector = InjectionDetector(threshold=threshold)
-    return Conversations(ConversationService(store, settings, keyring), detector, metrics)
+                        keyring: Keyring | None,
+                        score: Callable[[str], InjectionResult]) -> Conversations:
+    return Conversations(ConversationService(store, settings, keyring), score, metrics)
 
 
 def setup_conversations(app: web.Application) -> None:
@@ -100,7 +106,7 @@ def setup_conversations(app: web.Application) -> None:
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         app[CONVERSATIONS] = build_conversations(settings.conversations, app[STORE], app[METRICS],
-                                                 keyring, settings.input.injection_threshold)
+                                                 keyring, app[POLICIES].injection_guard().score)
         yield
 
     app.cleanup_ctx.append(context)
@@ -136,8 +142,9 @@ def conversation_request(headers: Mapping[str, str], route: str) -> Conversation
         return None
     if not valid_conversation_id(conversation_id):
         raise InvalidRequest(f"{ID_HEADER} must be 1-128 characters of A-Z a-z 0-9 . _ -")
-    if route != "chat":
-        raise InvalidRequest(f"{ID_HEADER} is supported on /v1/chat/completions only.")
+    if route not in ("chat", "messages"):
+        raise InvalidRequest(f"{ID_HEADER} is supported on /v1/chat/completions and /v1/messages "
+                             "only.")
     replay = (replay_value or "false").strip().lower()
     if replay not in ("true", "false"):
         raise InvalidRequest(f"{REPLAY_HEADER} must be true or false.")
@@ -181,9 +188,12 @@ async def begin_turn(app: web.Application, principal: Principal, conv: Conversat
     (503) when the history cannot be read."""
     messages: list[Any] = parsed.body["messages"]
     turn = Turn(conv.conversation_id, principal.tenant, principal.key_id, new_messages(messages))
+    if conv.replay and REPLAY_SCOPE not in principal.scopes:  # replaying is reading, as GET is
+        raise InsufficientScope(f"Replaying a conversation needs the '{REPLAY_SCOPE}' scope.")
+    conversations = app[CONVERSATIONS]
+    await check_quota(conversations, turn)
     if not conv.replay:
         return turn
-    conversations = app[CONVERSATIONS]
     try:
         history = await conversations.service.history(principal.tenant, conv.conversation_id)
     except StoreError:
@@ -201,6 +211,19 @@ async def begin_turn(app: web.Application, principal: Principal, conv: Conversat
         parsed.body["messages"] = [*messages[:at], *replay, *messages[at:]]
         turn.replayed = len(replay)
     return turn
+
+
+async def check_quota(conversations: Conversations, turn: Turn) -> None:
+    """Refuse (403 conversation_quota_exceeded, counted) a turn the tenant's quotas would not
+    store, before the provider is paid for a reply that could not be kept. A store failure
+    here lets the request through: the write after the reply meets it and is counted."""
+    try:
+        await conversations.service.check_quota(turn.tenant, turn.conversation_id)
+    except ConversationQuotaExceeded as exc:
+        conversations.metrics.conversation_quota.labels(exc.cap, "refused").inc()
+        raise
+    except StoreError:
+        pass
 
 
 @dataclass(slots=True)
@@ -284,6 +307,23 @@ class ReplyCollector:
         return message
 
 
+async def store_turn_after_reply(request: web.Request, response: web.StreamResponse, turn: Turn,
+                                 reply: ReplyCollector) -> None:
+    """Send the rest of the reply, then store the turn. Once the reply is delivered the turn
+    happened: a client that hangs up now (curl, one-shot scripts) must neither lose it nor be
+    counted as a 499. The write runs as a background task that shutdown waits for; the handler
+    waits for it too (shielded), so the client's next turn can replay this one."""
+    if not response.prepared:
+        await response.prepare(request)
+        await response.write_eof()
+    ctx = request[CONTEXT]
+    ctx.status = response.status  # delivered: what the access log and metrics report
+    app = request.app
+    task = asyncio.ensure_future(finish_turn(app, turn, ctx.request_id, reply))
+    app[BACKGROUND].track(task)
+    await asyncio.shield(task)
+
+
 async def finish_turn(app: web.Application, turn: Turn, request_id: str,
                       reply: ReplyCollector | str | None) -> bool:
     """After a successful response: store the turn (the request's new messages and the reply,
@@ -313,6 +353,12 @@ async def finish_turn(app: web.Application, turn: Turn, request_id: str,
                     raise
                 log_fields(log, logging.WARNING, "conversation write failed; retrying",
                            request_id=request_id, error=error)
+    except ConversationQuotaExceeded as exc:
+        # Another request took the room after this one's check: the reply was delivered, the
+        # turn cannot be kept. Counted and logged (without content), never silent.
+        conversations.metrics.conversation_quota.labels(exc.cap, "dropped").inc()
+        log_fields(log, logging.WARNING, "conversation turn dropped: tenant quota reached",
+                   request_id=request_id, key_id=turn.key_id, cap=exc.cap)
     except Exception as exc:
         conversations.metrics.store_errors.labels(STORE_OP).inc()
         log_fields(log, logging.ERROR, "conversation turn not stored", request_id=request_id,

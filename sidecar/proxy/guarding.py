@@ -1,192 +1,47 @@
-"""Apply the pure guards to a request and its response, by policy, with metrics and logs.
+"""Run a policy's input pipeline on a request: slow guards off the event loop, then count, log
+and raise.
 
-The guards themselves (sidecar/guards/) only compute; this module decides: block (raise),
-flag (count and log), shadow (count as blocked, change nothing) or modify the body.
+The guards only compute and `guards/pipeline.py` decides what their verdicts mean; this module
+is the HTTP side of it: it applies the composed edits to the typed request, counts every
+shadow and flag outcome once (`sidecar_blocked_requests_total{reason="shadow:..."}`), times
+every guard, logs without prompt text, and turns an enforced block into the client's error.
 """
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import logging
-from collections import Counter, OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+import re
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter
-from typing import Any
 
-from sidecar.errors import InputTooLong, InvalidRequest, PromptInjectionDetected
-from sidecar.guards.injection import (
-    InjectionDetector,
-    InjectionResult,
-    content_text,
-    default_detector,
-)
-from sidecar.guards.leaks import CanaryScanner, SystemPromptLeak, insert_canary, make_canary
-from sidecar.guards.redact import CombinedScanner, OutputDecision, OutputScanner, Scanner, apply_actions
-from sidecar.guards.sanitize import sanitize_messages, sanitize_text
-from sidecar.guards.stream import StreamRedactor
-from sidecar.guards.validate import InputLimits, InputRejected, estimate_tokens, validate_chat
+from sidecar.errors import InputTooLong, PromptInjectionDetected, RequestBlocked, SidecarError
+from sidecar.guards.base import BLOCK, FLAG, MODIFY, RequestView
+from sidecar.guards.builtin import INJECTION, INPUT_TOO_LONG, REDACTED, SANITIZED
+from sidecar.guards.pipeline import SHADOW, Record, Run, Step
 from sidecar.log import log_fields
 from sidecar.metrics import Metrics
-from sidecar.model import Finding
+from sidecar.model import Finding, Verdict
+from sidecar.policies import ActivePolicy
 from sidecar.proxy.context import RequestContext
-from sidecar.proxy.openai import ParsedRequest
-from sidecar.settings import InputSettings, OutputSettings
+from sidecar.proxy.requests import ParsedRequest
 
 log = logging.getLogger("sidecar.guards")
-VERDICT_CACHE_SIZE = 20_000  # injection verdicts kept by message content (~2 MB)
+GUARD_ERROR = "guard_error"
+_LABEL = re.compile(r"[a-z0-9_.:-]{1,64}")
 
 
-def _texts(value: Any) -> Iterable[str]:
-    """The strings of a completions `prompt` or an embeddings `input`."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, list):
-        for item in value:
-            if isinstance(item, str):
-                yield item
+def request_view(parsed: ParsedRequest) -> RequestView:
+    messages = parsed.body.get("messages" if parsed.route != "responses" else "input")
+    count = len(messages) if isinstance(messages, list) else 0  # Responses: input items
+    return RequestView(parsed.route, tuple(parsed.slots), tuple(parsed.groups), count)
 
 
-class InputGuard:
-    """Validation, sanitizing, injection detection and optional PII redaction of requests."""
-
-    def __init__(self, settings: InputSettings, metrics: Metrics, redactor: OutputScanner) -> None:
-        self.settings = settings
-        self.metrics = metrics
-        self.limits = InputLimits(max_messages=settings.max_messages,
-                                  max_chars_per_message=settings.max_chars_per_message,
-                                  max_chars_per_request=settings.max_chars_per_request,
-                                  max_tokens_per_request=settings.max_tokens_per_request)
-        self.detector: InjectionDetector | None = None
-        if settings.injection_action != "off":
-            base = default_detector()
-            self.detector = base if base.threshold == settings.injection_threshold else \
-                InjectionDetector(threshold=settings.injection_threshold)
-        self.roles = frozenset(settings.injection_roles)
-        self._verdicts: OrderedDict[bytes, InjectionResult] = OrderedDict()
-        self.redactor = redactor
-        self._validate_timer = metrics.guard_duration.labels("validate_sanitize")
-        self._injection_timer = metrics.guard_duration.labels("injection")
-
-    def check(self, parsed: ParsedRequest, ctx: RequestContext) -> bool:
-        """Validate and guard the body in place; True when the body changed (re-encode it)."""
-        started = perf_counter()
-        body = parsed.body
-        changed = False
-        if parsed.route == "chat":
-            messages = body["messages"]
-            try:
-                validate_chat(messages, self.limits)
-            except InputRejected as exc:
-                raise (InputTooLong if exc.code == "input_too_long" else InvalidRequest)(exc.message) \
-                    from None
-            if self.settings.sanitize:
-                messages, changed = sanitize_messages(messages)
-                if changed:
-                    body["messages"] = messages
-        else:
-            field = "prompt" if parsed.route == "completions" else "input"
-            self._check_plain(body, field)
-            if self.settings.sanitize and parsed.route == "completions":
-                changed = self._sanitize_plain(body, field)
-        if changed:
-            self.metrics.sanitized.inc()
-        self._validate_timer.observe(perf_counter() - started)
-        if self.detector is not None and parsed.route != "embeddings":
-            self._injection(parsed, ctx)
-        if self.settings.redact_pii and parsed.route == "chat":
-            changed = self._redact_user_text(body) or changed
-        return changed
-
-    def _check_plain(self, body: dict[str, Any], field: str) -> None:
-        value = body[field]
-        items = [value] if isinstance(value, str) else value
-        if len(items) > 2048:
-            raise InvalidRequest(f"Field '{field}' has more than 2048 items.")
-        chars = sum(len(t) for t in _texts(value))
-        if chars > self.limits.max_chars_per_request:
-            raise InputTooLong(f"Field '{field}' is longer than {self.limits.max_chars_per_request} "
-                               "characters.")
-        tokens = sum(estimate_tokens(t) for t in _texts(value))
-        if tokens > self.limits.max_tokens_per_request:
-            raise InputTooLong(f"Field '{field}' is estimated at more than "
-                               f"{self.limits.max_tokens_per_request} tokens.")
-
-    def _sanitize_plain(self, body: dict[str, Any], field: str) -> bool:
-        value = body[field]
-        if isinstance(value, str):
-            clean = sanitize_text(value)
-            body[field] = clean
-            return clean is not value
-        if isinstance(value, list):
-            cleaned = [sanitize_text(v) if isinstance(v, str) else v for v in value]
-            if any(a is not b for a, b in zip(cleaned, value, strict=True)):
-                body[field] = cleaned
-                return True
-        return False
-
-    def _injection(self, parsed: ParsedRequest, ctx: RequestContext) -> None:
-        assert self.detector is not None
-        started = perf_counter()
-        result: InjectionResult | None
-        if parsed.route == "chat":
-            result = None
-            for index, message in enumerate(parsed.body["messages"]):
-                if not isinstance(message, dict) or message.get("role") not in self.roles:
-                    continue
-                text = content_text(message.get("content"))
-                if text:
-                    scored = self._score(text)
-                    if result is None or scored.score > result.score:
-                        result = InjectionResult(scored.score, scored.categories, index,
-                                                 scored.detected)
-        else:
-            result = max((self._score(t) for t in _texts(parsed.body.get("prompt"))),
-                         key=lambda r: r.score, default=None)
-        self._injection_timer.observe(perf_counter() - started)
-        if result is None or not result.detected:
-            return
-        fields = {"request_id": ctx.request_id, "key_id": ctx.key_id, "route": ctx.route,
-                  "score": result.score, "categories": list(result.categories),
-                  "message_index": result.message_index}
-        if self.settings.injection_action == "flag":
-            self.metrics.blocked.labels(ctx.route, "flag:prompt_injection_detected").inc()
-            log_fields(log, logging.WARNING, "prompt injection flagged", **fields)
-        elif self.settings.injection_mode == "shadow":
-            self.metrics.blocked.labels(ctx.route, "shadow:prompt_injection_detected").inc()
-            log_fields(log, logging.WARNING, "prompt injection (shadow: forwarded)", **fields)
-        else:
-            log_fields(log, logging.WARNING, "prompt injection blocked", **fields)
-            raise PromptInjectionDetected()
-
-    def _score(self, text: str) -> InjectionResult:
-        """The detector's verdict on one text, remembered by content: chat apps resend the whole
-        history with every turn, so only the newest messages cost a scan."""
-        assert self.detector is not None
-        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-        cached = self._verdicts.get(digest)
-        if cached is not None:
-            self._verdicts.move_to_end(digest)
-            return cached
-        result = self.detector.score_text(text)
-        self._verdicts[digest] = result
-        if len(self._verdicts) > VERDICT_CACHE_SIZE:
-            self._verdicts.popitem(last=False)
-        return result
-
-    def _redact_user_text(self, body: dict[str, Any]) -> bool:
-        changed = False
-        for message in body["messages"]:
-            if not isinstance(message, dict) or message.get("role") != "user":
-                continue
-            content = message.get("content")
-            if isinstance(content, str):
-                decision = apply_actions(content, self.redactor.scan(content), {"*": "redact"})
-                if decision.findings:
-                    message["content"] = decision.text
-                    changed = True
-                    count_findings(self.metrics, decision.findings)
-        return changed
+def reason_label(reason: str) -> str:
+    """A metric label from a guard's reason: bounded, never free text from a plug-in."""
+    return reason if _LABEL.fullmatch(reason) else "blocked_by_policy"
 
 
 def count_findings(metrics: Metrics, findings: Sequence[Finding]) -> None:
@@ -196,54 +51,88 @@ def count_findings(metrics: Metrics, findings: Sequence[Finding]) -> None:
         metrics.redactions.labels(kind).inc(n)
 
 
-@dataclass(slots=True)
-class ResponseScan:
-    """The output guard for one request: its scanner (shared + per-request leak scanners)."""
+class GuardRunner:
+    """The request path's side of the guard pipeline; one per process."""
 
-    scanner: Scanner
-    actions: Mapping[str, str]
-    holdback: int
+    def __init__(self, metrics: Metrics, slow_workers: int = 2) -> None:
+        self.metrics = metrics
+        self._pool: ThreadPoolExecutor | None = None
+        self._slow_workers = slow_workers
 
-    def whole(self, text: str) -> OutputDecision:
-        return apply_actions(text, self.scanner.scan(text), self.actions)
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def stream(self) -> StreamRedactor:
-        return StreamRedactor(self.scanner, self.actions, holdback=self.holdback)
+    async def check(self, policy: ActivePolicy, parsed: ParsedRequest, ctx: RequestContext) -> None:
+        """Run the policy's input guards over the request; edits land in `parsed`; an enforced
+        block raises the client's error."""
+        run = Run(request_view(parsed))
+        for step in policy.pipeline.input_steps():
+            started = perf_counter()
+            if step.slow:
+                stop = await self._run_slow(step, run, started)
+            else:
+                stop = run.apply(step, self._call(step, run.view), perf_counter() - started)
+            if stop:
+                break
+        for index, text in run.edits.items():
+            parsed.replace(index, text)
+        self.account(run.records, ctx, parsed)
+        if run.blocked is not None:
+            raise error_for(run.blocked.verdict)
+
+    def _call(self, step: Step, view: RequestView) -> Verdict:
+        try:
+            return step.guard.check(view)
+        except Exception as exc:  # a guard's bug: its step's on_timeout policy decides
+            log_fields(log, logging.ERROR, "guard failed", guard=step.name, error=type(exc).__name__)
+            return Verdict(BLOCK if step.on_timeout == BLOCK else FLAG, reason=GUARD_ERROR)
+
+    async def _run_slow(self, step: Step, run: Run, started: float) -> bool:
+        """A slow guard in the bounded pool, within its time budget."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._slow_workers, thread_name_prefix="slow-guard")
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._pool, self._call, step, run.view)
+        try:
+            verdict = await asyncio.wait_for(future, step.budget_s)
+        except TimeoutError:
+            return run.timed_out(step, perf_counter() - started)
+        return run.apply(step, verdict, perf_counter() - started)
+
+    def account(self, records: Sequence[Record], ctx: RequestContext, parsed: ParsedRequest) -> None:
+        """Count and log every outcome once (an enforced block is counted where it is answered)."""
+        metrics = self.metrics
+        for record in records:
+            metrics.guard_duration.labels(record.guard).observe(record.seconds)
+            verdict = record.verdict
+            outcome = record.outcome
+            if outcome == MODIFY:
+                if verdict.reason == SANITIZED:
+                    metrics.sanitized.inc()
+                elif verdict.reason == REDACTED:
+                    count_findings(metrics, verdict.findings)
+                continue
+            if outcome not in (SHADOW, FLAG, BLOCK):
+                continue
+            reason = reason_label(verdict.reason)
+            if outcome != BLOCK:
+                metrics.blocked.labels(ctx.route, f"{outcome}:{reason}").inc()
+            slot = parsed.slots[verdict.slot] if verdict.slot is not None else None
+            message = {BLOCK: "request blocked", SHADOW: "request would be blocked (shadow)",
+                       FLAG: "request flagged"}[outcome]
+            log_fields(log, logging.WARNING, message, request_id=ctx.request_id, key_id=ctx.key_id,
+                       route=ctx.route, guard=record.guard, reason=reason,
+                       score=round(verdict.score, 4), categories=list(verdict.categories),
+                       slot=slot.path if slot else None, role=slot.role if slot else None)
 
 
-class OutputGuard:
-    """Builds the per-request output scan; the shared scanner is compiled once."""
-
-    def __init__(self, settings: OutputSettings, provider_key: str, admin_token: str) -> None:
-        self.settings = settings
-        # Our own key format is in the shared secret table (secret:sidecar, same shape as
-        # auth.keyformat.KEY_REGEX; a test keeps the two in step).
-        self.scanner = OutputScanner(provider_key=provider_key or None,
-                                     admin_token=admin_token or None, ip=settings.detect_ip)
-        actions = dict(settings.actions)
-        if settings.mode == "shadow":
-            actions = {kind: ("flag" if action != "off" else "off") for kind, action in actions.items()}
-            actions.setdefault("*", "flag")
-        self.actions = actions
-
-    def prepare(self, parsed: ParsedRequest) -> tuple[ResponseScan | None, bool]:
-        """The scan for this request's response (None when output scanning is off), and whether
-        a canary was placed in the system message (then the body has changed)."""
-        placed = False
-        if not self.settings.scan or parsed.route == "embeddings":
-            return None, placed
-        scanners: list[Scanner] = [self.scanner]
-        if parsed.route == "chat":
-            system = [m for m in parsed.body["messages"]
-                      if isinstance(m, dict) and m.get("role") in ("system", "developer")]
-            system_text = "\n".join(content_text(m.get("content")) for m in system)
-            if system_text.strip():
-                scanners.append(SystemPromptLeak(system_text,
-                                                 min_words=self.settings.system_prompt_min_words))
-            if self.settings.canary and system and isinstance(system[0].get("content"), str):
-                canary = make_canary()
-                system[0]["content"] = insert_canary(system[0]["content"], canary)
-                scanners.append(CanaryScanner(canary))
-                placed = True
-        scanner: Scanner = scanners[0] if len(scanners) == 1 else CombinedScanner(*scanners)
-        return ResponseScan(scanner, self.actions, self.settings.holdback_chars), placed
+def error_for(verdict: Verdict) -> SidecarError:
+    """The client's error for an enforced block (never naming the text that caused it)."""
+    if verdict.reason == INJECTION:
+        return PromptInjectionDetected()
+    if verdict.reason == INPUT_TOO_LONG:
+        return InputTooLong(verdict.detail) if verdict.detail else InputTooLong()
+    error = RequestBlocked()
+    error.reason = reason_label(verdict.reason)
+    return error

@@ -1,7 +1,8 @@
 """Relay the provider's answer to the client: whole JSON bodies, or SSE event by event.
 
 Once a stream has started, an error can no longer become an HTTP status, so every failure
-after that point ends the stream with one SSE error event and `[DONE]`.
+after that point ends the stream with one SSE error event in the API's own shape (OpenAI: an
+error object and `[DONE]`; Anthropic and Responses: their typed `error` event).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import orjson
 from aiohttp import web
 
 from sidecar.errors import OutputBlocked, SidecarError, UpstreamError, UpstreamTimeout, error_body
+from sidecar.proxy import anthropic
 from sidecar.proxy.body import media_type
 from sidecar.proxy.context import RequestContext
 from sidecar.proxy.conversations_api import ReplyCollector
-from sidecar.proxy.openai import DONE_EVENT, SSEDecoder, encode_event
+from sidecar.proxy.openai import SSEDecoder
 from sidecar.proxy.response import ResponseProcessor
 from sidecar.proxy.upstream import Upstream
 
@@ -58,7 +60,10 @@ async def relay_whole(
         if status == 429 and "Retry-After" in upstream_response.headers:
             headers["Retry-After"] = upstream_response.headers["Retry-After"][:32]
         ctx.reason = "provider_refused"
-        body = orjson.dumps(upstream.client_error_body(raw, status, ctx.request_id))
+        error = upstream.client_error_body(raw, status, ctx.request_id)
+        if processor is not None:
+            processor.scrub_error(error)
+        body = orjson.dumps(processor.error_shape(error) if processor is not None else error)
         return web.Response(body=body, status=status, content_type="application/json",
                             headers=headers)
     if media_type(upstream_response.headers.get("Content-Type")) != "application/json":
@@ -72,11 +77,6 @@ async def relay_whole(
     if collector is not None:
         collector.from_json(obj)
     return web.Response(body=raw, status=status, content_type="application/json", headers=headers)
-
-
-def stream_error_event(error: SidecarError, request_id: str) -> bytes:
-    """The SSE event that ends a stream in error: an OpenAI error object, then `[DONE]`."""
-    return encode_event(error.body(request_id)) + DONE_EVENT
 
 
 async def relay_stream(
@@ -125,10 +125,9 @@ async def relay_stream(
                     break
                 out = []
                 for event in decoder.feed(chunk):
-                    if event == b"data: [DONE]":
-                        saw_done = True
                     out.append(processor.on_event(event))
-                    if processor.blocked:
+                    saw_done = processor.ended
+                    if processor.blocked or saw_done:
                         break
                 if out:
                     await write(b"".join(out))
@@ -136,12 +135,15 @@ async def relay_stream(
                     break
         if not processor.blocked:
             for event in decoder.flush():
-                saw_done = saw_done or event == b"data: [DONE]"
                 await write(processor.on_event(event))
+                saw_done = processor.ended
         if processor.blocked:
             failure = OutputBlocked()
         elif not saw_done:
             failure = UpstreamError("The model provider ended the stream early.")
+    except OutputBlocked as exc:  # a field the output policy blocks, scanned whole in an event
+        processor.blocked = True
+        failure = exc
     except TimeoutError:
         failure = UpstreamTimeout()
     except (aiohttp.ClientError, ValueError):
@@ -155,15 +157,18 @@ async def relay_stream(
         ctx.reason = failure.code
         if not processor.blocked:
             await write(processor.flush())
-        await write(stream_error_event(failure, ctx.request_id))
+        await write(processor.error_event(failure, ctx.request_id))
     await response.write_eof()
     return response
 
 
-def error_response(error: SidecarError, request_id: str) -> web.Response:
-    """The JSON response for a sidecar error, with its extra headers (Retry-After, ...)."""
+def error_response(error: SidecarError, request_id: str, route: str = "") -> web.Response:
+    """The JSON response for a sidecar error, with its extra headers (Retry-After, ...), in the
+    route's API shape (Anthropic's on /v1/messages, OpenAI's everywhere else)."""
     headers = {"X-Request-Id": request_id, **error.headers}
-    response = web.Response(body=error.body(request_id), status=error.status,
+    body = anthropic.error_body(error, request_id) if route == anthropic.ROUTE \
+        else error.body(request_id)
+    response = web.Response(body=body, status=error.status,
                             content_type="application/json", headers=headers)
     if error.status in (408, 413):
         response.force_close()  # the rest of the body was never read

@@ -2,7 +2,11 @@
 
 The upstream URL is fixed by configuration (never chosen by the client); headers are built
 from scratch so the client's credentials, cookies and hop-by-hop headers never leave the pod;
-redirects are not followed.
+redirects are not followed. Three kinds of provider differ only in where a route's path goes
+and how the provider key is presented: OpenAI (`/v1/...`, `Authorization: Bearer`), Azure
+OpenAI (`/openai/deployments/<deployment>/...?api-version=` or `/openai/v1/...`, `api-key`)
+and Anthropic (`/v1/messages`, `x-api-key`, the client's `anthropic-version` and
+`anthropic-beta` passed through).
 """
 
 from __future__ import annotations
@@ -12,16 +16,22 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import aiohttp
 import orjson
 
 from sidecar import __version__
-from sidecar.errors import UpstreamError, UpstreamTimeout
+from sidecar.errors import InvalidRequest, UpstreamError, UpstreamTimeout
 from sidecar.settings import Secret, UpstreamSettings
 
-# Client headers worth passing to the provider; everything else is dropped.
-_PASS_THROUGH = ("openai-beta",)
+OPENAI, AZURE, ANTHROPIC = "openai", "azure", "anthropic"
+# Client headers worth passing to the provider, per kind; everything else is dropped.
+_PASS_THROUGH = {OPENAI: ("openai-beta",), AZURE: ("openai-beta",),
+                 ANTHROPIC: ("anthropic-version", "anthropic-beta")}
+# Azure deployments path: the OpenAI routes that live under a deployment.
+_DEPLOYMENT_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+_DEPLOYMENT_NAME = re.compile(r"(?!\.\.?$)[A-Za-z0-9._-]{1,64}")
 _USER_AGENT = f"ai-security-sidecar/{__version__}"
 
 # Anything in a provider error message that looks like a credential is scrubbed.
@@ -34,11 +44,17 @@ _KEY_LIKE = re.compile(
 class Upstream:
     """Sends requests to the configured provider and maps its failures to sidecar errors."""
 
-    def __init__(self, settings: UpstreamSettings, base_url: str, provider_key: Secret) -> None:
+    def __init__(self, settings: UpstreamSettings, base_url: str, provider_key: Secret,
+                 kind: str | None = None) -> None:
         self.settings = settings
+        self.kind = kind or settings.kind
         self.base_url = base_url.rstrip("/")
         self._provider_key = provider_key
-        self._auth = f"Bearer {provider_key}" if provider_key else ""
+        self._auth_header = {AZURE: "api-key", ANTHROPIC: "x-api-key"}.get(self.kind, "Authorization")
+        self._auth = ("" if not provider_key else
+                      f"Bearer {provider_key}" if self.kind == OPENAI else str(provider_key))
+        self._pass_through = _PASS_THROUGH[self.kind]
+        self._deployments = dict(settings.deployments)
         self._session: aiohttp.ClientSession | None = None
         self.timeout = aiohttp.ClientTimeout(
             total=None,
@@ -72,12 +88,40 @@ class Upstream:
             "X-Request-Id": request_id,
         }
         if self._auth:
-            headers["Authorization"] = self._auth
-        for name in _PASS_THROUGH:
+            headers[self._auth_header] = self._auth
+        for name in self._pass_through:
             value = client_headers.get(name)
             if value is not None:
                 headers[name] = value
         return headers
+
+    def deployment(self, model: str) -> str:
+        """Azure: the deployment that serves `model` (the settings' map, else the name itself);
+        a name that cannot be one path segment is a 400, so no client can climb out of it."""
+        name = self._deployments.get(model, model)
+        if not _DEPLOYMENT_NAME.fullmatch(name):
+            raise InvalidRequest("Field 'model' must name a deployment: 1-64 of A-Z a-z 0-9 . _ -")
+        return name
+
+    def path_for(self, path: str, model: str | None = None) -> str:
+        """The provider's path (and query) for one of our `/v1/...` paths. Azure: chat,
+        completions and embeddings go under their deployment; everything else under
+        `/openai/`; the v1-style endpoint keeps the path under `/openai/v1/`."""
+        if self.kind != AZURE:
+            return path
+        version = self.settings.api_version
+        if self.settings.azure_endpoint == "v1":
+            target = "/openai" + path
+        elif path in _DEPLOYMENT_ROUTES and model is not None:
+            target = f"/openai/deployments/{quote(self.deployment(model), safe='')}" + path[3:]
+        else:
+            target = "/openai" + path[3:]
+        return target + ("?" + urlencode({"api-version": version}) if version else "")
+
+    def body_model(self, model: str) -> str:
+        """The `model` the provider should read in the body: Azure's v1-style and Responses
+        endpoints take the deployment name there; everyone else the client's name."""
+        return self.deployment(model) if self.kind == AZURE else model
 
     @asynccontextmanager
     async def request(

@@ -11,6 +11,7 @@ from sidecar.abuse import AbuseService
 from sidecar.metrics import Metrics
 from sidecar.settings import AbuseSettings, StoreSettings
 from sidecar.store.redis import Store, connect
+from tests.cluster import redis_cluster  # noqa: F401  (fixture, re-exported for these tests)
 
 ServiceFactory = Callable[..., Awaitable[AbuseService]]
 

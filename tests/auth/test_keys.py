@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 
 import aiohttp
 import orjson
 import pytest
+from multidict import CIMultiDict
 
 from sidecar.appstate import AUTH
 from sidecar.auth.keyformat import checksum, make_key, parse_key
@@ -153,7 +155,7 @@ async def test_revocation_reaches_another_process_within_a_second(
     redis_url: str, mock_upstream: object, api_key: str,
 ) -> None:
     """A key revoked through sidecar A's admin API is refused by sidecar B within 1 s."""
-    token = "adm-" + str(time.time_ns())
+    token = secrets.token_urlsafe(32)
     upstream = str(mock_upstream.make_url("")).rstrip("/")  # type: ignore[attr-defined]
     env = {"SIDECAR_STORE_URL": redis_url, "SIDECAR_UPSTREAM_URL": upstream,
            "SIDECAR_ADMIN_TOKEN": token}
@@ -203,3 +205,59 @@ async def test_no_raw_key_is_stored(redis_url: str, redis_proc: RedisProcess) ->
     assert seen
     for key, secret in zip(keys, secrets_, strict=True):
         assert key.encode() not in seen and secret.encode() not in seen
+
+
+@pytest.mark.parametrize("headers", [
+    [("Authorization", "Bearer {key}"), ("Authorization", "Bearer {key}")],
+    [("Authorization", "Bearer {key}"), ("X-API-Key", "{key}")],
+    [("Authorization", "Basic dXNlcjpwYXNz"), ("X-API-Key", "{key}")],
+    [("X-API-Key", "{key}"), ("X-API-Key", "{key}")],
+], ids=["two-authorization", "bearer-and-x-api-key", "basic-and-x-api-key", "two-x-api-key"])
+async def test_two_credentials_are_a_400(make_sidecar: SidecarFactory, api_key: str,
+                                         headers: list[tuple[str, str]]) -> None:
+    """A request that carries a key twice, or in both headers, is refused with a 400 that says
+    so, instead of one of them silently winning."""
+    sidecar = await make_sidecar()
+    sent = CIMultiDict((name, value.format(key=api_key)) for name, value in headers)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(sidecar.make_url(CHAT), json=BODY, headers=sent) as response:
+            body = await response.json()
+            assert response.status == 400
+    assert body["error"]["code"] == "invalid_request"
+    assert "once" in body["error"]["message"]
+
+
+async def test_a_guesser_who_knows_a_key_id_cannot_lock_its_owner_out(
+        make_sidecar: SidecarFactory, redis_url: str) -> None:
+    """Key ids are public. A guesser spends the failure budget of two key ids (25 wrong secrets
+    each, from its own address, and for one of them from the owner's address too); once the
+    verified cache entry has expired, the owner's key that this sidecar verified before and a
+    key never used before are still accepted, while argon2 stays capped (at most two at once,
+    at most the budget per key id and address)."""
+    sidecar = await make_sidecar(auth_cache_ttl_s="1")
+    used, fresh = await create_key(redis_url), await create_key(redis_url)
+    used_id, fresh_id = parse_key(used), parse_key(fresh)
+    assert used_id is not None and fresh_id is not None
+    url = str(sidecar.make_url("/v1/models"))
+
+    async def statuses(session: aiohttp.ClientSession, keys: list[str]) -> list[int]:
+        async def one(key: str) -> int:
+            async with session.get(url, headers={"Authorization": f"Bearer {key}"}) as response:
+                return response.status
+        return list(await asyncio.gather(*(one(k) for k in keys)))
+
+    def wrong(key_id: str) -> list[str]:
+        return [with_checksum(f"sks_{key_id}_" + secrets.token_hex(22)[:43]) for _ in range(25)]
+
+    guesser_address = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    async with aiohttp.ClientSession() as owner, \
+            aiohttp.ClientSession(connector=guesser_address) as guesser:
+        assert await statuses(owner, [used]) == [200]
+        refused = await statuses(guesser, wrong(used_id.key_id) + wrong(fresh_id.key_id))
+        refused += await statuses(owner, wrong(used_id.key_id))  # the same address as the owner
+        await asyncio.sleep(1.1)  # the scenario: the owner's cache entry (TTL 1 s) has expired
+        assert await statuses(owner, [used, fresh, used]) == [200, 200, 200]
+    assert refused == [401] * 75
+    hasher = sidecar.app[AUTH].hasher
+    assert hasher.peak_running <= hasher.max_concurrent == 2
+    assert hasher.verifications <= 2 + 3 * 20 + 3 * hasher.max_concurrent

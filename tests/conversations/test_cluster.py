@@ -52,7 +52,8 @@ async def test_conversations_work_on_a_cluster(redis_cluster: RedisClusterNodes)
             keys = list(node.scan_iter(count=1000))
             holders += bool(keys)
             for key in keys:
-                assert key.startswith((b"conv:{t:", b"convidx:{t:")) and node.pttl(key) > 0
+                assert key.startswith((b"conv:{t:", b"convidx:{t:", b"convsize:{t:")) \
+                    and node.pttl(key) > 0
         assert holders == 3
     finally:
         client.close()

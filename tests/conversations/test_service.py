@@ -101,7 +101,7 @@ async def test_every_key_has_a_ttl_and_the_tenant_hash_tag(make_service: Service
         await service.delete(tenant, "b")
     client: Any = redis_proc.client()
     keys = list(client.scan_iter(count=1000))
-    assert len(keys) == 6  # two conversations and one index per tenant
+    assert len(keys) == 8  # two conversations, one index and one sizes hash per tenant
     for key in keys:
         assert 0 < client.pttl(key) <= 3600 * 1000
         tenant = "t1" if b"{t:t1}" in key else "t2"

@@ -11,10 +11,18 @@ import orjson
 import pytest
 from aiohttp import web
 
-from sidecar.conversations import ConversationService, NewMessage, StoredMessage, select_for_replay
+from sidecar.conversations import (
+    ConversationQuotaExceeded,
+    ConversationService,
+    NewMessage,
+    StoredMessage,
+    select_for_replay,
+)
 from sidecar.errors import InvalidRequest, StoreUnavailable
+from sidecar.guards.injection import InjectionDetector
 from sidecar.metrics import Metrics
 from sidecar.model import Principal
+from sidecar.policies import Policies
 from sidecar.proxy.conversations_api import (
     CONVERSATIONS,
     ConversationRequest,
@@ -26,10 +34,9 @@ from sidecar.proxy.conversations_api import (
     message_tokens,
     new_messages,
 )
-from sidecar.proxy.guarding import OutputGuard
-from sidecar.proxy.openai import ParsedRequest
+from sidecar.proxy.requests import ParsedRequest, parse_object
 from sidecar.proxy.response import ResponseProcessor
-from sidecar.settings import OutputSettings, StoreSettings
+from sidecar.settings import Settings, StoreSettings
 from sidecar.store.redis import StoreError, connect
 from tests.conftest import free_port
 from tests.conversations.conftest import ServiceFactory
@@ -50,12 +57,12 @@ def tokens_of(message: Mapping[str, Any]) -> int:
 def app_with(service: ConversationService, metrics: Metrics | None = None) -> web.Application:
     app = web.Application()
     app[CONVERSATIONS] = build_conversations(service.settings, service.store, metrics or Metrics(),
-                                             service.keyring, 0.5)
+                                             service.keyring, InjectionDetector().score_text)
     return app
 
 
 def chat(*messages: dict[str, Any]) -> ParsedRequest:
-    return ParsedRequest("chat", {"model": "m", "messages": list(messages)}, False)
+    return parse_object("chat", {"model": "m", "messages": list(messages)})
 
 
 # -- headers ----------------------------------------------------------------------------------
@@ -197,10 +204,33 @@ async def test_replay_reads_only_the_callers_tenant(make_service: ServiceFactory
     turn = await begin_turn(app, PRINCIPAL, ConversationRequest("c1", False),
                             chat({"role": "user", "content": "tenant a text"}))
     await finish_turn(app, turn, "req_1", "reply for a")
-    other = Principal("key_b1", "tenant-b", frozenset({"chat"}))
+    other = Principal("key_b1", "tenant-b", frozenset({"chat", "conversations"}))
     request = chat({"role": "user", "content": "hi"})
     turn_b = await begin_turn(app, other, ConversationRequest("c1", True), request)
     assert turn_b.replayed == 0 and request.body["messages"] == [{"role": "user", "content": "hi"}]
+
+
+async def test_a_turn_past_the_quota_after_its_check_is_dropped_and_counted(
+        make_service: ServiceFactory) -> None:
+    """Two new conversations pass the check while the tenant (cap: one conversation) has
+    none; the first reply stores its turn, the second is dropped (nothing of it written),
+    counted and reported as not stored; a third is then refused before the provider call."""
+    service = await make_service(max_per_tenant=1)
+    metrics = Metrics()
+    app = app_with(service, metrics)
+    first = await begin_turn(app, PRINCIPAL, ConversationRequest("a", False),
+                             chat({"role": "user", "content": "one"}))
+    second = await begin_turn(app, PRINCIPAL, ConversationRequest("b", False),
+                              chat({"role": "user", "content": "two"}))
+    assert await finish_turn(app, first, "req_a", "reply a")
+    assert not await finish_turn(app, second, "req_b", "reply b")
+    assert await service.get("tenant-a", "b") is None
+    assert metrics.registry.get_sample_value(
+        "sidecar_conversation_quota_exceeded_total",
+        {"cap": "conversations", "outcome": "dropped"}) == 1
+    with pytest.raises(ConversationQuotaExceeded):
+        await begin_turn(app, PRINCIPAL, ConversationRequest("c", False),
+                         chat({"role": "user", "content": "three"}))
 
 
 class FlakyStore:
@@ -270,7 +300,9 @@ async def test_a_streamed_reply_is_stored_as_the_client_received_it_after_redact
     reply equals the concatenated text the client got, placeholder included, however the
     written bytes were split."""
     parsed = chat({"role": "user", "content": "who?"})
-    scan, _ = OutputGuard(OutputSettings(), "", "").prepare(parsed)
+    output = Policies(Settings()).default.output
+    assert output is not None
+    scan = output.prepare("chat", parsed.slots)
     processor = ResponseProcessor("chat", scan, Metrics())
     pieces = ["Write to ali", "ce.smith@exam", "ple.com for ", "details."]
     upstream = [chunk(role="assistant", content=""), *(chunk(p) for p in pieces),
@@ -316,12 +348,12 @@ def test_a_whole_reply_is_read_from_the_final_body() -> None:
 
 
 async def test_settings_reach_the_service_from_the_store_url(redis_url: str) -> None:
-    """build_conversations wires a connected store and the detector threshold."""
+    """build_conversations wires a connected store and the injection scorer it is given."""
     store = await connect(StoreSettings(url=redis_url))
     try:
         from sidecar.settings import ConversationSettings
-        glue = build_conversations(ConversationSettings(), store, Metrics(), None, 0.7)
-        assert glue.detector.threshold == 0.7
+        glue = build_conversations(ConversationSettings(), store, Metrics(), None,
+                                   InjectionDetector(threshold=0.7).score_text)
         assert glue.verdict({"role": "user", "content": ATTACK}).detected
         assert not glue.verdict({"role": "user", "content": "What is the capital of Norway?"}).detected
         assert NewMessage.of({"role": "user", "content": "x", "extra": 1}).payload == {"content": "x"}

@@ -27,7 +27,7 @@ KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.utils.latest_version())
 
 def validate(doc: dict[str, Any]) -> None:
     """Validate one resource offline: Kubernetes kinds against the bundled OpenAPI schemas
-    (strict: unknown fields fail), our two CRDs against tests/deploy/crd_schemas.py."""
+    (strict: unknown fields fail), our Prometheus Operator CRDs against tests/deploy/crd_schemas.py."""
     schema = SCHEMAS.get((doc["apiVersion"], doc["kind"]))
     if schema is not None:
         jsonschema.validate(doc, schema)

@@ -1,4 +1,4 @@
-"""JSON schemas for the two Prometheus Operator CRDs we ship (kubernetes-validate has none).
+"""JSON schemas for the three Prometheus Operator CRDs we ship (kubernetes-validate has none).
 
 A strict subset of the monitoring.coreos.com/v1 CRD schemas: only the fields deploy/k8s uses
 are allowed (additionalProperties false), with the operator's types and required fields, so a
@@ -49,6 +49,25 @@ SERVICE_MONITOR = _crd("ServiceMonitor", {
     "additionalProperties": False,
 })
 
+POD_MONITOR = _crd("PodMonitor", {
+    "type": "object",
+    "required": ["selector", "podMetricsEndpoints"],
+    "properties": {
+        "selector": {"type": "object", "properties": {"matchLabels": _LABELS},
+                     "additionalProperties": False},
+        "namespaceSelector": {"type": "object"},
+        "jobLabel": {"type": "string"},
+        "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": {
+            "type": "object",
+            "required": ["port"],
+            "properties": {"port": {"type": "string"}, "path": {"type": "string", "pattern": "^/"},
+                           "scheme": {"enum": ["http", "https"]}, "interval": _DURATION,
+                           "scrapeTimeout": _DURATION, "honorLabels": {"type": "boolean"}},
+            "additionalProperties": False}},
+    },
+    "additionalProperties": False,
+})
+
 _RULE = {
     "type": "object",
     "required": ["expr"],
@@ -77,4 +96,5 @@ PROMETHEUS_RULE = _crd("PrometheusRule", {
 })
 
 SCHEMAS = {("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR,
+           ("monitoring.coreos.com/v1", "PodMonitor"): POD_MONITOR,
            ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE}

@@ -1,15 +1,20 @@
 """A small, strict kustomize composer for the tests (there is no kustomize binary here).
 
-It implements only what deploy/k8s uses - `resources` (files and directories), `namespace`,
-`labels` (includeSelectors false, includeTemplates true or false), `images` and JSON 6902
-`patches` with a `target` - and refuses any other field, so the rendering it checks is the
-rendering kustomize would produce. Order follows kustomize: a directory's resources are built
-first (recursively), then this level's patches, namespace, labels and images are applied.
+It implements only what deploy/k8s uses - `resources` (files and directories), `components`
+(kind Component), `namespace`, `labels` (includeSelectors false, includeTemplates true or
+false), `images` and `patches` with a `target` (kind and name as anchored regular expressions,
+labelSelector as `k=v[,k=v]`), inline or from a `path`, either JSON 6902 operation lists or
+strategic merge patches (maps merged, lists of named items merged by name with new items first,
+as kustomize does for containers, volumes and env) - and refuses any other field, so the
+rendering it checks is the rendering kustomize would produce. Order follows kustomize: a
+directory's resources are built first (recursively), then its components, then this level's
+patches, namespace, labels and images are applied.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +22,12 @@ import yaml
 
 Doc = dict[str, Any]
 
-SUPPORTED_FIELDS = {"apiVersion", "kind", "resources", "namespace", "labels", "images", "patches"}
+SUPPORTED_FIELDS = {"apiVersion", "kind", "resources", "components", "namespace", "labels", "images",
+                    "patches"}
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
                   "PriorityClass", "StorageClass", "PersistentVolume", "IngressClass"}
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
+KINDS = {"Kustomization": "kustomize.config.k8s.io/v1beta1", "Component": "kustomize.config.k8s.io/v1alpha1"}
 
 
 class KustomizeError(Exception):
@@ -32,8 +39,9 @@ def load_docs(path: Path) -> list[Doc]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
-def build(directory: Path) -> list[Doc]:
-    """Render the kustomization in `directory` into a list of resources."""
+def build(directory: Path, docs: list[Doc] | None = None, kind: str = "Kustomization") -> list[Doc]:
+    """Render the kustomization in `directory` into a list of resources (a Component renders
+    onto the `docs` of the kustomization that names it)."""
     kfile = directory / "kustomization.yaml"
     if not kfile.is_file():
         raise KustomizeError(f"{directory}: no kustomization.yaml")
@@ -41,7 +49,9 @@ def build(directory: Path) -> list[Doc]:
     unknown = set(k) - SUPPORTED_FIELDS
     if unknown:
         raise KustomizeError(f"{kfile}: unsupported fields {sorted(unknown)}")
-    docs: list[Doc] = []
+    if (k.get("kind", "Kustomization"), k.get("apiVersion", KINDS["Kustomization"])) != (kind, KINDS[kind]):
+        raise KustomizeError(f"{kfile}: expected a {kind} ({KINDS[kind]})")
+    docs = [] if docs is None else docs
     for entry in k.get("resources", []):
         path = (directory / entry).resolve()
         if path.is_dir():
@@ -50,6 +60,8 @@ def build(directory: Path) -> list[Doc]:
             docs.extend(load_docs(path))
         else:
             raise KustomizeError(f"{kfile}: resource {entry} does not exist")
+    for entry in k.get("components", []):
+        build((directory / entry).resolve(), docs, kind="Component")
     for patch in k.get("patches", []):
         _apply_patch(docs, patch, kfile)
     if "namespace" in k:
@@ -93,6 +105,9 @@ def pod_spec(doc: Doc) -> Doc | None:
     if doc["kind"] in WORKLOADS:
         spec: Doc = doc["spec"]["template"]["spec"]
         return spec
+    if doc["kind"] == "CronJob":
+        cron: Doc = doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        return cron
     return None
 
 
@@ -121,21 +136,60 @@ def _apply_image(docs: list[Doc], image: Doc) -> None:
 def _matches(doc: Doc, target: Doc) -> bool:
     group, _, version = doc["apiVersion"].rpartition("/")
     wanted = {"group": group, "version": version, "kind": doc["kind"], "name": doc["metadata"]["name"]}
-    return all(wanted[key] == value for key, value in target.items())
+    for key, value in target.items():
+        if key == "labelSelector":
+            labels = doc["metadata"].get("labels", {})
+            if not all(labels.get(k) == v for k, _, v in (p.partition("=") for p in value.split(","))):
+                return False
+        elif key not in wanted:
+            raise KustomizeError(f"target field {key!r} is not implemented")
+        elif not re.fullmatch(value, wanted[key]):
+            return False
+    return True
 
 
 def _apply_patch(docs: list[Doc], patch: Doc, kfile: Path) -> None:
-    if set(patch) != {"target", "patch"}:
-        raise KustomizeError(f"{kfile}: only inline JSON 6902 patches with a target are implemented")
-    operations = yaml.safe_load(patch["patch"])
-    if not isinstance(operations, list):
-        raise KustomizeError(f"{kfile}: patch is not a JSON 6902 operation list")
+    if "target" not in patch or len(set(patch) & {"patch", "path"}) != 1 or len(patch) != 2:
+        raise KustomizeError(f"{kfile}: only patches with a target and one of patch/path are implemented")
+    text = patch["patch"] if "patch" in patch else (kfile.parent / patch["path"]).read_text()
+    body = yaml.safe_load(text)
     hits = [doc for doc in docs if _matches(doc, patch["target"])]
-    if len(hits) != 1:
-        raise KustomizeError(f"{kfile}: patch target {patch['target']} matches {len(hits)} resources")
-    doc = hits[0]
-    for op in operations:
-        json_patch(doc, op)
+    if not hits:
+        raise KustomizeError(f"{kfile}: patch target {patch['target']} matches nothing")
+    for doc in hits:
+        if isinstance(body, list):
+            for op in body:
+                json_patch(doc, op)
+        elif isinstance(body, dict):
+            # With a target, kustomize ignores the patch's own kind and name.
+            smp = {k: v for k, v in body.items() if k not in ("apiVersion", "kind", "metadata")}
+            strategic_merge(doc, smp)
+        else:
+            raise KustomizeError(f"{kfile}: a patch is a JSON 6902 list or a strategic merge map")
+
+
+def strategic_merge(dst: Doc, patch: Doc) -> None:
+    """Merge `patch` into `dst` in place: maps recursively, lists of named maps by name (new
+    items first, as kustomize orders them), anything else replaced."""
+    for key, value in patch.items():
+        old = dst.get(key)
+        if isinstance(old, dict) and isinstance(value, dict):
+            strategic_merge(old, value)
+        elif isinstance(old, list) and isinstance(value, list) and _named(old) and _named(value):
+            by_name = {item["name"]: item for item in old}
+            new = []
+            for item in value:
+                if item["name"] in by_name:
+                    strategic_merge(by_name[item["name"]], item)
+                else:
+                    new.append(copy.deepcopy(item))
+            dst[key] = [*new, *old]
+        else:
+            dst[key] = copy.deepcopy(value)
+
+
+def _named(items: list[Any]) -> bool:
+    return all(isinstance(item, dict) and "name" in item for item in items)
 
 
 def _pointer(path: str) -> list[str]:

@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 import yaml
 
-from sidecar.metrics import Metrics
+from sidecar.metrics import Metrics, UsageMetrics
 from tests.deploy.common import ALERT_TESTS, ALERTS, BASE, DASHBOARD, OPERATIONS
 from tests.deploy.crd_schemas import RULE_GROUPS
 
@@ -24,10 +24,15 @@ PAIRS = {"(": ")", "[": "]", "{": "}"}
 
 
 def defined_metrics() -> tuple[set[str], set[str]]:
-    """(every series name the code can expose, the histogram base names) from Metrics()."""
+    """(every series name the code can expose, the histogram base names) from Metrics() and
+    UsageMetrics."""
     names: set[str] = set()
     histograms: set[str] = set()
-    for family in Metrics().registry.collect():
+    registry = Metrics().registry
+    UsageMetrics(registry)
+    for family in registry.collect():
+        if not family.name.startswith("sidecar_"):
+            continue  # process_* and python_*: the client library's standard collectors
         if family.type == "counter":
             names.add(family.name + "_total")
         elif family.type == "histogram":

@@ -21,7 +21,8 @@ from sidecar.guards.normalize import build_views
 from sidecar.guards.redact import OutputScanner, apply_actions
 from sidecar.guards.sanitize import has_hidden_characters, sanitize_text
 from sidecar.guards.stream import StreamRedactor
-from sidecar.proxy.openai import SSEDecoder, parse_body
+from sidecar.proxy.openai import SSEDecoder
+from sidecar.proxy.requests import parse_request
 
 DETECTOR = default_detector()
 SCANNER = OutputScanner()
@@ -55,11 +56,12 @@ def sse_splits(data: bytes) -> None:
 
 
 def request_bodies(data: bytes) -> None:
-    """Any body: a parsed request or one of our 4xx errors, never anything else."""
+    """Any body: a parsed request (every text slot's text found in its body) or one of our 4xx
+    errors, never anything else."""
     fdp = atheris.FuzzedDataProvider(data)
     route = fdp.PickValueInList(["chat", "completions", "embeddings"])
     try:
-        parse_body(route, fdp.ConsumeBytes(fdp.remaining_bytes()), 64)
+        parse_request(route, fdp.ConsumeBytes(fdp.remaining_bytes()), 64)
     except SidecarError as exc:
         assert 400 <= exc.status < 500, exc.status
 

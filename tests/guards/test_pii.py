@@ -6,8 +6,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sidecar.guards.matcher import aligned_bytes as _aligned_bytes
+from sidecar.guards.matcher import number_runs as _number_runs
+from sidecar.guards.patterns import CLASS_TABLE as _CLASS_TABLE
 from sidecar.guards.pii import NUMBER_RUN, PII_SPECS, find_emails, iban_ok, luhn_ok, ssn_ok
-from sidecar.guards.redact import _CLASS_TABLE, OutputScanner, _aligned_bytes, _number_runs
+from sidecar.guards.redact import OutputScanner
 
 SCANNER = OutputScanner()
 

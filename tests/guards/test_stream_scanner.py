@@ -137,13 +137,20 @@ def test_flag_passes_text_through_but_reports() -> None:
 
 
 def test_prose_is_held_back_only_to_the_last_word() -> None:
-    """In plain prose the redactor holds back exactly the unfinished last word, nothing more."""
+    """In plain prose the redactor holds back the unfinished last word, nothing more; a finished
+    one-letter word is held too, since it could begin a letter-by-letter spaced secret."""
     text = "This is a perfectly ordinary answer about rate limiting and caching strategies. " * 5
     red = StreamRedactor(SCANNER, REDACT)
     for end in range(3, len(text), 3):
         red.feed(text[end - 3 : end])
         received = text[:end]
-        assert red.held == len(received) - (received.rfind(" ") + 1)
+        last_word = len(received) - (received.rfind(" ") + 1)
+        if received.endswith(" a "):
+            assert red.held == 2  # `a ` may begin `a b c d …`
+        elif received[-4:-1] == " a " and received[-1] != " ":
+            assert red.held == 3  # `a p` too, until `p` turns out to be a longer word
+        else:
+            assert red.held == last_word
 
 
 def test_hold_back_never_exceeds_the_cap_plus_one_pattern() -> None:

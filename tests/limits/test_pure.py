@@ -8,10 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sidecar.errors import InvalidRequest
 from sidecar.limits.fallback import FallbackLimiter
 from sidecar.limits.headers import WindowState, format_duration, rate_limit_headers, tightest
 from sidecar.limits.rules import build_plan, encode_part
-from sidecar.limits.tokens import estimate_tokens, text_tokens
+from sidecar.limits.tokens import clamp_cap, completion_cap, estimate_tokens, text_tokens
 from sidecar.settings import LimitsSettings
 from tests.limits.conftest import principal, rule
 
@@ -116,3 +117,38 @@ def test_fallback_admits_its_share_and_forgets_least_recent_windows() -> None:
     for i in range(500):
         fallback.admit(build_plan(principal(f"k{i}", "t"), settings).checks, 0)
     assert len(fallback) == 50
+
+
+@pytest.mark.parametrize(("route", "body", "reserved", "expected"), [
+    ("chat", {"messages": []}, 1024, {"max_completion_tokens": 1024}),
+    ("chat", {"messages": [], "max_tokens": 5000}, 900, {"max_tokens": 900}),
+    ("chat", {"messages": [], "max_completion_tokens": 5000, "n": 3}, 900,
+     {"max_completion_tokens": 300, "n": 3}),
+    ("chat", {"messages": [], "max_tokens": 50}, 900, {"max_tokens": 50}),
+    ("completions", {"prompt": "x"}, 16, {"prompt": "x", "max_tokens": 16}),
+    ("completions", {"prompt": "x", "max_tokens": 0}, 16, {"prompt": "x", "max_tokens": 0}),
+    ("embeddings", {"input": "x"}, 0, {"input": "x"}),
+])
+def test_the_cap_is_set_to_what_was_reserved(route: str, body: dict, reserved: int,
+                                             expected: dict) -> None:
+    """No cap, or one above the reservation, becomes the reserved completion tokens per choice
+    (in the field the request uses; max_completion_tokens for chat, max_tokens for completions);
+    a cap within it is left alone."""
+    before = {k: v for k, v in body.items() if k != "messages"}
+    changed = clamp_cap(route, body, reserved)
+    after = {k: v for k, v in body.items() if k != "messages"}
+    assert after == expected
+    assert changed == (after != before)
+
+
+@pytest.mark.parametrize("value", [1e5, 2.0, -1, "100", True, None, [3], {"n": 1}])
+def test_completion_cap_refuses_what_is_not_a_whole_number(value: object) -> None:
+    """Floats (even whole ones), negatives, strings, booleans and containers are a clear 400
+    naming the field; an explicit null means no cap."""
+    for field in ("max_tokens", "max_completion_tokens"):
+        if value is None:
+            assert completion_cap({field: value}) is None
+            continue
+        with pytest.raises(InvalidRequest, match=field):
+            completion_cap({field: value})
+    assert completion_cap({"max_tokens": 7, "max_completion_tokens": 9}) == 9

@@ -7,11 +7,13 @@ import time
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestServer
 
 from sidecar.auth.hashing import SecretHasher
 from sidecar.auth.keyformat import parse_key
 from sidecar.auth.records import KeyRecords
+from sidecar.metrics import Metrics
 from sidecar.settings import StoreSettings
 from sidecar.store.redis import connect
 from tests.conftest import RedisProcess, SidecarFactory, create_key
@@ -151,3 +153,51 @@ async def test_exact_across_four_sidecar_processes(mock_upstream: TestServer, re
             assert (await sidecar.stop())[0] == 0
     assert statuses.count(200) == 100
     assert statuses.count(429) == 300
+
+
+async def test_forty_uncapped_requests_stay_within_the_token_budget(
+        make_sidecar: SidecarFactory, redis_url: str, mock_upstream: TestServer) -> None:
+    """Budget 20,000 tokens a minute; 40 concurrent chat requests without max_tokens to a model
+    that writes until its limit: the sidecar sets each request's cap to what it reserved, so
+    the tokens the provider reports for the admitted ones never pass the budget and no
+    settlement goes over its reservation."""
+    metrics = Metrics()
+    sidecar = await make_sidecar(metrics=metrics)
+    key = await create_key(redis_url, limits=[{"window_s": 60, "tokens": 20_000}])
+    body = {"model": "mock-long", "messages": [{"role": "user", "content": "write forever"}]}
+
+    async def one(session: aiohttp.ClientSession) -> tuple[int, int]:
+        async with session.post(sidecar.make_url(CHAT), json=body) as response:
+            data = await response.json()
+            return response.status, data["usage"]["total_tokens"] if response.status == 200 else 0
+
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session:
+        answers = await asyncio.gather(*(one(session) for _ in range(40)))
+    admitted = [tokens for status, tokens in answers if status == 200]
+    assert {status for status, _ in answers} == {200, 429}
+    assert len(admitted) >= 15
+    assert sum(admitted) <= 20_000
+    async with aiohttp.ClientSession() as plain:
+        async with plain.get(mock_upstream.make_url("/_mock/requests")) as response:
+            sent = [r["body"] for r in (await response.json())["requests"]]
+    assert len(sent) == len(admitted)
+    assert all(0 < b["max_completion_tokens"] <= 1024 and "max_tokens" not in b for b in sent)
+    assert metrics.registry.get_sample_value("sidecar_budget_overrun_tokens_total") == 0
+
+
+@pytest.mark.parametrize("cap", [{"max_tokens": 1e5}, {"max_tokens": -1}, {"max_tokens": "100"},
+                                 {"max_tokens": True}, {"max_completion_tokens": 2.5},
+                                 {"max_completion_tokens": [1]}])
+async def test_an_invalid_completion_cap_is_a_400_naming_the_field(
+        make_sidecar: SidecarFactory, mock_upstream: TestServer,
+        session: aiohttp.ClientSession, cap: dict[str, Any]) -> None:
+    """A float, negative, string or boolean cap is refused with a 400 that names the field
+    (instead of reserving the default and letting the provider decide); nothing is sent."""
+    sidecar = await make_sidecar()
+    body = {"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}], **cap}
+    async with session.post(sidecar.make_url(CHAT), json=body) as response:
+        error = (await response.json())["error"]
+        assert response.status == 400
+    assert error["code"] == "invalid_request" and next(iter(cap)) in error["message"]
+    async with session.get(mock_upstream.make_url("/_mock/requests")) as response:
+        assert (await response.json())["requests"] == []

@@ -73,8 +73,15 @@ async def test_unreachable_store_fails_fast() -> None:
     await store.close()
 
 
-async def test_readyz_follows_the_store(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """/readyz is 503 while Redis is down and 200 again once it is back, without a restart."""
+def store_up(scraped: str) -> float:
+    return next(float(line.split()[1]) for line in scraped.splitlines()
+                if line.startswith("sidecar_store_up "))
+
+
+async def test_readyz_stays_ready_and_reports_the_store_degraded(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """By default a Redis outage does not take the sidecar out of its Service: /readyz stays
+    200 and says the store is degraded, as does `sidecar_store_up`; both recover with Redis."""
     redis = RedisProcess(tmp_path_factory.mktemp("redis-ready"))
     redis.start()
     sidecar = SidecarProcess({"SIDECAR_STORE_URL": redis.url, "SIDECAR_STORE_TIMEOUT_S": "0.2"})
@@ -83,7 +90,37 @@ async def test_readyz_follows_the_store(tmp_path_factory: pytest.TempPathFactory
         async with aiohttp.ClientSession() as session:
             redis.stop()
             async with session.get(sidecar.metrics_url + "/readyz") as response:
+                assert response.status == 200
+                assert await response.json() == {"status": "ready", "store": "degraded"}
+            async with session.get(sidecar.metrics_url + "/metrics") as response:
+                assert store_up(await response.text()) == 0
+            redis.start()  # same port as before
+            async with session.get(sidecar.metrics_url + "/readyz") as response:
+                assert await response.json() == {"status": "ready", "store": "ok"}
+            async with session.get(sidecar.metrics_url + "/metrics") as response:
+                assert store_up(await response.text()) == 1
+    finally:
+        redis.stop()
+        status, _ = await sidecar.stop()
+    assert status == 0
+
+
+async def test_store_gated_readiness_follows_the_store(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """With `metrics.ready_requires_store`, /readyz is 503 while Redis is down (liveness stays
+    200) and 200 again once it is back, without a restart."""
+    redis = RedisProcess(tmp_path_factory.mktemp("redis-ready"))
+    redis.start()
+    sidecar = SidecarProcess({"SIDECAR_STORE_URL": redis.url, "SIDECAR_STORE_TIMEOUT_S": "0.2",
+                              "SIDECAR_METRICS_READY_REQUIRES_STORE": "true"})
+    try:
+        await sidecar.start()
+        async with aiohttp.ClientSession() as session:
+            redis.stop()
+            async with session.get(sidecar.metrics_url + "/readyz") as response:
                 assert response.status == 503
+                assert await response.json() == {"status": "store_unavailable",
+                                                 "store": "degraded"}
             async with session.get(sidecar.metrics_url + "/healthz") as response:
                 assert response.status == 200
             redis.start()  # same port as before

@@ -5,6 +5,8 @@
 -- (evicted), are dropped on the way.
 --
 -- KEYS[1] index   sorted set `convidx:{t:<tenant>}`: conversation id -> updated (ms)
+-- KEYS[2] sizes   hash `convsize:{t:<tenant>}`: conversation id -> bytes, '#total' -> their
+--                 sum; a dropped entry gives its bytes back
 -- ARGV[1] ttl_ms  conversation TTL (ms): entries updated before now - ttl_ms have expired
 -- ARGV[2] limit   conversations per page (>= 1)
 -- ARGV[3] cursor_ms  '' for the first page, else the `updated` (ms) of the last item shown
@@ -12,7 +14,7 @@
 -- Returns {more (1 | 0), then 6 per conversation: id, created, updated (the index score, ms),
 --          count, bytes, key_id}
 
-local index = KEYS[1]
+local index, sizes = KEYS[1], KEYS[2]
 local ttl_ms = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
 local cursor_ms, cursor_id = ARGV[3], ARGV[4]
@@ -20,7 +22,16 @@ local prefix = 'conv:' .. string.sub(index, 9) .. ':'
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', index, '-inf', now - ttl_ms)
+local function forget_size(id)
+  local size = tonumber(redis.call('HGET', sizes, id))
+  if size then
+    redis.call('HINCRBY', sizes, '#total', -size)
+    redis.call('HDEL', sizes, id)
+  end
+end
+local expired = redis.call('ZRANGEBYSCORE', index, '-inf', now - ttl_ms)
+for _, id in ipairs(expired) do forget_size(id) end
+if #expired > 0 then redis.call('ZREMRANGEBYSCORE', index, '-inf', now - ttl_ms) end
 
 local max, ties, cursor = '+inf', 0, nil
 if cursor_ms ~= '' then
@@ -53,6 +64,7 @@ for i = 1, #rows, 2 do
       out[#out + 1] = m[5] or ''
     else
       redis.call('ZREM', index, id)
+      forget_size(id)
     end
   end
 end

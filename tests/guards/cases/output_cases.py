@@ -331,8 +331,8 @@ def _pii_values() -> list[tuple[str, str]]:
     for ip in (
         "203.0.114.7",
         "8.8.4.4",
-        "10.12.0.31",
-        "172.16.254.1",
+        "81.2.69.160",
+        "185.199.108.153",
         "2606:4700:4700::1111",
         "2a00:1450:4001:82b::200e",
     ):
@@ -443,6 +443,8 @@ def negative_cases() -> list[Case]:
             "Listen on 0.0.0.0:8080 or 127.0.0.1:8080",
             "netmask 255.255.255.0",
             "docs use 192.0.2.1 and 198.51.100.23 and 203.0.113.9",
+            "the VPC uses 10.12.0.31, 172.16.254.1 and 192.168.1.20; CGNAT 100.64.0.1",
+            "SSDP multicast goes to 239.255.255.250, link-local is 169.254.10.1",
             "OID 1.3.6.1.4.1.311 identifies Microsoft",
             "IPv6 loopback is ::1 and the doc prefix is 2001:db8::1",
             "link-local fe80::1 is not routable",
