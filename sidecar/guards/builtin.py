@@ -15,10 +15,11 @@ from collections.abc import Mapping
 
 from sidecar.guards.base import RequestView, Stage, allow, block, modify
 from sidecar.guards.injection import InjectionDetector, InjectionResult
+from sidecar.guards.injection_context import NOTHING, Guarded
 from sidecar.guards.redact import Scanner, apply_actions
 from sidecar.guards.sanitize import sanitize_text
 from sidecar.guards.validate import InputLimits, estimate_tokens
-from sidecar.model import TRUSTED, Finding, Verdict
+from sidecar.model import DATA, TRUSTED, Finding, Verdict
 
 INPUT_TOO_LONG = "input_too_long"
 INJECTION = "prompt_injection_detected"
@@ -81,7 +82,10 @@ class SanitizeGuard:
 
 
 class InjectionGuard:
-    """Prompt-injection and jailbreak detection over every slot the policy does not trust."""
+    """Prompt-injection and jailbreak detection over every slot the policy does not trust:
+    the trusted slots are context (what the system prompt guards), data slots are judged as
+    data. Verdicts are remembered by content when the context guards nothing (the usual
+    request), because chat apps resend the whole history with every turn."""
 
     name = "injection"
     stage = Stage.INPUT
@@ -91,26 +95,32 @@ class InjectionGuard:
         self._verdicts: OrderedDict[bytes, InjectionResult] = OrderedDict()
 
     def check(self, subject: RequestView) -> Verdict:
+        slots = subject.slots
+        trusted = [s.text for s in slots if s.trust == TRUSTED]
+        ctx = self.detector.context_of(trusted) if trusted else NOTHING
         best: InjectionResult | None = None
         best_slot = -1
-        for index, slot in enumerate(subject.slots):
+        for index, slot in enumerate(slots):
             if slot.trust == TRUSTED or not slot.text:
                 continue
-            result = self.score(slot.text)
+            result = self.score(slot.text, slot.trust == DATA, ctx)
             if best is None or result.score > best.score:
                 best, best_slot = result, index
         if best is None or not best.detected:
             return allow()
         return block(INJECTION, best.score, best.categories, best_slot)
 
-    def score(self, text: str) -> InjectionResult:
-        """The detector's verdict on one text, remembered by content."""
-        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    def score(self, text: str, as_data: bool = False, ctx: Guarded = NOTHING) -> InjectionResult:
+        """The detector's verdict on one text (cached by content when the context is empty)."""
+        if ctx != NOTHING:
+            return self.detector.judge_text(text, as_data, ctx)
+        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16,
+                                 person=b"data" if as_data else b"turn").digest()
         cached = self._verdicts.get(digest)
         if cached is not None:
             self._verdicts.move_to_end(digest)
             return cached
-        result = self.detector.score_text(text)
+        result = self.detector.judge_text(text, as_data)
         self._verdicts[digest] = result
         if len(self._verdicts) > VERDICT_CACHE_SIZE:
             self._verdicts.popitem(last=False)

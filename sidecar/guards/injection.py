@@ -350,6 +350,14 @@ class InjectionDetector:
         """Score one bare text as a user turn; `detected` when the score reaches the threshold."""
         return self._result(*self._judge(text))
 
+    def context_of(self, trusted_texts: Iterable[str]) -> Guarded:
+        """What a request's trusted text guards (NOTHING when the context stage is off)."""
+        return read_context(trusted_texts) if self._use_context else NOTHING
+
+    def judge_text(self, text: str, as_data: bool = False, ctx: Guarded = NOTHING) -> InjectionResult:
+        """One slot's text, as a user turn or as data, under a request's context."""
+        return self._result(*self._judge(text, as_data=as_data, ctx=ctx))
+
     def judge_request(self, slots: Sequence[TextSlot]) -> InjectionResult:
         """Judge a whole request: trusted slots are context, data slots are judged as data.
 
