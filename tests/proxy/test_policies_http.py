@@ -3,10 +3,12 @@ per-key policies, shadow roll-out."""
 
 from __future__ import annotations
 
+import importlib
 import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import aiohttp
@@ -39,21 +41,27 @@ class BannedWord:
 '''
 
 
+def install_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str, source: str,
+                   entry_points: str) -> ModuleType:
+    """A tiny installed distribution publishing guards under `sidecar.guards`: a real dist-info
+    on sys.path, found through importlib.metadata like any pip-installed plug-in."""
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
+    info = tmp_path / f"{module}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[sidecar.guards]\n" + entry_points)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, module, raising=False)  # gone again after the test
+    plugin_guards.cache_clear()
+    return importlib.import_module(module)
+
+
 @pytest.fixture
 def acme_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """A tiny installed distribution publishing one guard under `sidecar.guards` (a real
-    dist-info on sys.path, found through importlib.metadata like any pip-installed plug-in)."""
-    (tmp_path / "acme_guards.py").write_text(textwrap.dedent(PLUGIN))
-    info = tmp_path / "acme_guards-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-guards\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(
-        "[sidecar.guards]\nacme.banned_word = acme_guards:BannedWord\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    plugin_guards.cache_clear()
+    install_plugin(tmp_path, monkeypatch, "acme_guards", PLUGIN,
+                   "acme.banned_word = acme_guards:BannedWord\n")
     yield
     plugin_guards.cache_clear()
-    sys.modules.pop("acme_guards", None)
 
 
 def message(text: str) -> dict[str, Any]:
@@ -166,20 +174,11 @@ class Broken:
 
 @pytest.fixture
 def slow_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    (tmp_path / "acme_slow.py").write_text(textwrap.dedent(SLOW_PLUGIN))
-    info = tmp_path / "acme_slow-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-slow\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(
-        "[sidecar.guards]\nacme.stuck = acme_slow:Stuck\nacme.broken = acme_slow:Broken\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    module = install_plugin(tmp_path, monkeypatch, "acme_slow", SLOW_PLUGIN,
+                            "acme.stuck = acme_slow:Stuck\nacme.broken = acme_slow:Broken\n")
+    yield module
+    module.RELEASE.set()
     plugin_guards.cache_clear()
-    import acme_slow  # type: ignore[import-not-found]
-
-    yield acme_slow
-    acme_slow.RELEASE.set()
-    plugin_guards.cache_clear()
-    sys.modules.pop("acme_slow", None)
 
 
 async def test_a_slow_guard_runs_off_the_loop_within_its_budget(
