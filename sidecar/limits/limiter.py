@@ -10,7 +10,7 @@ store deadline per breaker period, and the limiter returns to the store on its o
 
 A refusal by request-count windows is remembered per principal until the first refusing
 window frees a slot: a client hammering past its limit costs no store call until then
-(TEST-PLAN RL-7), and what is admitted stays exact (those windows cannot admit earlier).
+(see docs/limits.md), and what is admitted stays exact (those windows cannot admit earlier).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ log of their own. Tenant and ids are percent-encoded outside `[A-Za-z0-9._~-]`, 
 caller text can close the hash tag or make two (tenant, id) pairs share a key.
 
 A request log costs ~120 B per admitted request, so a request limit above `COUNTER_ABOVE` per
-window is counted in at most ~101 time buckets instead (TEST-PLAN RL-4): a bucket is counted
+window is counted in at most ~101 time buckets instead (docs/limits.md): a bucket is counted
 until its *last* request leaves the window, so the count never misses a request of the window
 (never over-admits) and, under saturation, at least 100/101 of the limit is admitted.
 """

@@ -16,7 +16,10 @@ from pathlib import Path
 
 import orjson
 
-DATA = Path("/work/shared/data/injection")
+# The labelled public prompts of the workshop's data folder, which CI lays out next to its
+# clone (else at the machine's usual place); read for benign traffic only.
+_BESIDE = Path(__file__).resolve().parents[3] / "shared" / "data" / "injection"
+DATA = _BESIDE if _BESIDE.is_dir() else Path("/work/shared/data/injection")
 BENIGN_FILES = ("arena_hard_user_prompts", "mt_bench_questions", "gsm8k_test_questions",
                 "self_instruct_seed_tasks", "humaneval_prompts", "awesome_chatgpt_prompts")
 
