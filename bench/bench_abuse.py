@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import statistics
 import sys
@@ -35,15 +36,17 @@ from sidecar.model import LimitRule, Principal
 from sidecar.settings import AbuseSettings, LimitsSettings, StoreSettings
 from sidecar.store.redis import connect
 
-DATA = Path("/work/shared/data/injection")
+# The real benign prompts the abuse tests ship (sources and licences in their README).
+DATA = Path(__file__).resolve().parent.parent / "tests" / "abuse" / "data"
 
 
 def prompts() -> list[str]:
     out: list[str] = []
     for name in ("mt_bench_questions", "gsm8k_test_questions", "arena_hard_user_prompts"):
-        path = DATA / f"{name}.jsonl"
+        path = DATA / f"{name}.jsonl.gz"
         if path.exists():
-            out += [json.loads(line)["text"][:4096] for line in path.read_text().splitlines()]
+            lines = gzip.decompress(path.read_bytes()).splitlines()
+            out += [json.loads(line)["text"][:4096] for line in lines]
     return out or [f"Question number {i}: what is {i} squared?" for i in range(2000)]
 
 

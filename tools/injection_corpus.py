@@ -16,6 +16,7 @@ import ast
 import hashlib
 import itertools
 import json
+import os
 import random
 import re
 from collections.abc import Iterator
@@ -24,7 +25,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = Path("/work/shared/data/injection")
+# The labelled training data is not shipped (licences differ per file): name its folder with
+# SIDECAR_INJECTION_DATA, or lay it out beside the checkout as shared/data/injection.
+DATA_DIR = Path(os.environ.get("SIDECAR_INJECTION_DATA")
+                or ROOT.parent / "shared" / "data" / "injection")
 EXTERNAL_DIR = ROOT / ".eval" / "ext"
 CASES = ROOT / "tests" / "guards" / "cases"
 

@@ -1,12 +1,13 @@
 """Simulated traffic for the abuse tests and benchmark: extraction runs and a natural workload.
 
-Deterministic (seeded). The natural workload uses real benign prompts from the shared data
-folder (read-only): each key is a user or an app with its own habits, retries of one prompt
-(a chat app's retry button) and a few prompts that many users ask.
+Deterministic (seeded). The natural workload uses real benign prompts shipped in data/
+(sources and licences in data/README.md): each key is a user or an app with its own habits,
+retries of one prompt (a chat app's retry button) and a few prompts that many users ask.
 """
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import random
 from collections.abc import Iterator
@@ -16,10 +17,8 @@ from pathlib import Path
 
 import orjson
 
-# The labelled public prompts of the workshop's data folder, which CI lays out next to its
-# clone (else at the machine's usual place); read for benign traffic only.
-_BESIDE = Path(__file__).resolve().parents[3] / "shared" / "data" / "injection"
-DATA = _BESIDE if _BESIDE.is_dir() else Path("/work/shared/data/injection")
+# Real benign prompts shipped with the tests (sources and licences in data/README.md).
+DATA = Path(__file__).resolve().parent / "data"
 BENIGN_FILES = ("arena_hard_user_prompts", "mt_bench_questions", "gsm8k_test_questions",
                 "self_instruct_seed_tasks", "humaneval_prompts", "awesome_chatgpt_prompts")
 
@@ -68,12 +67,16 @@ def embedding_batches(requests: int, per_request: int, seed: int = 2) -> list[li
              for _ in range(per_request)] for _ in range(requests)]
 
 
+def _rows(name: str) -> list[bytes]:
+    return gzip.decompress((DATA / f"{name}.jsonl.gz").read_bytes()).splitlines()
+
+
 @cache
 def benign_prompts() -> tuple[str, ...]:
-    """Every benign prompt of the shared data files (label 0)."""
+    """Every benign prompt of the shipped data files (label 0)."""
     out: list[str] = []
     for name in BENIGN_FILES:
-        for line in (DATA / f"{name}.jsonl").read_bytes().splitlines():
+        for line in _rows(name):
             row = orjson.loads(line)
             if row.get("label", 0) == 0 and row["text"].strip():
                 out.append(row["text"])
@@ -91,8 +94,7 @@ def natural_workload(total: int, keys: int, seed: int = 3) -> list[Call]:
     pool = benign_prompts()
     by_file: list[list[str]] = []
     for name in BENIGN_FILES:
-        texts = [orjson.loads(line)["text"]
-                 for line in (DATA / f"{name}.jsonl").read_bytes().splitlines()]
+        texts = [orjson.loads(line)["text"] for line in _rows(name)]
         by_file.append(texts)
     popular = rng.sample(list(pool), 20)
     weights = [rng.paretovariate(1.2) for _ in range(keys)]  # a few heavy keys, many light ones
