@@ -23,8 +23,10 @@ from sidecar.proxy.requests import (
     _bad,
     _string_walk,
     _trust,
-    _walk,
+    message_list,
+    message_role,
     register_parser,
+    walk_fields,
 )
 
 ROUTE = "messages"
@@ -78,20 +80,9 @@ def parse_messages(req: ParsedRequest, trusted: frozenset[str], _allow_token_ids
             _blocks(req, system, "system", "system", trust, -1)
         else:
             raise _bad("system", "must be a string or a list of text blocks")
-    messages = body.get("messages")
-    if messages is None:
-        raise InvalidRequest("Missing required field 'messages'.")
-    if not isinstance(messages, list):
-        raise _bad("messages", "must be a list")
-    if not messages:
-        raise _bad("messages", "must not be empty")
-    for i, message in enumerate(messages):
+    for i, message in enumerate(message_list(body)):
         at = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise _bad(at, "must be an object")
-        role = message.get("role")
-        if not isinstance(role, str) or role not in ROLES:
-            raise _bad(f"{at}.role", "must be one of: assistant, user")
+        role = message_role(message, at, ROLES)
         trust = _trust(role, trusted)
         for key, value in message.items():
             where = f"{at}.{key}"
@@ -158,15 +149,7 @@ def _blocks(req: ParsedRequest, blocks: list[Any], path: str, role: str, trust: 
 
 def _fields(req: ParsedRequest, block: dict[str, Any], where: str, role: str, trust: str,
             group: int, done: frozenset[str] | set[str] = frozenset()) -> None:
-    for key, value in block.items():
-        if key in done or key in _SKIP or value is None:
-            continue
-        at = f"{where}.{key}"
-        if isinstance(value, str):
-            if value:
-                req.add(block, key, at, role, trust, group)
-        elif isinstance(value, dict | list):
-            _walk(req, value, at, role, trust, group, _SKIP)
+    walk_fields(req, block, where, role, trust, group, done, _SKIP)
 
 
 def _document(req: ParsedRequest, block: dict[str, Any], where: str, role: str, group: int) -> None:

@@ -225,6 +225,44 @@ def _walk(req: ParsedRequest, value: Any, path: str, role: str, trust: str, grou
                     stack.append((sub, f"{where}[{n}]"))
 
 
+def walk_fields(req: ParsedRequest, holder: dict[str, Any], where: str, role: str, trust: str,
+                group: int, done: frozenset[str] | set[str] = frozenset(),
+                skip: frozenset[str] = _ENUM_KEYS) -> None:
+    """Every string under each field of `holder` not in `done` (fields in `skip`, at any depth,
+    hold enums and ids, not text): the rest of a block an API module knows only in part."""
+    for key, value in holder.items():
+        if key in done or key in skip or value is None:
+            continue
+        at = f"{where}.{key}"
+        if isinstance(value, str):
+            if value:
+                req.add(holder, key, at, role, trust, group)
+        elif isinstance(value, dict | list):
+            _walk(req, value, at, role, trust, group, skip)
+
+
+def message_list(body: dict[str, Any]) -> list[Any]:
+    """The body's `messages`: present, a list, not empty (else a 400 naming the field)."""
+    messages = body.get("messages")
+    if messages is None:
+        raise InvalidRequest("Missing required field 'messages'.")
+    if not isinstance(messages, list):
+        raise _bad("messages", "must be a list")
+    if not messages:
+        raise _bad("messages", "must not be empty")
+    return messages
+
+
+def message_role(message: Any, at: str, roles: frozenset[str]) -> str:
+    """One message's role, checked against the roles its API knows (else a 400)."""
+    if not isinstance(message, dict):
+        raise _bad(at, "must be an object")
+    role = message.get("role")
+    if not isinstance(role, str) or role not in roles:
+        raise _bad(f"{at}.role", "must be one of: " + ", ".join(sorted(roles)))
+    return role
+
+
 def _string_walk(req: ParsedRequest, holder: dict[str, Any], key: str, path: str, role: str,
                  trust: str, group: int) -> None:
     """A field that may hold text directly or nested (unknown fields, schemas)."""
@@ -249,21 +287,9 @@ def _trust(role: str, trusted: frozenset[str]) -> str:
 
 
 def _chat(req: ParsedRequest, trusted: frozenset[str]) -> None:
-    body = req.body
-    messages = body.get("messages")
-    if messages is None:
-        raise InvalidRequest("Missing required field 'messages'.")
-    if not isinstance(messages, list):
-        raise _bad("messages", "must be a list")
-    if not messages:
-        raise _bad("messages", "must not be empty")
-    for i, message in enumerate(messages):
+    for i, message in enumerate(message_list(req.body)):
         at = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise _bad(at, "must be an object")
-        role = message.get("role")
-        if not isinstance(role, str) or role not in ROLES:
-            raise _bad(f"{at}.role", "must be one of: " + ", ".join(sorted(ROLES)))
+        role = message_role(message, at, ROLES)
         trust = _trust(role, trusted)
         for key, value in message.items():
             if key == "role" or value is None:

@@ -23,8 +23,8 @@ from sidecar.proxy.requests import (
     _decode_text_file,
     _string_walk,
     _trust,
-    _walk,
     register_parser,
+    walk_fields,
 )
 
 ROUTE = "responses"
@@ -124,15 +124,7 @@ def _part(req: ParsedRequest, part: Any, where: str, role: str, trust: str, grou
 
 def _rest(req: ParsedRequest, holder: dict[str, Any], where: str, role: str, trust: str,
           group: int, done: set[str]) -> None:
-    for key, value in holder.items():
-        if key in done or key in _SKIP or value is None:
-            continue
-        at = f"{where}.{key}"
-        if isinstance(value, str):
-            if value:
-                req.add(holder, key, at, role, trust, group)
-        elif isinstance(value, dict | list):
-            _walk(req, value, at, role, trust, group, _SKIP)
+    walk_fields(req, holder, where, role, trust, group, done, _SKIP)
 
 
 register_parser(ROUTE, parse_responses)
